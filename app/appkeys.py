@@ -1,0 +1,15 @@
+"""The typed keys under which the app keeps its shared objects (aiohttp AppKeys)."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+
+from .config import Settings
+from .passwords import PasswordHasher
+from .storage import PostgresStorage
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+HASHER = web.AppKey("hasher", PasswordHasher)
+STORAGE = web.AppKey("storage", PostgresStorage)

@@ -1,0 +1,36 @@
+"""Session data at rest: AES-GCM, with the row's id_hash as associated data.
+
+Sealed form: 12-byte random nonce followed by ciphertext and tag. Binding the id_hash means a
+row's data copied onto another session's row fails to open. Several keys may be given, newest
+first: the newest seals, each opens.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+_NONCE_BYTES = 12
+
+
+class DataCipher:
+    def __init__(self, keys: tuple[bytes, ...]) -> None:
+        if not keys:
+            raise ValueError("at least one encryption key is required")
+        self._aeads = tuple(AESGCM(k) for k in keys)
+
+    def seal(self, plaintext: bytes, id_hash: bytes) -> bytes:
+        nonce = os.urandom(_NONCE_BYTES)
+        return nonce + self._aeads[0].encrypt(nonce, plaintext, id_hash)
+
+    def open(self, sealed: bytes, id_hash: bytes) -> tuple[bytes, bool] | None:
+        """(plaintext, sealed with the newest key), or None when no key opens it."""
+        nonce, body = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
+        for i, aead in enumerate(self._aeads):
+            try:
+                return aead.decrypt(nonce, body, id_hash), i == 0
+            except InvalidTag:
+                continue
+        return None

@@ -1,0 +1,181 @@
+"""`python -m app ...`: serve (the default), sweep, user add/delete.
+
+Every failure an operator can cause ends with one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+
+import asyncpg
+
+from . import embedded, schema, users
+from .config import ConfigError, Settings, load_settings
+from .db import DatabaseUnavailable, connection
+from .passwords import MAX_PASSWORD_BYTES, PasswordHasher
+from .server import StartupError, open_pool, serve
+from .sweeper import sweep
+
+log = logging.getLogger("app")
+
+DEMO_USER, DEMO_PASSWORD = "foo", "secret"
+
+
+class CommandError(Exception):
+    """The command cannot do what was asked; the message is the one line to print."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+        return args.run(settings, args)
+    except (ConfigError, StartupError, CommandError, embedded.EmbeddedError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except DatabaseUnavailable:
+        print("error: the database did not answer in time: check DATABASE_URL and that it is up", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description="aiohttp sessions in PostgreSQL")
+    parser.set_defaults(run=_serve)
+    commands = parser.add_subparsers(title="commands")
+    commands.add_parser("serve", help="serve the app on $PORT (the default)").set_defaults(run=_serve)
+    commands.add_parser("sweep", help="delete expired sessions once, print the count").set_defaults(run=_sweep)
+    user = commands.add_parser("user", help="manage users").add_subparsers(title="user commands", required=True)
+    add = user.add_parser("add", help="create a user or reset their password (password on stdin or prompt)")
+    add.add_argument("name")
+    add.set_defaults(run=_user_add)
+    delete = user.add_parser("delete", help="delete a user and end their sessions")
+    delete.add_argument("name")
+    delete.set_defaults(run=_user_delete)
+    return parser
+
+
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[Settings]:
+    """Settings with a database: the configured one, or the embedded one, started and migrated."""
+    if not settings.embedded:
+        yield settings
+        return
+    with embedded.running(settings) as local:
+        assert local.database_url is not None
+        schema.upgrade(local.database_url)
+        yield local
+
+
+def _with_pool(settings: Settings, work: Callable[[asyncpg.Pool], Awaitable[int]]) -> int:
+    async def run() -> int:
+        pool = await open_pool(settings)
+        try:
+            return await work(pool)
+        finally:
+            await pool.close()
+
+    with _database(settings) as ready:
+        settings = ready
+        return asyncio.run(run())
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    with _database(settings) as ready:
+        if ready.embedded:
+            log.info("embedded PostgreSQL mode: listening on %s only", ready.host)
+            asyncio.run(_ensure_demo_user(ready))
+        serve(ready)
+    return 0
+
+
+async def _ensure_demo_user(settings: Settings) -> None:
+    pool = await open_pool(settings)
+    try:
+        async with connection(pool, settings.database_timeout) as conn:
+            if await users.find(conn, DEMO_USER) is not None:
+                return
+        hasher = PasswordHasher(settings.password_cost)
+        try:
+            password_hash = await hasher.hash(DEMO_PASSWORD)
+        finally:
+            hasher.close()
+        async with connection(pool, settings.database_timeout) as conn:
+            await users.upsert(conn, DEMO_USER, password_hash)
+        log.info("created the demo user %r (its password is in the README; embedded mode only)", DEMO_USER)
+    finally:
+        await pool.close()
+
+
+def _sweep(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(pool: asyncpg.Pool) -> int:
+        deleted = await sweep(pool, batch_size=settings.sweep_batch_size)
+        if deleted is None:
+            print("another process is sweeping: nothing done")
+        else:
+            print(f"removed {deleted} expired sessions")
+        return 0
+
+    return _with_pool(settings, work)
+
+
+def _user_add(settings: Settings, args: argparse.Namespace) -> int:
+    name: str = args.name
+    problem = users.username_problem(name)
+    if problem:
+        raise CommandError(f"invalid username: {problem}")
+    password = _read_password()
+
+    async def work(pool: asyncpg.Pool) -> int:
+        hasher = PasswordHasher(settings.password_cost)
+        try:
+            password_hash = await hasher.hash(password)
+        finally:
+            hasher.close()
+        async with connection(pool, settings.database_timeout) as conn:
+            created = await users.upsert(conn, name, password_hash)
+        print(f"created user {name}" if created else f"reset the password of {name}")
+        return 0
+
+    return _with_pool(settings, work)
+
+
+def _user_delete(settings: Settings, args: argparse.Namespace) -> int:
+    name: str = args.name
+
+    async def work(pool: asyncpg.Pool) -> int:
+        async with connection(pool, settings.database_timeout) as conn:
+            if not await users.delete(conn, name):
+                raise CommandError(f"no user named {name!r}")
+        print(f"deleted user {name} and their sessions")
+        return 0
+
+    return _with_pool(settings, work)
+
+
+def _read_password() -> str:
+    """From a prompt (asked twice) on a terminal; else the first line of stdin, its line ending
+    stripped."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise CommandError("the passwords do not match")
+    else:
+        line = sys.stdin.buffer.readline()
+        try:
+            password = line.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise CommandError("the password on stdin is not valid UTF-8") from None
+    if not password:
+        raise CommandError("the password is empty")
+    if len(password.encode()) > MAX_PASSWORD_BYTES:
+        raise CommandError(f"the password is longer than {MAX_PASSWORD_BYTES} bytes")
+    return password

@@ -1,0 +1,206 @@
+"""Settings: read from the environment once, at start, into one typed object.
+
+Every setting the app reads is defined here, with its default and its rule.
+`load_settings` raises `ConfigError` with one line saying what to set; nothing
+else in the app reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+# The Go sample's determineEncryptionKey: 16, 24 or 32 bytes as they are; longer is cut to 32.
+_AES_KEY_LENGTHS = (16, 24, 32)
+_MIN_AUTHENTICATION_KEY_CHARS = 32
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong. The message is one line that says what to set."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the data lives. None means "start an embedded PostgreSQL" (local only, never on Heroku).
+    database_url: str | None
+    # Connections per process. Budget: processes x dynos x this, plus one-off dynos, under the plan's limit.
+    database_pool_max: int = 5
+    # Upper bound, in seconds, on one database operation: waiting for a pool connection, connecting
+    # and the statement itself. Past it the request answers 503 instead of hanging.
+    database_timeout: float = 1.5
+    # Signs the cookie (HMAC-SHA256). Several may be listed, newest first: the first signs, all verify.
+    authentication_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    # Encrypts session data (AES-GCM). Same listing rule as the authentication keys.
+    encryption_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    # Seconds without a request after which a session ends.
+    idle_timeout: int = 1800
+    # Seconds after login after which a session ends however active it is.
+    absolute_timeout: int = 43200
+    # A read-only request slides the idle deadline at most this often (seconds), so reads rarely write.
+    touch_interval: int = 60
+    # The cookie's name; "__Host-" is put in front of it whenever the cookie is Secure.
+    cookie_name: str = "session"
+    # Seconds between sweeps of expired rows (each process jitters it), and rows deleted per batch.
+    sweep_interval: int = 300
+    sweep_batch_size: int = 1000
+    # Believe X-Forwarded-For / -Proto (set by Heroku's router). On by default only on a dyno.
+    trust_proxy: bool = False
+    host: str = "0.0.0.0"  # noqa: S104 - a dyno must listen on all interfaces
+    port: int = 8080
+    # scrypt cost as log2(N). 15 is the production default; tests lower it.
+    password_cost: int = 15
+    # True on a Heroku dyno (DYNO is set there).
+    on_heroku: bool = False
+    log_level: str = "INFO"
+    # DATABASE_URL was unset: the app runs (and fills in database_url from) an embedded PostgreSQL.
+    embedded: bool = False
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from `env` (default `os.environ`) or raise ConfigError.
+
+    In embedded mode the keys may be missing: the embedded start-up supplies kept local ones.
+    """
+    env = os.environ if env is None else env
+    on_heroku = bool(env.get("DYNO"))
+    database_url = env.get("DATABASE_URL") or None
+    if database_url is None and on_heroku:
+        raise ConfigError("DATABASE_URL is not set: attach Heroku Postgres (heroku addons:create heroku-postgresql)")
+    if database_url is not None:
+        _check_database_url(database_url)
+    embedded = database_url is None
+
+    auth_raw = env.get("SESSION_AUTHENTICATION_KEY", "")
+    enc_raw = env.get("SESSION_ENCRYPTION_KEY", "")
+    if not embedded:
+        if not auth_raw:
+            raise ConfigError(
+                "SESSION_AUTHENTICATION_KEY is not set: set it to a random string of at least 32 characters"
+            )
+        if not enc_raw:
+            raise ConfigError(
+                "SESSION_ENCRYPTION_KEY is not set: set it to a random string of 16, 24, or at least 32 bytes"
+            )
+
+    idle = _int(env, "SESSION_IDLE_TIMEOUT", 1800, minimum=1)
+    absolute = _int(env, "SESSION_ABSOLUTE_TIMEOUT", 43200, minimum=1)
+    touch = _int(env, "SESSION_TOUCH_INTERVAL", 60, minimum=0)
+    if not touch < idle:
+        raise ConfigError(f"SESSION_TOUCH_INTERVAL ({touch}) must be less than SESSION_IDLE_TIMEOUT ({idle})")
+    if not idle <= absolute:
+        raise ConfigError(
+            f"SESSION_IDLE_TIMEOUT ({idle}) must not exceed SESSION_ABSOLUTE_TIMEOUT ({absolute})"
+        )
+
+    cookie_name = env.get("SESSION_COOKIE_NAME", "session")
+    if not cookie_name or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in cookie_name):
+        raise ConfigError("SESSION_COOKIE_NAME must be non-empty and use only letters, digits, '-', '_' or '.'")
+    if cookie_name.lower().startswith(("__host-", "__secure-")):
+        raise ConfigError("SESSION_COOKIE_NAME must not carry a prefix: '__Host-' is added when the cookie is Secure")
+
+    log_level = env.get("LOG_LEVEL", "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR")
+
+    return Settings(
+        database_url=database_url,
+        database_pool_max=_int(env, "DATABASE_POOL_MAX", 5, minimum=1, maximum=100),
+        database_timeout=_float(env, "DATABASE_TIMEOUT", 1.5, minimum=0.1, maximum=30.0),
+        authentication_keys=parse_authentication_keys(auth_raw) if auth_raw else (),
+        encryption_keys=parse_encryption_keys(enc_raw) if enc_raw else (),
+        idle_timeout=idle,
+        absolute_timeout=absolute,
+        touch_interval=touch,
+        cookie_name=cookie_name,
+        sweep_interval=_int(env, "SWEEP_INTERVAL", 300, minimum=1),
+        sweep_batch_size=_int(env, "SWEEP_BATCH_SIZE", 1000, minimum=1, maximum=100_000),
+        trust_proxy=_bool(env, "TRUST_PROXY", default=on_heroku),
+        # Embedded mode is a laptop database with demo credentials: never listen beyond loopback.
+        host="127.0.0.1" if embedded else env.get("HOST", "0.0.0.0"),  # noqa: S104
+        port=_int(env, "PORT", 8080, minimum=1, maximum=65535),
+        password_cost=_int(env, "PASSWORD_HASH_COST", 15, minimum=1, maximum=20),
+        on_heroku=on_heroku,
+        log_level=log_level,
+        embedded=embedded,
+    )
+
+
+def parse_authentication_keys(raw: str) -> tuple[bytes, ...]:
+    """Comma-separated, newest first; each at least 32 characters."""
+    keys = _split_keys(raw, "SESSION_AUTHENTICATION_KEY")
+    for i, key in enumerate(keys, 1):
+        if len(key) < _MIN_AUTHENTICATION_KEY_CHARS:
+            raise ConfigError(
+                f"SESSION_AUTHENTICATION_KEY key {i} is {len(key)} characters: it must be at least "
+                f"{_MIN_AUTHENTICATION_KEY_CHARS}"
+            )
+    return tuple(k.encode() for k in keys)
+
+
+def parse_encryption_keys(raw: str) -> tuple[bytes, ...]:
+    """Comma-separated, newest first; each the UTF-8 bytes of the value, as the Go sample takes them."""
+    result = []
+    for i, key in enumerate(_split_keys(raw, "SESSION_ENCRYPTION_KEY"), 1):
+        data = key.encode()
+        if len(data) > 32:
+            data = data[:32]
+        if len(data) not in _AES_KEY_LENGTHS:
+            raise ConfigError(
+                f"SESSION_ENCRYPTION_KEY key {i} is {len(data)} bytes: it must be 16, 24, or at least 32"
+            )
+        result.append(data)
+    return tuple(result)
+
+
+def _split_keys(raw: str, name: str) -> list[str]:
+    keys = [k.strip() for k in raw.split(",")]
+    if any(not k for k in keys):
+        raise ConfigError(f"{name} has an empty entry: list keys comma-separated, newest first")
+    return keys
+
+
+def _check_database_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ConfigError("DATABASE_URL must start with postgres:// or postgresql://")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise ConfigError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be between {minimum} and {maximum} seconds, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "on", "yes"):
+        return True
+    if value in ("0", "false", "off", "no"):
+        return False
+    raise ConfigError(f"{name} must be on or off, got {raw!r}")

@@ -1,0 +1,111 @@
+"""Assembling the aiohttp application from Settings, and serving it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp_session
+import asyncpg
+from aiohttp import web
+
+from . import db, handlers, schema
+from .appkeys import HASHER, POOL, SETTINGS, STORAGE
+from .cipher import DataCipher
+from .config import Settings
+from .middlewares import cross_origin, error_pages, proxy, security_headers
+from .passwords import PasswordHasher
+from .storage import PostgresStorage
+from .sweeper import sweeper_context
+from .tokens import TokenSigner
+
+log = logging.getLogger(__name__)
+
+PUBLIC_DIR = schema.ROOT / "public"
+
+
+class StartupError(Exception):
+    """The app cannot start; the message is one line saying what to fix."""
+
+
+async def open_pool(settings: Settings) -> asyncpg.Pool:
+    """The pool, connected and on the expected schema revision, or StartupError."""
+    assert settings.database_url is not None
+    where = db.describe(settings.database_url)
+    try:
+        pool = await db.create_pool(
+            settings.database_url,
+            on_heroku=settings.on_heroku,
+            max_size=settings.database_pool_max,
+            timeout=max(settings.database_timeout, 5.0),  # a cold start may be slower than a request
+        )
+    except (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError, ValueError) as exc:
+        reason = str(exc).strip() or type(exc).__name__
+        raise StartupError(f"cannot connect to the database at {where} ({reason}): check DATABASE_URL") from None
+    try:
+        async with pool.acquire() as conn:
+            await schema.check(conn)
+    except schema.SchemaOutOfDate as exc:
+        await pool.close()
+        raise StartupError(str(exc)) from None
+    return pool
+
+
+async def create_app(settings: Settings) -> web.Application:
+    pool = await open_pool(settings)
+    storage = PostgresStorage(
+        pool,
+        signer=TokenSigner(settings.authentication_keys),
+        cipher=DataCipher(settings.encryption_keys),
+        idle_timeout=settings.idle_timeout,
+        absolute_timeout=settings.absolute_timeout,
+        touch_interval=settings.touch_interval,
+        cookie_name=settings.cookie_name,
+        db_timeout=settings.database_timeout,
+    )
+    app = web.Application(
+        middlewares=[proxy(settings.trust_proxy), security_headers, error_pages, cross_origin],
+    )
+    app[SETTINGS] = settings
+    app[POOL] = pool
+    app[HASHER] = PasswordHasher(settings.password_cost)
+    app[STORAGE] = storage
+    aiohttp_session.setup(app, storage)  # innermost middleware: after the proxy clone
+    app.router.add_routes(handlers.routes)
+    app.router.add_static("/public", PUBLIC_DIR)
+    app.cleanup_ctx.append(
+        sweeper_context(
+            POOL,
+            interval=settings.sweep_interval,
+            batch_size=settings.sweep_batch_size,
+            timeout=max(settings.database_timeout, 5.0),
+        )
+    )
+    app.on_cleanup.append(_close)
+    return app
+
+
+async def _close(app: web.Application) -> None:
+    app[HASHER].close()
+    await app[POOL].close()
+
+
+def serve(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM. Startup problems surface as StartupError."""
+    try:
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop=loop,
+        # Heroku sends SIGTERM and kills 30 s later: finish in-flight requests before that.
+        shutdown_timeout=25,
+        # Heroku's router keeps idle connections 90 s; close ours later than it does.
+        keepalive_timeout=95,
+        print=lambda text: log.info("%s", text.strip()),
+    )

@@ -1,0 +1,84 @@
+"""Deleting expired sessions: in short batches, by one process at a time across all dynos.
+
+Reads already refuse expired rows; the sweeper only reclaims their space. Each batch is its own
+short transaction that first takes a transaction-level advisory lock: if another process holds
+it, this pass stops at once. A transaction-level lock (not a session-level one) is released with
+the transaction, so nothing lingers on a pooled or PgBouncer-shared connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator
+
+import asyncpg
+from aiohttp import web
+
+from .db import UNAVAILABLE_ERRORS
+
+log = logging.getLogger(__name__)
+
+# Arbitrary but fixed: every process of this app must use the same key.
+SWEEP_LOCK_KEY = 0x5E5510_5EEB
+
+# idle_expires_at <= absolute_expires_at always holds (a CHECK constraint), so the idle deadline
+# alone decides expiry and one index serves this query.
+DELETE_BATCH_SQL = """
+DELETE FROM sessions
+WHERE id_hash IN (
+    SELECT id_hash FROM sessions
+    WHERE idle_expires_at <= now()
+    ORDER BY idle_expires_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+"""
+
+
+async def sweep(pool: asyncpg.Pool, *, batch_size: int, statement_timeout: float = 10.0) -> int | None:
+    """Delete expired rows, batch by batch, until none is left.
+
+    Returns the number deleted, or None when another process holds the sweep lock.
+    """
+    total = 0
+    while True:
+        async with pool.acquire(timeout=statement_timeout) as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SWEEP_LOCK_KEY):
+                return None if total == 0 else total
+            status = await conn.execute(DELETE_BATCH_SQL, batch_size, timeout=statement_timeout)
+        deleted = int(status.split()[-1])
+        total += deleted
+        if deleted < batch_size:
+            return total
+        await asyncio.sleep(0)  # let requests in between batches
+
+
+def sweeper_context(pool_key: web.AppKey[asyncpg.Pool], *, interval: int, batch_size: int, timeout: float):
+    """A cleanup_ctx entry that runs `sweep` every `interval` seconds (jittered +/-20%, so dynos
+    started together do not collide) while the app runs."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(_loop(app[pool_key], interval, batch_size, timeout))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return run
+
+
+async def _loop(pool: asyncpg.Pool, interval: int, batch_size: int, timeout: float) -> None:
+    while True:
+        await asyncio.sleep(interval * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not secrecy
+        try:
+            deleted = await sweep(pool, batch_size=batch_size, statement_timeout=timeout)
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            log.warning("sweep failed, will retry next interval: %s", type(exc).__name__)
+            continue
+        if deleted is None:
+            log.info("sweep skipped: another process is sweeping")
+        else:
+            log.info("sweep removed %d expired sessions", deleted)

@@ -1,0 +1,82 @@
+"""Session tokens: what the cookie carries, and the only things the database ever sees of it.
+
+Cookie value: ``<token>.<signature>``, both unpadded base64url, 43 characters each.
+- token: 32 bytes from `secrets` (256 bits), the session's bearer secret.
+- signature: HMAC-SHA256 of the token text under the newest authentication key. A cookie
+  whose signature fails is rejected before any database lookup.
+The database keys a session by ``id_hash = SHA-256(token)``, never the token (as Rails and Lucia
+do), so a leaked table yields no usable cookie.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+TOKEN_BYTES = 32
+_B64_LEN = 43  # unpadded base64url of 32 bytes
+_COOKIE_RE = re.compile(rf"[A-Za-z0-9_-]{{{_B64_LEN}}}\.[A-Za-z0-9_-]{{{_B64_LEN}}}")
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    id_hash: bytes
+    # False when an older key verified it: the caller re-signs the cookie with the newest one.
+    current_key: bool
+
+
+class TokenSigner:
+    def __init__(self, keys: tuple[bytes, ...]) -> None:
+        if not keys:
+            raise ValueError("at least one authentication key is required")
+        self._keys = keys
+
+    def new(self) -> tuple[str, bytes]:
+        """A fresh cookie value and its id_hash."""
+        token = _b64(secrets.token_bytes(TOKEN_BYTES))
+        return self.sign(token), id_hash_of(token)
+
+    def sign(self, token: str) -> str:
+        return f"{token}.{self._mac(self._keys[0], token)}"
+
+    def verify(self, cookie: str) -> VerifiedToken | None:
+        """The id_hash of a well-formed, validly signed cookie; None for anything else."""
+        if not _COOKIE_RE.fullmatch(cookie):
+            return None
+        token, signature = cookie.split(".")
+        given = signature.encode()
+        for i, key in enumerate(self._keys):
+            if hmac.compare_digest(self._mac(key, token).encode(), given):
+                return VerifiedToken(id_hash_of(token), current_key=i == 0)
+        return None
+
+    def resign(self, cookie: str) -> str:
+        """The same token signed with the newest key (after `verify` accepted it)."""
+        return self.sign(cookie.split(".")[0])
+
+    @staticmethod
+    def _mac(key: bytes, token: str) -> str:
+        return _b64(hmac.digest(key, token.encode(), "sha256"))
+
+
+def id_hash_of(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def handle_of(id_hash: bytes) -> str:
+    """A short public name for a session (display, revocation). It cannot authenticate: it is a
+    prefix of a hash of the token, and finding a token from it means inverting SHA-256."""
+    return id_hash[:8].hex()
+
+
+def fingerprint_of(id_hash: bytes) -> str:
+    """Shorter still, for log lines."""
+    return id_hash[:4].hex()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

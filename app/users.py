@@ -1,0 +1,57 @@
+"""The users table: lookup for login, and the operator's create/reset/delete.
+
+Usernames are unique without regard to case (a unique index on lower(username)) and are shown
+as they were first written.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+import asyncpg
+
+MAX_USERNAME_CHARS = 64
+
+FIND_SQL = "SELECT id, username, password_hash FROM users WHERE lower(username) = lower($1)"
+
+# A reset keeps the id and the original spelling. Returns whether a row was inserted.
+UPSERT_SQL = """
+INSERT INTO users (username, password_hash) VALUES ($1, $2)
+ON CONFLICT ((lower(username))) DO UPDATE SET password_hash = EXCLUDED.password_hash
+RETURNING id, (xmax = 0) AS inserted
+"""
+
+# Sessions go with the user (ON DELETE CASCADE).
+DELETE_SQL = "DELETE FROM users WHERE lower(username) = lower($1)"
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    username: str
+    password_hash: str
+
+
+def username_problem(username: str) -> str | None:
+    """Why `username` cannot be a username, or None when it can."""
+    if not 1 <= len(username) <= MAX_USERNAME_CHARS:
+        return f"a username is 1 to {MAX_USERNAME_CHARS} characters"
+    if any(unicodedata.category(ch).startswith("C") for ch in username):
+        return "a username may not contain control or invisible formatting characters"
+    return None
+
+
+async def find(conn: asyncpg.Connection, username: str) -> User | None:
+    row = await conn.fetchrow(FIND_SQL, username)
+    return User(row["id"], row["username"], row["password_hash"]) if row else None
+
+
+async def upsert(conn: asyncpg.Connection, username: str, password_hash: str) -> bool:
+    """Create the user, or reset their password. True when created."""
+    row = await conn.fetchrow(UPSERT_SQL, username, password_hash)
+    return bool(row["inserted"])
+
+
+async def delete(conn: asyncpg.Connection, username: str) -> bool:
+    return await conn.execute(DELETE_SQL, username) != "DELETE 0"
