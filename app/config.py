@@ -90,9 +90,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not touch < idle:
         raise ConfigError(f"SESSION_TOUCH_INTERVAL ({touch}) must be less than SESSION_IDLE_TIMEOUT ({idle})")
     if not idle <= absolute:
-        raise ConfigError(
-            f"SESSION_IDLE_TIMEOUT ({idle}) must not exceed SESSION_ABSOLUTE_TIMEOUT ({absolute})"
-        )
+        raise ConfigError(f"SESSION_IDLE_TIMEOUT ({idle}) must not exceed SESSION_ABSOLUTE_TIMEOUT ({absolute})")
 
     cookie_name = env.get("SESSION_COOKIE_NAME", "session")
     if not cookie_name or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in cookie_name):
@@ -147,9 +145,7 @@ def parse_encryption_keys(raw: str) -> tuple[bytes, ...]:
         if len(data) > 32:
             data = data[:32]
         if len(data) not in _AES_KEY_LENGTHS:
-            raise ConfigError(
-                f"SESSION_ENCRYPTION_KEY key {i} is {len(data)} bytes: it must be 16, 24, or at least 32"
-            )
+            raise ConfigError(f"SESSION_ENCRYPTION_KEY key {i} is {len(data)} bytes: it must be 16, 24, or at least 32")
         result.append(data)
     return tuple(result)
 

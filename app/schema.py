@@ -48,6 +48,4 @@ async def check(conn: asyncpg.Connection) -> None:
     expected, actual = head_revision(), await current_revision(conn)
     if actual != expected:
         found = f"at revision {actual}" if actual else "not migrated"
-        raise SchemaOutOfDate(
-            f"the database schema is {found}, the code needs {expected}: run `alembic upgrade head`"
-        )
+        raise SchemaOutOfDate(f"the database schema is {found}, the code needs {expected}: run `alembic upgrade head`")

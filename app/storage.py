@@ -182,9 +182,7 @@ class PostgresStorage(AbstractStorage):
         plaintext, _current = opened
         return PgSession(id_hash=id_hash, data=json.loads(plaintext), created=row["created"])
 
-    async def save_session(
-        self, request: web.Request, response: web.StreamResponse, session: Session
-    ) -> None:
+    async def save_session(self, request: web.Request, response: web.StreamResponse, session: Session) -> None:
         if not isinstance(session, PgSession):
             raise TypeError("PostgresStorage saves only sessions it created")
         if session.empty:
