@@ -1,4 +1,4 @@
-"""`python -m app ...`: serve (the default), sweep, user add/delete.
+"""`python -m app ...`: serve (the default), sweep, user add/delete, sessions list/revoke.
 
 Every failure an operator can cause ends with one line on stderr and a non-zero exit status.
 """
@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import asyncpg
 
-from . import embedded, schema, users
+from . import embedded, schema, user_sessions, users
 from .config import ConfigError, Settings, load_settings
 from .db import DatabaseUnavailable, connection
 from .passwords import MAX_PASSWORD_BYTES, PasswordHasher
@@ -36,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+        # Embedded mode migrates on every command; Alembic's per-run chatter is noise there.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         return args.run(settings, args)
     except (ConfigError, StartupError, CommandError, embedded.EmbeddedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -60,6 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     delete = user.add_parser("delete", help="delete a user and end their sessions")
     delete.add_argument("name")
     delete.set_defaults(run=_user_delete)
+    sessions = commands.add_parser("sessions", help="list or end a user's sessions").add_subparsers(
+        title="sessions commands", required=True
+    )
+    listing = sessions.add_parser("list", help="one line per live session: handle, created, last seen, IP, User-Agent")
+    listing.add_argument("name")
+    listing.set_defaults(run=_sessions_list)
+    revoke = sessions.add_parser("revoke", help="end one session (by handle) or all of them (--all)")
+    revoke.add_argument("name")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("handle", nargs="?", help="the session's handle, as `sessions list` shows it")
+    which.add_argument("--all", action="store_true", help="end every session of the user")
+    revoke.set_defaults(run=_sessions_revoke)
     return parser
 
 
@@ -117,7 +131,7 @@ async def _ensure_demo_user(settings: Settings) -> None:
 
 def _sweep(settings: Settings, args: argparse.Namespace) -> int:
     async def work(pool: asyncpg.Pool) -> int:
-        deleted = await sweep(pool, batch_size=settings.sweep_batch_size)
+        deleted = await sweep(pool, batch_size=settings.sweep_batch_size, failure_window=settings.login_limits.window)
         if deleted is None:
             print("another process is sweeping: nothing done")
         else:
@@ -156,6 +170,43 @@ def _user_delete(settings: Settings, args: argparse.Namespace) -> int:
             if not await users.delete(conn, name):
                 raise CommandError(f"no user named {name!r}")
         print(f"deleted user {name} and their sessions")
+        return 0
+
+    return _with_pool(settings, work)
+
+
+async def _user_id(conn: asyncpg.Connection, name: str) -> int:
+    user = await users.find(conn, name)
+    if user is None:
+        raise CommandError(f"no user named {name!r}")
+    return user.id
+
+
+def _sessions_list(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(pool: asyncpg.Pool) -> int:
+        async with connection(pool, settings.database_timeout) as conn:
+            live = await user_sessions.list_live(conn, await _user_id(conn, args.name))
+        for info in live:
+            created = info.created_at.isoformat(timespec="seconds")
+            seen = info.last_seen_at.isoformat(timespec="seconds")
+            ua = info.user_agent.replace("\t", " ") or "-"
+            print(f"{info.handle}\t{created}\t{seen}\t{info.client_ip or '-'}\t{ua}")
+        return 0
+
+    return _with_pool(settings, work)
+
+
+def _sessions_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(pool: asyncpg.Pool) -> int:
+        async with connection(pool, settings.database_timeout) as conn:
+            user_id = await _user_id(conn, args.name)
+            if args.all:
+                count = await user_sessions.end_all(conn, user_id)
+                print(f"ended {count} sessions of {args.name}")
+                return 0
+            if not await user_sessions.end_one(conn, user_id, args.handle):
+                raise CommandError(f"{args.name} has no live session with handle {args.handle!r}")
+        print(f"ended session {args.handle} of {args.name}")
         return 0
 
     return _with_pool(settings, work)

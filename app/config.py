@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .throttle import Limits
+
 # The Go sample's determineEncryptionKey: 16, 24 or 32 bytes as they are; longer is cut to 32.
 _AES_KEY_LENGTHS = (16, 24, 32)
 _MIN_AUTHENTICATION_KEY_CHARS = 32
@@ -58,6 +60,8 @@ class Settings:
     log_level: str = "INFO"
     # DATABASE_URL was unset: the app runs (and fills in database_url from) an embedded PostgreSQL.
     embedded: bool = False
+    # Failed logins counted per window before 429 (see throttle.py for the three counts).
+    login_limits: Limits = field(default_factory=Limits)
     # Embedded mode keeps its PostgreSQL data and generated keys here (git-ignored).
     embedded_dir: Path = DEFAULT_EMBEDDED_DIR
 
@@ -126,6 +130,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         on_heroku=on_heroku,
         log_level=log_level,
         embedded=embedded,
+        login_limits=Limits(
+            window=_int(env, "LOGIN_THROTTLE_WINDOW", 900, minimum=1),
+            per_username_ip=_int(env, "LOGIN_MAX_FAILURES_PER_USERNAME_IP", 5, minimum=1),
+            per_ip=_int(env, "LOGIN_MAX_FAILURES_PER_IP", 20, minimum=1),
+            per_username=_int(env, "LOGIN_MAX_FAILURES_PER_USERNAME", 100, minimum=1),
+        ),
         embedded_dir=Path(env.get("EMBEDDED_DATA_DIR") or DEFAULT_EMBEDDED_DIR).resolve(),
     )
 
@@ -163,7 +173,11 @@ def _split_keys(raw: str, name: str) -> list[str]:
 
 
 def _check_database_url(url: str) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in 0-65535
+    except ValueError as exc:
+        raise ConfigError(f"DATABASE_URL is not a valid URL ({exc})") from None
     if parts.scheme not in ("postgres", "postgresql"):
         raise ConfigError("DATABASE_URL must start with postgres:// or postgresql://")
 

@@ -11,7 +11,7 @@ import asyncpg
 from aiohttp import web
 from aiohttp.web_exceptions import NotAppKeyWarning
 
-from . import db, handlers, schema
+from . import db, events, handlers, schema
 from .appkeys import HASHER, POOL, SETTINGS, STORAGE
 from .cipher import DataCipher
 from .config import Settings
@@ -69,7 +69,7 @@ async def create_app(settings: Settings) -> web.Application:
         db_timeout=settings.database_timeout,
     )
     app = web.Application(
-        middlewares=[proxy(settings.trust_proxy), security_headers, error_pages, cross_origin],
+        middlewares=[proxy(settings.trust_proxy), events.request_id, security_headers, error_pages, cross_origin],
     )
     app[SETTINGS] = settings
     app[POOL] = pool
@@ -84,6 +84,7 @@ async def create_app(settings: Settings) -> web.Application:
             interval=settings.sweep_interval,
             batch_size=settings.sweep_batch_size,
             timeout=max(settings.database_timeout, 5.0),
+            failure_window=settings.login_limits.window,
         )
     )
     app.on_cleanup.append(_close)

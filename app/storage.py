@@ -2,10 +2,12 @@
 
     aiohttp_session.setup(app, PostgresStorage(pool, signer=..., cipher=..., ...))
 
-The cookie carries only a signed opaque token (see tokens.py). The `sessions` row, keyed by the
+The cookie carries only a signed opaque token (tokens.py). The `sessions` row, keyed by the
 token's SHA-256, holds the data encrypted (cipher.py) and the deadlines, which PostgreSQL's clock
 enforces in the same statement that loads the row. A read-only request costs one statement and
-writes nothing, except to slide the idle deadline at most once per `touch_interval`.
+writes nothing, except to slide the idle deadline at most once per `touch_interval`. Saves are
+optimistic (a version column): two requests of one session that change different keys both
+survive, and a session ended meanwhile stays ended.
 """
 
 from __future__ import annotations
@@ -16,64 +18,78 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
-from aiohttp_session import AbstractStorage, Session
+from aiohttp_session import AbstractStorage, Session, get_session, new_session
 
+from . import events
 from .cipher import DataCipher
 from .db import connection
+from .session import PgSession
 from .tokens import TokenSigner, VerifiedToken, fingerprint_of
 
 log = logging.getLogger(__name__)
 
+_MAX_IP_CHARS, _MAX_USER_AGENT_CHARS = 64, 512
+
 # One statement per read: load the live row and, only when the last touch is older than the
-# touch interval, slide its idle deadline (never past the absolute one). The UPDATE matches no
-# row, and so writes nothing, inside the interval.
+# touch interval, slide its idle deadline (never past the absolute one) and note the client.
+# Inside the interval the UPDATE matches no row, and so writes nothing.
 LOAD_SQL = """
 WITH live AS (
-    SELECT id_hash, user_id, data, created_at, last_seen_at
+    SELECT id_hash, data, version, created_at, absolute_expires_at, last_seen_at
     FROM sessions
     WHERE id_hash = $1 AND idle_expires_at > now() AND absolute_expires_at > now()
 ), touched AS (
     UPDATE sessions AS s
     SET last_seen_at = now(),
-        idle_expires_at = least(now() + make_interval(secs => $2), s.absolute_expires_at)
+        idle_expires_at = least(now() + make_interval(secs => $2), s.absolute_expires_at),
+        client_ip = $4, user_agent = $5
     FROM live
     WHERE s.id_hash = live.id_hash AND live.last_seen_at <= now() - make_interval(secs => $3)
 )
-SELECT user_id, data, extract(epoch FROM created_at)::bigint AS created FROM live
+SELECT data, version,
+       extract(epoch FROM created_at)::bigint AS created,
+       ceil(extract(epoch FROM absolute_expires_at - now()))::int AS remaining
+FROM live
 """
 
-# A new session replaces the one the request came with, if any, in the same statement: login
-# never keeps a pre-login ID (no fixation), and no orphan row is left behind.
+# A new session replaces the one the request came with, in the same statement: login never
+# keeps a pre-login ID (no fixation) and leaves no orphan row. A renewal ($7) keeps the replaced
+# row's creation time and absolute deadline, and creates nothing if that row is already gone.
 INSERT_SQL = """
-WITH replaced AS (DELETE FROM sessions WHERE id_hash = $6)
-INSERT INTO sessions (id_hash, user_id, data, idle_expires_at, absolute_expires_at)
-VALUES ($1, $2, $3, now() + make_interval(secs => $4), now() + make_interval(secs => $5))
+WITH replaced AS (
+    DELETE FROM sessions
+    WHERE id_hash = $6 AND idle_expires_at > now() AND absolute_expires_at > now()
+    RETURNING created_at, absolute_expires_at
+), deadline AS (
+    SELECT coalesce(max(r.created_at), now()) AS created_at,
+           coalesce(max(r.absolute_expires_at), now() + make_interval(secs => $5)) AS absolute_at,
+           count(r.*) AS replaced
+    FROM replaced AS r WHERE $7
+)
+INSERT INTO sessions (id_hash, user_id, data, created_at, idle_expires_at, absolute_expires_at, client_ip, user_agent)
+SELECT $1, $2, $3, d.created_at, least(now() + make_interval(secs => $4), d.absolute_at), d.absolute_at, $8, $9
+FROM deadline AS d
+WHERE NOT $7 OR d.replaced > 0
+RETURNING ceil(extract(epoch FROM absolute_expires_at - now()))::int AS remaining
 """
 
-# Never an upsert: a row deleted meanwhile (logout in another tab) stays deleted.
+# Optimistic: only if nobody saved since we loaded. Never an upsert: an ended session stays ended.
 UPDATE_SQL = """
 UPDATE sessions
-SET data = $2, user_id = $3, last_seen_at = now(),
+SET data = $2, user_id = $3, version = version + 1, last_seen_at = now(),
     idle_expires_at = least(now() + make_interval(secs => $4), absolute_expires_at)
+WHERE id_hash = $1 AND version = $5 AND idle_expires_at > now() AND absolute_expires_at > now()
+RETURNING version
+"""
+
+# After a version conflict: lock the row for the length of one merge (never across a handler).
+LOCK_SQL = """
+SELECT data, version FROM sessions
 WHERE id_hash = $1 AND idle_expires_at > now() AND absolute_expires_at > now()
+FOR UPDATE
 """
 
 DELETE_SQL = "DELETE FROM sessions WHERE id_hash = $1"
-
-
-class PgSession(Session):
-    """A Session that remembers which row it came from."""
-
-    def __init__(
-        self,
-        *,
-        id_hash: bytes | None,
-        data: dict[str, Any] | None = None,
-        created: int | None = None,
-    ) -> None:
-        payload = {"created": created, "session": data} if data is not None else None
-        super().__init__(None if id_hash is None else id_hash.hex(), data=payload, new=id_hash is None)
-        self.id_hash = id_hash
 
 
 class PostgresStorage(AbstractStorage):
@@ -92,7 +108,7 @@ class PostgresStorage(AbstractStorage):
     ) -> None:
         """
         pool: asyncpg pool on a database migrated with this project's Alembic revisions.
-        signer / cipher: the cookie-signing and data-encrypting keys.
+        signer / cipher: the cookie-signing and data-encrypting keys (newest first).
         idle_timeout: seconds of inactivity that end a session.
         absolute_timeout: seconds after creation that end a session however active; also the
             cookie's Max-Age.
@@ -101,23 +117,17 @@ class PostgresStorage(AbstractStorage):
         cookie_name: "__Host-" is put in front of it when the request came over HTTPS.
         db_timeout: bound in seconds on each database operation; past it, HTTP 503.
         user_id_key: the session key whose integer value is mirrored into `sessions.user_id`,
-            so deleting a user ends their sessions.
+            so deleting a user ends their sessions and their sessions can be listed.
         """
         if not 0 <= touch_interval < idle_timeout <= absolute_timeout:
             raise ValueError("need 0 <= touch_interval < idle_timeout <= absolute_timeout")
-        super().__init__(
-            cookie_name=cookie_name,
-            max_age=absolute_timeout,
-            httponly=True,
-            samesite="Lax",
-            path="/",
-        )
+        super().__init__(cookie_name=cookie_name, max_age=absolute_timeout, httponly=True, samesite="Lax")
         self._pool = pool
         self._signer = signer
         self._cipher = cipher
-        self._idle = idle_timeout
-        self._absolute = absolute_timeout
-        self._touch = touch_interval
+        self._idle = float(idle_timeout)
+        self._absolute = float(absolute_timeout)
+        self._touch = float(touch_interval)
         self._db_timeout = db_timeout
         self._user_id_key = user_id_key
 
@@ -130,20 +140,21 @@ class PostgresStorage(AbstractStorage):
     def load_cookie(self, request: web.Request) -> str | None:
         return request.cookies.get(self.cookie_name_for(request))
 
-    def _verified_cookie(self, request: web.Request) -> VerifiedToken | None:
+    def verified_id_hash(self, request: web.Request) -> VerifiedToken | None:
+        """The request's cookie, if present and validly signed (no database access)."""
         cookie = self.load_cookie(request)
         if cookie is None:
             return None
         verified = self._signer.verify(cookie)
         if verified is None:
-            log.info("session cookie rejected: bad signature or format")
+            events.emit(request, "session.bad_signature")
         return verified
 
-    def _set_cookie(self, request: web.Request, response: web.StreamResponse, value: str) -> None:
+    def _set_cookie(self, request: web.Request, response: web.StreamResponse, value: str, max_age: int) -> None:
         response.set_cookie(
             self.cookie_name_for(request),
             value,
-            max_age=self._absolute,
+            max_age=max(max_age, 0),
             path="/",
             secure=request.secure or None,
             httponly=True,
@@ -163,28 +174,39 @@ class PostgresStorage(AbstractStorage):
     # -- aiohttp-session API ---------------------------------------------------------------
 
     async def new_session(self) -> PgSession:
-        return PgSession(id_hash=None)
+        return PgSession()
 
     async def load_session(self, request: web.Request) -> PgSession:
-        verified = self._verified_cookie(request)
+        verified = self.verified_id_hash(request)
         if verified is None:
-            return PgSession(id_hash=None)
+            return PgSession()
         id_hash = verified.id_hash
         async with connection(self._pool, self._db_timeout) as conn:
-            row = await conn.fetchrow(LOAD_SQL, id_hash, float(self._idle), float(self._touch))
+            row = await conn.fetchrow(LOAD_SQL, id_hash, self._idle, self._touch, *_client(request))
         if row is None:
-            log.info("session %s not found or expired", fingerprint_of(id_hash))
-            return PgSession(id_hash=None)
+            events.emit(request, "session.expired_or_unknown", id_hash)
+            return PgSession()
         opened = self._cipher.open(row["data"], id_hash)
         if opened is None:
-            log.warning("session %s data does not decrypt under any key", fingerprint_of(id_hash))
-            return PgSession(id_hash=None)
-        plaintext, _current = opened
-        return PgSession(id_hash=id_hash, data=json.loads(plaintext), created=row["created"])
+            events.emit(request, "session.undecryptable", id_hash)
+            return PgSession()
+        plaintext, current_data_key = opened
+        cookie = self.load_cookie(request)
+        assert cookie is not None
+        return PgSession(
+            id_hash=id_hash,
+            data=json.loads(plaintext),
+            snapshot=json.loads(plaintext),  # a second decode is the cheapest deep copy
+            created=row["created"],
+            version=row["version"],
+            needs_rewrite=not (current_data_key and verified.current_key),
+            resigned_cookie=None if verified.current_key else self._signer.resign(cookie),
+            cookie_max_age=row["remaining"],
+        )
 
     async def save_session(self, request: web.Request, response: web.StreamResponse, session: Session) -> None:
         if not isinstance(session, PgSession):
-            raise TypeError("PostgresStorage saves only sessions it created")
+            raise TypeError("PostgresStorage saves only the sessions it hands out")
         if session.empty:
             await self._end(request, response, session)
         elif session.id_hash is None:
@@ -195,54 +217,105 @@ class PostgresStorage(AbstractStorage):
     # -- writes ----------------------------------------------------------------------------
 
     async def _create(self, request: web.Request, response: web.StreamResponse, session: PgSession) -> None:
-        previous = self._verified_cookie(request)
+        renewing = session.renews is not None
+        if renewing:
+            replaced = session.renews
+        else:
+            previous = self.verified_id_hash(request)
+            replaced = previous.id_hash if previous else None
         cookie, id_hash = self._signer.new()
         mapping = dict(session)
         async with connection(self._pool, self._db_timeout) as conn:
-            await conn.execute(
+            remaining = await conn.fetchval(
                 INSERT_SQL,
                 id_hash,
                 self._user_id(mapping),
                 self._seal(mapping, id_hash),
-                float(self._idle),
-                float(self._absolute),
-                previous.id_hash if previous else None,
+                self._idle,
+                self._absolute,
+                replaced,
+                renewing,
+                *_client(request),
             )
+        if remaining is None:
+            # Renewing a session that ended meanwhile: it stays ended.
+            events.emit(request, "session.ended_during_request", replaced)
+            self._expire_cookie(request, response)
+            return
         session.id_hash = id_hash
-        self._set_cookie(request, response, cookie)
-        log.info("session %s created", fingerprint_of(id_hash))
+        session.version = 1
+        self._set_cookie(request, response, cookie, remaining)
+        if renewing:
+            events.emit(request, "session.renewed", id_hash, previous=_fp(replaced))
+        else:
+            events.emit(request, "session.created", id_hash, user_id=mapping.get(self._user_id_key, "-"))
 
     async def _update(self, request: web.Request, response: web.StreamResponse, session: PgSession) -> None:
-        assert session.id_hash is not None
+        id_hash = session.id_hash
+        assert id_hash is not None
         mapping = dict(session)
         async with connection(self._pool, self._db_timeout) as conn:
-            status = await conn.execute(
+            version = await conn.fetchval(
                 UPDATE_SQL,
-                session.id_hash,
-                self._seal(mapping, session.id_hash),
+                id_hash,
+                self._seal(mapping, id_hash),
                 self._user_id(mapping),
-                float(self._idle),
+                self._idle,
+                session.version,
             )
-        if status == "UPDATE 0":
-            # Ended while this request ran: do not bring it back, and tell the browser so.
-            log.info("session %s ended during the request; not saved", fingerprint_of(session.id_hash))
+            if version is None:
+                version = await self._merge(conn, session)
+        if version is None:
+            # Ended while this request ran (logout in another tab): do not bring it back.
+            events.emit(request, "session.ended_during_request", id_hash)
             self._expire_cookie(request, response)
+            return
+        session.version = version
+        if session.resigned_cookie is not None and session.cookie_max_age is not None:
+            self._set_cookie(request, response, session.resigned_cookie, session.cookie_max_age)
+            session.resigned_cookie = None
+
+    async def _merge(self, conn: asyncpg.Connection, session: PgSession) -> int | None:
+        """Someone saved since we loaded: re-apply only this request's changes to the latest data,
+        holding the row lock for just this merge. None when the session is gone."""
+        id_hash = session.id_hash
+        assert id_hash is not None
+        updated, deleted = session.changes()
+        async with conn.transaction():
+            row = await conn.fetchrow(LOCK_SQL, id_hash)
+            if row is None:
+                return None
+            opened = self._cipher.open(row["data"], id_hash)
+            latest: dict[str, Any] = json.loads(opened[0]) if opened else {}
+            for key in deleted:
+                latest.pop(key, None)
+            latest.update(updated)
+            return await conn.fetchval(
+                UPDATE_SQL,
+                id_hash,
+                self._seal(latest, id_hash),
+                self._user_id(latest),
+                self._idle,
+                row["version"],
+            )
 
     async def _end(self, request: web.Request, response: web.StreamResponse, session: PgSession) -> None:
         id_hash = session.id_hash
         if id_hash is None:
             # A new, empty session: end whatever the request's cookie named.
-            previous = self._verified_cookie(request)
+            previous = self.verified_id_hash(request)
             id_hash = previous.id_hash if previous else None
         if id_hash is not None:
             async with connection(self._pool, self._db_timeout) as conn:
                 await conn.execute(DELETE_SQL, id_hash)
-            log.info("session %s ended", fingerprint_of(id_hash))
+            events.emit(request, "session.ended", id_hash)
         if self.load_cookie(request) is not None:
             self._expire_cookie(request, response)
 
     def _seal(self, mapping: dict[str, Any], id_hash: bytes) -> bytes:
-        return self._cipher.seal(json.dumps(mapping, separators=(",", ":")).encode(), id_hash)
+        # allow_nan=False: NaN would not come back equal. Nested values changed in place bypass
+        # the check at assignment; this is where they fail.
+        return self._cipher.seal(json.dumps(mapping, separators=(",", ":"), allow_nan=False).encode(), id_hash)
 
     def _user_id(self, mapping: dict[str, Any]) -> int | None:
         value = mapping.get(self._user_id_key)
@@ -251,3 +324,23 @@ class PostgresStorage(AbstractStorage):
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"session[{self._user_id_key!r}] must be an int user id")
         return value
+
+
+async def renew_session(request: web.Request) -> PgSession:
+    """Give the request's session a new ID, keeping its data and deadlines; the old ID stops
+    working when the response is saved. Call on every privilege change."""
+    old = await get_session(request)
+    fresh = await new_session(request)
+    assert isinstance(old, PgSession)
+    assert isinstance(fresh, PgSession)
+    fresh.update(old)
+    fresh.renews = old.id_hash
+    return fresh
+
+
+def _client(request: web.BaseRequest) -> tuple[str, str]:
+    return (request.remote or "")[:_MAX_IP_CHARS], request.headers.get("User-Agent", "")[:_MAX_USER_AGENT_CHARS]
+
+
+def _fp(id_hash: bytes | None) -> str:
+    return fingerprint_of(id_hash) if id_hash else "-"

@@ -38,17 +38,37 @@ WHERE id_hash IN (
 """
 
 
-async def sweep(pool: asyncpg.Pool, *, batch_size: int, statement_timeout: float = 10.0) -> int | None:
-    """Delete expired rows, batch by batch, until none is left.
+# Failed logins older than the throttle window no longer count for anything.
+DELETE_FAILURES_BATCH_SQL = """
+DELETE FROM login_failures
+WHERE id IN (
+    SELECT id FROM login_failures
+    WHERE failed_at <= now() - make_interval(secs => $2)
+    LIMIT $1
+)
+"""
 
-    Returns the number deleted, or None when another process holds the sweep lock.
+
+async def sweep(
+    pool: asyncpg.Pool, *, batch_size: int, statement_timeout: float = 10.0, failure_window: int = 900
+) -> int | None:
+    """Delete expired sessions (and stale failed-login records), batch by batch, until none is left.
+
+    Returns the number of sessions deleted, or None when another process holds the sweep lock.
     """
+    sessions = await _drain(pool, batch_size, statement_timeout, DELETE_BATCH_SQL)
+    if sessions is not None:
+        await _drain(pool, batch_size, statement_timeout, DELETE_FAILURES_BATCH_SQL, float(failure_window))
+    return sessions
+
+
+async def _drain(pool: asyncpg.Pool, batch_size: int, timeout: float, sql: str, *args: object) -> int | None:
     total = 0
     while True:
-        async with pool.acquire(timeout=statement_timeout) as conn, conn.transaction():
+        async with pool.acquire(timeout=timeout) as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SWEEP_LOCK_KEY):
                 return None if total == 0 else total
-            status = await conn.execute(DELETE_BATCH_SQL, batch_size, timeout=statement_timeout)
+            status = await conn.execute(sql, batch_size, *args, timeout=timeout)
         deleted = int(status.split()[-1])
         total += deleted
         if deleted < batch_size:
@@ -56,12 +76,14 @@ async def sweep(pool: asyncpg.Pool, *, batch_size: int, statement_timeout: float
         await asyncio.sleep(0)  # let requests in between batches
 
 
-def sweeper_context(pool_key: web.AppKey[asyncpg.Pool], *, interval: int, batch_size: int, timeout: float):
+def sweeper_context(
+    pool_key: web.AppKey[asyncpg.Pool], *, interval: int, batch_size: int, timeout: float, failure_window: int
+):
     """A cleanup_ctx entry that runs `sweep` every `interval` seconds (jittered +/-20%, so dynos
     started together do not collide) while the app runs."""
 
     async def run(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(_loop(app[pool_key], interval, batch_size, timeout))
+        task = asyncio.create_task(_loop(app[pool_key], interval, batch_size, timeout, failure_window))
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -70,11 +92,11 @@ def sweeper_context(pool_key: web.AppKey[asyncpg.Pool], *, interval: int, batch_
     return run
 
 
-async def _loop(pool: asyncpg.Pool, interval: int, batch_size: int, timeout: float) -> None:
+async def _loop(pool: asyncpg.Pool, interval: int, batch_size: int, timeout: float, failure_window: int) -> None:
     while True:
         await asyncio.sleep(interval * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not secrecy
         try:
-            deleted = await sweep(pool, batch_size=batch_size, statement_timeout=timeout)
+            deleted = await sweep(pool, batch_size=batch_size, statement_timeout=timeout, failure_window=failure_window)
         except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
             log.warning("sweep failed, will retry next interval: %s", type(exc).__name__)
             continue

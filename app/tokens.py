@@ -67,10 +67,13 @@ def id_hash_of(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+HANDLE_BYTES = 8
+
+
 def handle_of(id_hash: bytes) -> str:
     """A short public name for a session (display, revocation). It cannot authenticate: it is a
     prefix of a hash of the token, and finding a token from it means inverting SHA-256."""
-    return id_hash[:8].hex()
+    return id_hash[:HANDLE_BYTES].hex()
 
 
 def fingerprint_of(id_hash: bytes) -> str:

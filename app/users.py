@@ -22,6 +22,9 @@ ON CONFLICT ((lower(username))) DO UPDATE SET password_hash = EXCLUDED.password_
 RETURNING id, (xmax = 0) AS inserted
 """
 
+# A password reset ends every session of the user: whoever knew the old password is out.
+END_SESSIONS_SQL = "DELETE FROM sessions WHERE user_id = $1"
+
 # Sessions go with the user (ON DELETE CASCADE).
 DELETE_SQL = "DELETE FROM users WHERE lower(username) = lower($1)"
 
@@ -48,8 +51,11 @@ async def find(conn: asyncpg.Connection, username: str) -> User | None:
 
 
 async def upsert(conn: asyncpg.Connection, username: str, password_hash: str) -> bool:
-    """Create the user, or reset their password. True when created."""
-    row = await conn.fetchrow(UPSERT_SQL, username, password_hash)
+    """Create the user, or reset their password and end their sessions. True when created."""
+    async with conn.transaction():
+        row = await conn.fetchrow(UPSERT_SQL, username, password_hash)
+        if not row["inserted"]:
+            await conn.execute(END_SESSIONS_SQL, row["id"])
     return bool(row["inserted"])
 
 

@@ -1,0 +1,101 @@
+"""PgSession: the Session our storage hands out.
+
+- Values must be JSON values (str, int, float, bool, None, and lists / str-keyed dicts of them),
+  checked at assignment: a handler's mistake raises TypeError in the handler, not later in the
+  middleware, and the stored session stays as it was.
+- It knows what changed since load by comparing with a snapshot, so a change inside a nested
+  value is saved too (aiohttp-session's own flag only sees top-level assignment), and so a
+  concurrent save can re-apply just this request's changes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from aiohttp_session import Session
+
+_MISSING = object()
+
+
+def check_json_value(key: object, value: object) -> None:
+    """Raise TypeError, naming `key`, unless `value` survives a JSON round trip unchanged."""
+    if not isinstance(key, str):
+        raise TypeError(f"session keys must be str, got {type(key).__name__} {key!r}")
+    problem = _json_problem(value)
+    if problem:
+        raise TypeError(f"session[{key!r}]: {problem}")
+
+
+def _json_problem(value: object) -> str | None:
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{value} is not a JSON number"
+    if isinstance(value, list):
+        for item in value:
+            problem = _json_problem(item)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return f"dict keys must be str, got {type(k).__name__}"
+            problem = _json_problem(v)
+            if problem:
+                return problem
+        return None
+    return f"{type(value).__name__} is not a JSON value (use str, int, float, bool, None, list, dict)"
+
+
+class PgSession(Session):
+    """A Session that remembers its row, its version and what it was when loaded."""
+
+    def __init__(
+        self,
+        *,
+        id_hash: bytes | None = None,
+        data: dict[str, Any] | None = None,
+        snapshot: dict[str, Any] | None = None,
+        created: int | None = None,
+        version: int = 0,
+        needs_rewrite: bool = False,
+        resigned_cookie: str | None = None,
+        cookie_max_age: int | None = None,
+    ) -> None:
+        """`snapshot` must be an independent copy of `data` (the storage decodes it twice)."""
+        self._flagged = False
+        self._assigned: set[str] = set()
+        self._snapshot = snapshot if snapshot is not None else {}
+        self.id_hash = id_hash
+        self.version = version
+        # Read under an old key: save it again (re-encrypted, cookie re-signed) even if unchanged.
+        self.needs_rewrite = needs_rewrite
+        self.resigned_cookie = resigned_cookie
+        self.cookie_max_age = cookie_max_age
+        # Set by renew_session: the row this one replaces, whose deadlines it keeps.
+        self.renews: bytes | None = None
+        payload = {"created": created, "session": data} if data is not None else None
+        super().__init__(None if id_hash is None else id_hash.hex(), data=payload, new=id_hash is None)
+
+    # aiohttp-session's middleware saves when `_changed` is true; base methods assign it.
+    @property  # type: ignore[override]
+    def _changed(self) -> bool:
+        return self._flagged or self.needs_rewrite or self._mapping != self._snapshot
+
+    @_changed.setter
+    def _changed(self, value: bool) -> None:
+        self._flagged = value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        check_json_value(key, value)
+        super().__setitem__(key, value)
+        self._assigned.add(key)
+
+    def changes(self) -> tuple[dict[str, Any], set[str]]:
+        """(keys set or changed since load with their values, keys deleted since load)."""
+        current = self._mapping
+        updated = {k: v for k, v in current.items() if k in self._assigned or self._snapshot.get(k, _MISSING) != v}
+        deleted = {k for k in self._snapshot if k not in current}
+        return updated, deleted
