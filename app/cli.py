@@ -201,8 +201,8 @@ def _sessions_revoke(settings: Settings, args: argparse.Namespace) -> int:
         async with connection(pool, settings.database_timeout) as conn:
             user_id = await _user_id(conn, args.name)
             if args.all:
-                count = await user_sessions.end_all(conn, user_id)
-                print(f"ended {count} sessions of {args.name}")
+                ended = await user_sessions.end_all(conn, user_id)
+                print(f"ended {len(ended)} sessions of {args.name}")
                 return 0
             if not await user_sessions.end_one(conn, user_id, args.handle):
                 raise CommandError(f"{args.name} has no live session with handle {args.handle!r}")

@@ -60,6 +60,13 @@ class Settings:
     log_level: str = "INFO"
     # DATABASE_URL was unset: the app runs (and fills in database_url from) an embedded PostgreSQL.
     embedded: bool = False
+    # In-process cache of validated sessions, kept coherent by LISTEN/NOTIFY (cache.py). With it,
+    # a revocation made through another process takes effect when its notification arrives.
+    cache: bool = False
+    cache_size: int = 10_000
+    cache_max_age: int = 10
+    # Behind PgBouncer in transaction pooling: no named prepared statements, no LISTEN.
+    pgbouncer: bool = False
     # Failed logins counted per window before 429 (see throttle.py for the three counts).
     login_limits: Limits = field(default_factory=Limits)
     # Embedded mode keeps its PostgreSQL data and generated keys here (git-ignored).
@@ -106,6 +113,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if cookie_name.lower().startswith(("__host-", "__secure-")):
         raise ConfigError("SESSION_COOKIE_NAME must not carry a prefix: '__Host-' is added when the cookie is Secure")
 
+    cache = _bool(env, "SESSION_CACHE", default=False)
+    pgbouncer = _bool(env, "DATABASE_PGBOUNCER", default=False)
+    if cache and pgbouncer:
+        raise ConfigError(
+            "SESSION_CACHE=on needs LISTEN/NOTIFY, which PgBouncer's transaction pooling cannot carry: "
+            "turn one of SESSION_CACHE and DATABASE_PGBOUNCER off"
+        )
+
     log_level = env.get("LOG_LEVEL", "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR")
@@ -130,6 +145,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         on_heroku=on_heroku,
         log_level=log_level,
         embedded=embedded,
+        cache=cache,
+        cache_size=_int(env, "SESSION_CACHE_SIZE", 10_000, minimum=1),
+        cache_max_age=_int(env, "SESSION_CACHE_MAX_AGE", 10, minimum=1),
+        pgbouncer=pgbouncer,
         login_limits=Limits(
             window=_int(env, "LOGIN_THROTTLE_WINDOW", 900, minimum=1),
             per_username_ip=_int(env, "LOGIN_MAX_FAILURES_PER_USERNAME_IP", 5, minimum=1),

@@ -64,8 +64,15 @@ def describe(url: str) -> str:
     return f"{host}:{port}{parts.path or '/'}"
 
 
-async def create_pool(url: str, *, on_heroku: bool, max_size: int, timeout: float) -> asyncpg.Pool:
-    """Open the pool, connecting once so a wrong URL fails at start, not at the first request."""
+async def create_pool(
+    url: str, *, on_heroku: bool, max_size: int, timeout: float, pgbouncer: bool = False
+) -> asyncpg.Pool:
+    """Open the pool, connecting once so a wrong URL fails at start, not at the first request.
+
+    `pgbouncer`: PgBouncer in transaction pooling hands each transaction to any server
+    connection, so named prepared statements (asyncpg's statement cache) cannot be used. All
+    timeouts here are client-side, so nothing is sent as a startup parameter PgBouncer rejects.
+    """
     return await asyncpg.create_pool(
         **connect_kwargs(url, on_heroku=on_heroku),
         min_size=1,
@@ -73,6 +80,7 @@ async def create_pool(url: str, *, on_heroku: bool, max_size: int, timeout: floa
         timeout=timeout,  # connect
         command_timeout=timeout,  # default per statement
         max_inactive_connection_lifetime=60,
+        statement_cache_size=0 if pgbouncer else 100,
     )
 
 

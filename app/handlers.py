@@ -6,7 +6,7 @@ from aiohttp import web
 from aiohttp_session import get_session, new_session
 
 from . import events, pages, throttle, user_sessions, users
-from .appkeys import HASHER, POOL, SETTINGS
+from .appkeys import HASHER, POOL, SETTINGS, STORAGE
 from .db import connection
 from .forms import FormError, read_form
 from .passwords import MAX_PASSWORD_BYTES
@@ -100,6 +100,7 @@ async def revoke(request: web.Request) -> web.Response:
     # Scoped to this user: another user's handle, or a made-up one, matches nothing.
     async with connection(request.app[POOL], settings.database_timeout) as conn:
         ended = await user_sessions.end_one(conn, session["user_id"], handle)
+    request.app[STORAGE].forget(ended)
     if ended:
         events.emit(request, "session.revoked", session.id_hash, handle=handle)
         if session.id_hash is not None and handle_of(session.id_hash) == handle:
@@ -113,6 +114,7 @@ async def revoke_others(request: web.Request) -> web.Response:
     assert session.id_hash is not None
     settings = request.app[SETTINGS]
     async with connection(request.app[POOL], settings.database_timeout) as conn:
-        count = await user_sessions.end_others(conn, session["user_id"], session.id_hash)
-    events.emit(request, "session.revoked_others", session.id_hash, count=count)
+        ended = await user_sessions.end_others(conn, session["user_id"], session.id_hash)
+    request.app[STORAGE].forget(ended)
+    events.emit(request, "session.revoked_others", session.id_hash, count=len(ended))
     raise web.HTTPSeeOther("/sessions")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
+from functools import partial
 
 import aiohttp_session
 import asyncpg
@@ -13,6 +14,7 @@ from aiohttp.web_exceptions import NotAppKeyWarning
 
 from . import db, events, handlers, schema
 from .appkeys import HASHER, POOL, SETTINGS, STORAGE
+from .cache import SessionCache
 from .cipher import DataCipher
 from .config import Settings
 from .middlewares import cross_origin, error_pages, proxy, security_headers
@@ -43,6 +45,7 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
             on_heroku=settings.on_heroku,
             max_size=settings.database_pool_max,
             timeout=max(settings.database_timeout, 5.0),  # a cold start may be slower than a request
+            pgbouncer=settings.pgbouncer,
         )
     except (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError, ValueError) as exc:
         reason = str(exc).strip() or type(exc).__name__
@@ -58,6 +61,7 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
 
 async def create_app(settings: Settings) -> web.Application:
     pool = await open_pool(settings)
+    cache = SessionCache(max_entries=settings.cache_size, max_age=settings.cache_max_age) if settings.cache else None
     storage = PostgresStorage(
         pool,
         signer=TokenSigner(settings.authentication_keys),
@@ -67,6 +71,7 @@ async def create_app(settings: Settings) -> web.Application:
         touch_interval=settings.touch_interval,
         cookie_name=settings.cookie_name,
         db_timeout=settings.database_timeout,
+        cache=cache,
     )
     app = web.Application(
         middlewares=[proxy(settings.trust_proxy), events.request_id, security_headers, error_pages, cross_origin],
@@ -87,8 +92,16 @@ async def create_app(settings: Settings) -> web.Application:
             failure_window=settings.login_limits.window,
         )
     )
+    if cache is not None:
+        app.cleanup_ctx.append(cache.run_with(partial(_listener_connection, settings)))
     app.on_cleanup.append(_close)
     return app
+
+
+async def _listener_connection(settings: Settings) -> asyncpg.Connection:
+    assert settings.database_url is not None
+    kwargs = db.connect_kwargs(settings.database_url, on_heroku=settings.on_heroku)
+    return await asyncpg.connect(**kwargs, timeout=max(settings.database_timeout, 5.0))
 
 
 async def _close(app: web.Application) -> None:

@@ -60,9 +60,7 @@ class PgSession(Session):
         snapshot: dict[str, Any] | None = None,
         created: int | None = None,
         version: int = 0,
-        needs_rewrite: bool = False,
-        resigned_cookie: str | None = None,
-        cookie_max_age: int | None = None,
+        absolute_deadline: float | None = None,
     ) -> None:
         """`snapshot` must be an independent copy of `data` (the storage decodes it twice)."""
         self._flagged = False
@@ -70,10 +68,11 @@ class PgSession(Session):
         self._snapshot = snapshot if snapshot is not None else {}
         self.id_hash = id_hash
         self.version = version
+        # Epoch seconds after which the session ends however active (database clock).
+        self.absolute_deadline = absolute_deadline
         # Read under an old key: save it again (re-encrypted, cookie re-signed) even if unchanged.
-        self.needs_rewrite = needs_rewrite
-        self.resigned_cookie = resigned_cookie
-        self.cookie_max_age = cookie_max_age
+        self.needs_rewrite = False
+        self.resigned_cookie: str | None = None
         # Set by renew_session: the row this one replaces, whose deadlines it keeps.
         self.renews: bytes | None = None
         payload = {"created": created, "session": data} if data is not None else None

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
@@ -21,6 +24,7 @@ from aiohttp import web
 from aiohttp_session import AbstractStorage, Session, get_session, new_session
 
 from . import events
+from .cache import Entry, SessionCache
 from .cipher import DataCipher
 from .db import connection
 from .session import PgSession
@@ -35,7 +39,8 @@ _MAX_IP_CHARS, _MAX_USER_AGENT_CHARS = 64, 512
 # Inside the interval the UPDATE matches no row, and so writes nothing.
 LOAD_SQL = """
 WITH live AS (
-    SELECT id_hash, data, version, created_at, absolute_expires_at, last_seen_at
+    SELECT id_hash, data, version, created_at, idle_expires_at, absolute_expires_at, last_seen_at,
+           last_seen_at <= now() - make_interval(secs => $3) AS due
     FROM sessions
     WHERE id_hash = $1 AND idle_expires_at > now() AND absolute_expires_at > now()
 ), touched AS (
@@ -44,11 +49,13 @@ WITH live AS (
         idle_expires_at = least(now() + make_interval(secs => $2), s.absolute_expires_at),
         client_ip = $4, user_agent = $5
     FROM live
-    WHERE s.id_hash = live.id_hash AND live.last_seen_at <= now() - make_interval(secs => $3)
+    WHERE s.id_hash = live.id_hash AND live.due
 )
 SELECT data, version,
        extract(epoch FROM created_at)::bigint AS created,
-       ceil(extract(epoch FROM absolute_expires_at - now()))::int AS remaining
+       extract(epoch FROM CASE WHEN due THEN least(now() + make_interval(secs => $2), absolute_expires_at)
+                               ELSE idle_expires_at END)::float8 AS idle_deadline,
+       extract(epoch FROM absolute_expires_at)::float8 AS absolute_deadline
 FROM live
 """
 
@@ -70,7 +77,7 @@ INSERT INTO sessions (id_hash, user_id, data, created_at, idle_expires_at, absol
 SELECT $1, $2, $3, d.created_at, least(now() + make_interval(secs => $4), d.absolute_at), d.absolute_at, $8, $9
 FROM deadline AS d
 WHERE NOT $7 OR d.replaced > 0
-RETURNING ceil(extract(epoch FROM absolute_expires_at - now()))::int AS remaining
+RETURNING extract(epoch FROM absolute_expires_at)::float8 AS absolute_deadline
 """
 
 # Optimistic: only if nobody saved since we loaded. Never an upsert: an ended session stays ended.
@@ -105,6 +112,7 @@ class PostgresStorage(AbstractStorage):
         cookie_name: str = "session",
         db_timeout: float = 1.5,
         user_id_key: str = "user_id",
+        cache: SessionCache | None = None,
     ) -> None:
         """
         pool: asyncpg pool on a database migrated with this project's Alembic revisions.
@@ -118,6 +126,8 @@ class PostgresStorage(AbstractStorage):
         db_timeout: bound in seconds on each database operation; past it, HTTP 503.
         user_id_key: the session key whose integer value is mirrored into `sessions.user_id`,
             so deleting a user ends their sessions and their sessions can be listed.
+        cache: an in-process SessionCache (cache.py), whose listener the caller runs; None: every
+            read asks the database.
         """
         if not 0 <= touch_interval < idle_timeout <= absolute_timeout:
             raise ValueError("need 0 <= touch_interval < idle_timeout <= absolute_timeout")
@@ -130,6 +140,7 @@ class PostgresStorage(AbstractStorage):
         self._touch = float(touch_interval)
         self._db_timeout = db_timeout
         self._user_id_key = user_id_key
+        self._cache = cache
 
     # -- cookie ----------------------------------------------------------------------------
 
@@ -181,6 +192,14 @@ class PostgresStorage(AbstractStorage):
         if verified is None:
             return PgSession()
         id_hash = verified.id_hash
+        cache = self._cache
+        if cache is not None:
+            now = time.time()
+            entry = cache.get(id_hash, now)
+            # A hit asks no database, until this process's touch interval for the row runs out.
+            if entry is not None and now - entry.touched_at < self._touch and verified.current_key:
+                return _session(id_hash, entry.plaintext, entry.created, entry.version, entry.absolute_deadline)
+            generation = cache.generation
         async with connection(self._pool, self._db_timeout) as conn:
             row = await conn.fetchrow(LOAD_SQL, id_hash, self._idle, self._touch, *_client(request))
         if row is None:
@@ -191,18 +210,29 @@ class PostgresStorage(AbstractStorage):
             events.emit(request, "session.undecryptable", id_hash)
             return PgSession()
         plaintext, current_data_key = opened
-        cookie = self.load_cookie(request)
-        assert cookie is not None
-        return PgSession(
-            id_hash=id_hash,
-            data=json.loads(plaintext),
-            snapshot=json.loads(plaintext),  # a second decode is the cheapest deep copy
-            created=row["created"],
-            version=row["version"],
-            needs_rewrite=not (current_data_key and verified.current_key),
-            resigned_cookie=None if verified.current_key else self._signer.resign(cookie),
-            cookie_max_age=row["remaining"],
-        )
+        session = _session(id_hash, plaintext, row["created"], row["version"], row["absolute_deadline"])
+        if not (current_data_key and verified.current_key):
+            # Read under an old key: save it again now, re-encrypted and re-signed.
+            session.needs_rewrite = True
+            if not verified.current_key:
+                cookie = self.load_cookie(request)
+                assert cookie is not None
+                session.resigned_cookie = self._signer.resign(cookie)
+        elif cache is not None:
+            cache.put(
+                id_hash,
+                Entry(
+                    plaintext,
+                    row["version"],
+                    row["created"],
+                    row["idle_deadline"],
+                    row["absolute_deadline"],
+                    touched_at=time.time(),
+                    cached_at=time.monotonic(),
+                ),
+                generation=generation,
+            )
+        return session
 
     async def save_session(self, request: web.Request, response: web.StreamResponse, session: Session) -> None:
         if not isinstance(session, PgSession):
@@ -225,26 +255,32 @@ class PostgresStorage(AbstractStorage):
             replaced = previous.id_hash if previous else None
         cookie, id_hash = self._signer.new()
         mapping = dict(session)
+        plaintext = _encode(mapping)
+        generation = self._cache.generation if self._cache else 0
         async with connection(self._pool, self._db_timeout) as conn:
-            remaining = await conn.fetchval(
+            absolute_deadline = await conn.fetchval(
                 INSERT_SQL,
                 id_hash,
                 self._user_id(mapping),
-                self._seal(mapping, id_hash),
+                self._cipher.seal(plaintext, id_hash),
                 self._idle,
                 self._absolute,
                 replaced,
                 renewing,
                 *_client(request),
             )
-        if remaining is None:
+        if replaced is not None:
+            self.forget([replaced])
+        if absolute_deadline is None:
             # Renewing a session that ended meanwhile: it stays ended.
             events.emit(request, "session.ended_during_request", replaced)
             self._expire_cookie(request, response)
             return
         session.id_hash = id_hash
         session.version = 1
-        self._set_cookie(request, response, cookie, remaining)
+        session.absolute_deadline = absolute_deadline
+        self._set_cookie(request, response, cookie, math.ceil(absolute_deadline - time.time()))
+        self._remember(id_hash, plaintext, session, generation)
         if renewing:
             events.emit(request, "session.renewed", id_hash, previous=_fp(replaced))
         else:
@@ -254,50 +290,57 @@ class PostgresStorage(AbstractStorage):
         id_hash = session.id_hash
         assert id_hash is not None
         mapping = dict(session)
+        plaintext = _encode(mapping)
+        generation = self._cache.generation if self._cache else 0
         async with connection(self._pool, self._db_timeout) as conn:
             version = await conn.fetchval(
                 UPDATE_SQL,
                 id_hash,
-                self._seal(mapping, id_hash),
+                self._cipher.seal(plaintext, id_hash),
                 self._user_id(mapping),
                 self._idle,
                 session.version,
             )
             if version is None:
-                version = await self._merge(conn, session)
+                version, plaintext = await self._merge(conn, session)
         if version is None:
             # Ended while this request ran (logout in another tab): do not bring it back.
+            self.forget([id_hash])
             events.emit(request, "session.ended_during_request", id_hash)
             self._expire_cookie(request, response)
             return
         session.version = version
-        if session.resigned_cookie is not None and session.cookie_max_age is not None:
-            self._set_cookie(request, response, session.resigned_cookie, session.cookie_max_age)
+        self._remember(id_hash, plaintext, session, generation)
+        if session.resigned_cookie is not None and session.absolute_deadline is not None:
+            max_age = math.ceil(session.absolute_deadline - time.time())
+            self._set_cookie(request, response, session.resigned_cookie, max_age)
             session.resigned_cookie = None
 
-    async def _merge(self, conn: asyncpg.Connection, session: PgSession) -> int | None:
+    async def _merge(self, conn: asyncpg.Connection, session: PgSession) -> tuple[int | None, bytes]:
         """Someone saved since we loaded: re-apply only this request's changes to the latest data,
-        holding the row lock for just this merge. None when the session is gone."""
+        holding the row lock for just this merge. (None, _) when the session is gone."""
         id_hash = session.id_hash
         assert id_hash is not None
         updated, deleted = session.changes()
         async with conn.transaction():
             row = await conn.fetchrow(LOCK_SQL, id_hash)
             if row is None:
-                return None
+                return None, b""
             opened = self._cipher.open(row["data"], id_hash)
             latest: dict[str, Any] = json.loads(opened[0]) if opened else {}
             for key in deleted:
                 latest.pop(key, None)
             latest.update(updated)
-            return await conn.fetchval(
+            plaintext = _encode(latest)
+            version = await conn.fetchval(
                 UPDATE_SQL,
                 id_hash,
-                self._seal(latest, id_hash),
+                self._cipher.seal(plaintext, id_hash),
                 self._user_id(latest),
                 self._idle,
                 row["version"],
             )
+            return version, plaintext
 
     async def _end(self, request: web.Request, response: web.StreamResponse, session: PgSession) -> None:
         id_hash = session.id_hash
@@ -308,14 +351,38 @@ class PostgresStorage(AbstractStorage):
         if id_hash is not None:
             async with connection(self._pool, self._db_timeout) as conn:
                 await conn.execute(DELETE_SQL, id_hash)
+            self.forget([id_hash])
             events.emit(request, "session.ended", id_hash)
         if self.load_cookie(request) is not None:
             self._expire_cookie(request, response)
 
-    def _seal(self, mapping: dict[str, Any], id_hash: bytes) -> bytes:
-        # allow_nan=False: NaN would not come back equal. Nested values changed in place bypass
-        # the check at assignment; this is where they fail.
-        return self._cipher.seal(json.dumps(mapping, separators=(",", ":"), allow_nan=False).encode(), id_hash)
+    # -- cache -----------------------------------------------------------------------------
+
+    def forget(self, id_hashes: Iterable[bytes]) -> None:
+        """Evict sessions this process ended by other means (revocation) at once, without
+        waiting for their notification."""
+        if self._cache is not None:
+            for id_hash in id_hashes:
+                self._cache.evict(id_hash)
+
+    def _remember(self, id_hash: bytes, plaintext: bytes, session: PgSession, generation: int) -> None:
+        """Cache what this process just wrote (its own notification then leaves it alone)."""
+        if self._cache is None or session.absolute_deadline is None:
+            return
+        now = time.time()
+        self._cache.put(
+            id_hash,
+            Entry(
+                plaintext,
+                session.version,
+                session.created,
+                min(now + self._idle, session.absolute_deadline),
+                session.absolute_deadline,
+                touched_at=now,
+                cached_at=time.monotonic(),
+            ),
+            generation=generation,
+        )
 
     def _user_id(self, mapping: dict[str, Any]) -> int | None:
         value = mapping.get(self._user_id_key)
@@ -336,6 +403,23 @@ async def renew_session(request: web.Request) -> PgSession:
     fresh.update(old)
     fresh.renews = old.id_hash
     return fresh
+
+
+def _encode(mapping: dict[str, Any]) -> bytes:
+    # allow_nan=False: NaN would not come back equal. Nested values changed in place bypass the
+    # check at assignment; this is where they fail.
+    return json.dumps(mapping, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _session(id_hash: bytes, plaintext: bytes, created: int, version: int, absolute_deadline: float) -> PgSession:
+    return PgSession(
+        id_hash=id_hash,
+        data=json.loads(plaintext),
+        snapshot=json.loads(plaintext),  # a second decode is the cheapest deep copy
+        created=created,
+        version=version,
+        absolute_deadline=absolute_deadline,
+    )
 
 
 def _client(request: web.BaseRequest) -> tuple[str, str]:

@@ -24,9 +24,10 @@ END_ONE_SQL = """
 DELETE FROM sessions
 WHERE user_id = $1 AND substring(id_hash FROM 1 FOR octet_length($2::bytea)) = $2::bytea
     AND idle_expires_at > now() AND absolute_expires_at > now()
+RETURNING id_hash
 """
-END_OTHERS_SQL = "DELETE FROM sessions WHERE user_id = $1 AND id_hash <> $2"
-END_ALL_SQL = "DELETE FROM sessions WHERE user_id = $1"
+END_OTHERS_SQL = "DELETE FROM sessions WHERE user_id = $1 AND id_hash <> $2 RETURNING id_hash"
+END_ALL_SQL = "DELETE FROM sessions WHERE user_id = $1 RETURNING id_hash"
 
 
 @dataclass(frozen=True)
@@ -50,16 +51,19 @@ async def list_live(conn: asyncpg.Connection, user_id: int) -> list[SessionInfo]
     return [SessionInfo(**dict(row)) for row in await conn.fetch(LIST_SQL, user_id)]
 
 
-async def end_one(conn: asyncpg.Connection, user_id: int, handle: str) -> bool:
-    """End the user's session with this handle. False if the user has none such."""
+# Each returns the id hashes it ended, so the caller's process can evict them from its cache.
+
+
+async def end_one(conn: asyncpg.Connection, user_id: int, handle: str) -> list[bytes]:
+    """End the user's live session with this handle; [] if the user has none such."""
     if not valid_handle(handle):
-        return False
-    return await conn.execute(END_ONE_SQL, user_id, bytes.fromhex(handle)) != "DELETE 0"
+        return []
+    return [r["id_hash"] for r in await conn.fetch(END_ONE_SQL, user_id, bytes.fromhex(handle))]
 
 
-async def end_others(conn: asyncpg.Connection, user_id: int, keep: bytes) -> int:
-    return int((await conn.execute(END_OTHERS_SQL, user_id, keep)).split()[-1])
+async def end_others(conn: asyncpg.Connection, user_id: int, keep: bytes) -> list[bytes]:
+    return [r["id_hash"] for r in await conn.fetch(END_OTHERS_SQL, user_id, keep)]
 
 
-async def end_all(conn: asyncpg.Connection, user_id: int) -> int:
-    return int((await conn.execute(END_ALL_SQL, user_id)).split()[-1])
+async def end_all(conn: asyncpg.Connection, user_id: int) -> list[bytes]:
+    return [r["id_hash"] for r in await conn.fetch(END_ALL_SQL, user_id)]

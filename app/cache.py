@@ -1,0 +1,145 @@
+"""An in-process cache of validated sessions, kept coherent across processes by LISTEN/NOTIFY.
+
+Off by default (SESSION_CACHE=on). With it, a read that hits the cache asks no database; the
+price is that a logout or revocation made by *another* process takes effect here when its
+notification arrives (milliseconds, normally), not at once. What keeps it honest:
+- every data change and every deletion of a live session notifies (a trigger, migration 0003),
+  and every process evicts that entry; a change made by this process updates its own entry;
+- a lost listener connection empties and disables the cache until the listener is back;
+- a load that raced with a notification is not cached;
+- each entry honours its idle and absolute deadlines and a short maximum age;
+- reads still reach the database once per touch interval, which slides the idle deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "session_events"
+
+
+@dataclass(slots=True)
+class Entry:
+    plaintext: bytes  # the decrypted JSON, decoded afresh for each request
+    version: int
+    created: int
+    idle_deadline: float  # epoch seconds, as the database last reported them
+    absolute_deadline: float
+    touched_at: float  # epoch seconds of this process's last database read of the row
+    cached_at: float  # monotonic
+
+
+class SessionCache:
+    def __init__(self, *, max_entries: int = 10_000, max_age: float = 10.0) -> None:
+        self._entries: dict[bytes, Entry] = {}
+        self._max_entries = max_entries
+        self._max_age = max_age
+        self._enabled = False
+        # Bumped by every notification: a load that started before one must not be cached.
+        self.generation = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, id_hash: bytes, now: float) -> Entry | None:
+        if not self._enabled:
+            return None
+        entry = self._entries.get(id_hash)
+        if entry is None:
+            return None
+        if (
+            now >= entry.idle_deadline
+            or now >= entry.absolute_deadline
+            or time.monotonic() - entry.cached_at > self._max_age
+        ):
+            del self._entries[id_hash]
+            return None
+        return entry
+
+    def put(self, id_hash: bytes, entry: Entry, *, generation: int) -> None:
+        """Cache `entry` unless a notification arrived since `generation` was read."""
+        if not self._enabled or generation != self.generation:
+            return
+        if id_hash not in self._entries and len(self._entries) >= self._max_entries:
+            del self._entries[next(iter(self._entries))]  # the oldest insertion
+        self._entries[id_hash] = entry
+
+    def evict(self, id_hash: bytes) -> None:
+        self._entries.pop(id_hash, None)
+
+    def notified(self, payload: str) -> None:
+        """`<hex>` (deleted) or `<hex>:<version>` (data changed)."""
+        self.generation += 1
+        hex_id, _, version = payload.partition(":")
+        try:
+            id_hash = bytes.fromhex(hex_id)
+        except ValueError:
+            return
+        entry = self._entries.get(id_hash)
+        if entry is None:
+            return
+        # Our own write already cached that version; anything else is news.
+        if not version or not version.isdigit() or entry.version < int(version):
+            del self._entries[id_hash]
+
+    def _disable(self, why: str) -> None:
+        if self._enabled:
+            log.warning("session cache disabled (%s): reading every session from the database", why)
+        self._enabled = False
+        self._entries.clear()
+        self.generation += 1
+
+    async def listen(self, connect: Callable[[], Awaitable[asyncpg.Connection]], *, check_every: float = 2.0) -> None:
+        """Keep a LISTEN connection for as long as the app runs. Cancel to stop."""
+        backoff = 0.5
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await connect()
+                conn.add_termination_listener(lambda _conn: self._disable("listener connection closed"))
+                await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, payload: self.notified(payload))
+                self._entries.clear()
+                self.generation += 1
+                self._enabled = True
+                log.info("session cache enabled: listening for session changes")
+                backoff = 0.5
+                while not conn.is_closed():
+                    # A connection can die silently (no RST): ask it something now and then.
+                    await asyncio.sleep(check_every)
+                    await conn.execute("SELECT 1", timeout=check_every)
+                self._disable("listener connection closed")
+            except asyncio.CancelledError:
+                self._disable("shutting down")
+                raise
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                self._disable(f"listener lost: {type(exc).__name__}")
+            finally:
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def run_with(self, connect: Callable[[], Awaitable[asyncpg.Connection]]):  # type: ignore[no-untyped-def]
+        """A cleanup_ctx entry that runs the listener while the app runs."""
+
+        async def context(_app: object):  # type: ignore[no-untyped-def]
+            task = asyncio.create_task(self.listen(connect))
+            yield
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        return context

@@ -1,0 +1,186 @@
+"""The in-process session cache (SESSION_CACHE=on): hits skip the database, and LISTEN/NOTIFY
+keeps processes coherent. Two app instances with their own pools and listeners stand for two
+processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from aiohttp_session import get_session
+from conftest import login, make_settings, session_cookie
+
+from app.appkeys import STORAGE
+from app.config import Settings
+from app.server import create_app
+
+MakeClient = Callable[[Settings], Awaitable[TestClient]]
+
+
+async def _cache_ready(client: TestClient) -> None:
+    cache = client.app[STORAGE]._cache
+    assert cache is not None
+    for _ in range(100):
+        if cache.enabled:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the cache listener never came up")
+
+
+async def _eventually(predicate: Callable[[], Awaitable[bool]], seconds: float = 3.0) -> bool:
+    for _ in range(int(seconds / 0.05)):
+        if await predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def _two_processes(make_client: MakeClient, db_url: str, **overrides: object) -> tuple[TestClient, TestClient]:
+    settings = make_settings(db_url, cache=True, **overrides)
+    a, b = await make_client(settings), await make_client(settings)
+    await _cache_ready(a)
+    await _cache_ready(b)
+    return a, b
+
+
+def _use_cookie(client: TestClient, cookie: str) -> None:
+    client.session.cookie_jar.update_cookies({"session": cookie})
+
+
+@pytest.mark.parametrize("cache", [True, False])
+async def test_a_cache_hit_asks_no_database(
+    make_client: MakeClient, db_url: str, user: tuple[str, str], pg: asyncpg.Connection, cache: bool
+) -> None:
+    client = await make_client(make_settings(db_url, cache=cache, database_timeout=0.5))
+    if cache:
+        await _cache_ready(client)
+    await login(client, *user)
+    assert (await client.get("/", allow_redirects=False)).status == 200  # fills the cache
+    async with pg.transaction():
+        await pg.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+        response = await client.get("/", allow_redirects=False)
+    # Cached: served without touching the locked table. Uncached: it had to wait, then 503.
+    assert response.status == (200 if cache else 503)
+
+
+async def test_logout_in_one_process_is_refused_by_the_other(
+    make_client: MakeClient, db_url: str, user: tuple[str, str]
+) -> None:
+    a, b = await _two_processes(make_client, db_url)
+    await login(a, *user)
+    cookie = session_cookie(a)
+    assert cookie is not None
+    _use_cookie(b, cookie)
+    assert (await b.get("/", allow_redirects=False)).status == 200  # now cached in b
+
+    assert (await a.post("/logout", allow_redirects=False)).status == 303
+
+    async def refused() -> bool:
+        return (await b.get("/", allow_redirects=False)).status == 303
+
+    assert await _eventually(refused), "b kept serving a logged-out session"
+
+
+async def test_revocation_through_one_process_is_refused_by_the_other(
+    make_client: MakeClient, db_url: str, user: tuple[str, str], pg: asyncpg.Connection
+) -> None:
+    a, b = await _two_processes(make_client, db_url)
+    await login(a, *user)  # device 1
+    await login(b, *user)  # device 2, cached in b after one read
+    assert (await b.get("/", allow_redirects=False)).status == 200
+    assert (await a.post("/sessions/revoke-others", allow_redirects=False)).status == 303
+
+    async def refused() -> bool:
+        return (await b.get("/", allow_redirects=False)).status == 303
+
+    assert await _eventually(refused)
+    assert await pg.fetchval("SELECT count(*) FROM sessions") == 1
+
+
+async def test_logout_in_the_same_process_evicts_at_once(
+    make_client: MakeClient, db_url: str, user: tuple[str, str]
+) -> None:
+    a = await make_client(make_settings(db_url, cache=True))
+    await _cache_ready(a)
+    await login(a, *user)
+    cookie = session_cookie(a)
+    assert cookie is not None
+    assert (await a.get("/", allow_redirects=False)).status == 200
+    assert (await a.post("/logout", allow_redirects=False)).status == 303
+    _use_cookie(a, cookie)
+    # No waiting for a notification: the very next request is refused.
+    assert (await a.get("/", allow_redirects=False)).status == 303
+
+
+async def _set_note(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    session["note"] = request.query["note"]
+    return web.Response(text="ok")
+
+
+async def _get_note(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    return web.Response(text=str(session.get("note")))
+
+
+async def test_a_data_write_in_one_process_is_seen_by_the_other(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], db_url: str, user: tuple[str, str]
+) -> None:
+    async def process() -> TestClient:
+        # The real app, plus two routes that write and read a session value.
+        app = await create_app(make_settings(db_url, cache=True))
+        app.router.add_post("/test/note", _set_note)
+        app.router.add_get("/test/note", _get_note)
+        client = await aiohttp_client(app)
+        await _cache_ready(client)
+        return client
+
+    a, b = await process(), await process()
+    await login(a, *user)
+    cookie = session_cookie(a)
+    assert cookie is not None
+    _use_cookie(b, cookie)
+    assert await (await b.get("/test/note")).text() == "None"  # cached in b
+    assert (await a.post("/test/note", params={"note": "from a"})).status == 200
+
+    async def seen() -> bool:
+        return await (await b.get("/test/note")).text() == "from a"
+
+    assert await _eventually(seen)
+    # and a's own cache holds its own write
+    assert await (await a.get("/test/note")).text() == "from a"
+
+
+async def test_a_dropped_listener_falls_back_to_the_database(
+    make_client: MakeClient, db_url: str, user: tuple[str, str], pg: asyncpg.Connection
+) -> None:
+    a, b = await _two_processes(make_client, db_url)
+    await login(a, *user)
+    cookie = session_cookie(a)
+    assert cookie is not None
+    _use_cookie(b, cookie)
+    assert (await b.get("/", allow_redirects=False)).status == 200  # cached in b
+    cache = b.app[STORAGE]._cache
+    assert cache is not None
+    assert len(cache) == 1
+
+    # Kill every listener connection (a's and b's), then end the session behind their backs.
+    killed = await pg.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+    )
+    assert killed == 2
+    await pg.execute("DELETE FROM sessions")
+
+    # The notification of that delete went nowhere; b must not serve its cached copy.
+    assert (await b.get("/", allow_redirects=False)).status == 303
+
+    # And the cache comes back by itself.
+    async def back() -> bool:
+        return cache.enabled
+
+    assert await _eventually(back, seconds=10)
