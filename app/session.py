@@ -72,6 +72,8 @@ class PgSession(Session):
         self.absolute_deadline = absolute_deadline
         # Read under an old key: save it again (re-encrypted, cookie re-signed) even if unchanged.
         self.needs_rewrite = False
+        # Came with a cookie that names no live session: the response should expire it.
+        self.clear_cookie = False
         self.resigned_cookie: str | None = None
         # Set by renew_session: the row this one replaces, whose deadlines it keeps.
         self.renews: bytes | None = None
@@ -81,7 +83,7 @@ class PgSession(Session):
     # aiohttp-session's middleware saves when `_changed` is true; base methods assign it.
     @property  # type: ignore[override]
     def _changed(self) -> bool:
-        return self._flagged or self.needs_rewrite or self._mapping != self._snapshot
+        return self._flagged or self.needs_rewrite or self.clear_cookie or self._mapping != self._snapshot
 
     @_changed.setter
     def _changed(self, value: bool) -> None:

@@ -27,7 +27,7 @@ from . import events
 from .cache import Entry, SessionCache
 from .cipher import DataCipher
 from .db import connection
-from .session import PgSession
+from .session import PgSession, check_json_value
 from .tokens import TokenSigner, VerifiedToken, fingerprint_of
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ class PostgresStorage(AbstractStorage):
     async def load_session(self, request: web.Request) -> PgSession:
         verified = self.verified_id_hash(request)
         if verified is None:
-            return PgSession()
+            return _dead_cookie() if self.load_cookie(request) is not None else PgSession()
         id_hash = verified.id_hash
         cache = self._cache
         if cache is not None:
@@ -204,11 +204,11 @@ class PostgresStorage(AbstractStorage):
             row = await conn.fetchrow(LOAD_SQL, id_hash, self._idle, self._touch, *_client(request))
         if row is None:
             events.emit(request, "session.expired_or_unknown", id_hash)
-            return PgSession()
+            return _dead_cookie()
         opened = self._cipher.open(row["data"], id_hash)
         if opened is None:
             events.emit(request, "session.undecryptable", id_hash)
-            return PgSession()
+            return _dead_cookie()
         plaintext, current_data_key = opened
         session = _session(id_hash, plaintext, row["created"], row["version"], row["absolute_deadline"])
         if not (current_data_key and verified.current_key):
@@ -237,7 +237,9 @@ class PostgresStorage(AbstractStorage):
     async def save_session(self, request: web.Request, response: web.StreamResponse, session: Session) -> None:
         if not isinstance(session, PgSession):
             raise TypeError("PostgresStorage saves only the sessions it hands out")
-        if session.empty:
+        if session.empty and session.clear_cookie:
+            self._expire_cookie(request, response)  # nothing to delete: the cookie named no live row
+        elif session.empty:
             await self._end(request, response, session)
         elif session.id_hash is None:
             await self._create(request, response, session)
@@ -406,8 +408,11 @@ async def renew_session(request: web.Request) -> PgSession:
 
 
 def _encode(mapping: dict[str, Any]) -> bytes:
-    # allow_nan=False: NaN would not come back equal. Nested values changed in place bypass the
-    # check at assignment; this is where they fail.
+    # Nested values changed in place bypass the check at assignment; this is where they fail.
+    # json.dumps alone lets some through, changed: tuples become lists, int keys become strings
+    # (and {1: .., "1": ..} loses one). allow_nan=False: NaN would not come back equal.
+    for key, value in mapping.items():
+        check_json_value(key, value)
     return json.dumps(mapping, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -420,6 +425,14 @@ def _session(id_hash: bytes, plaintext: bytes, created: int, version: int, absol
         version=version,
         absolute_deadline=absolute_deadline,
     )
+
+
+def _dead_cookie() -> PgSession:
+    """An anonymous session whose request carried a cookie naming no live session: expire that
+    cookie, so the browser stops sending it (and costing a lookup) on every request."""
+    session = PgSession()
+    session.clear_cookie = True
+    return session
 
 
 def _client(request: web.BaseRequest) -> tuple[str, str]:

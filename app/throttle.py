@@ -51,7 +51,8 @@ class Refusal:
 
 def username_key(username: str) -> str:
     # Case-insensitive like usernames themselves; bounded, since any string may be submitted.
-    return username.lower()[:_MAX_KEY_CHARS]
+    # PostgreSQL text cannot hold NUL (a form can send %00): it would fail the query with a 500.
+    return username.lower().replace("\x00", "\ufffd")[:_MAX_KEY_CHARS]
 
 
 async def check(conn: asyncpg.Connection, username: str, ip: str, limits: Limits) -> Refusal | None:
