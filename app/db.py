@@ -29,6 +29,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, starting up, query canceled
     asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections
     asyncpg.exceptions.LockNotAvailableError,
+    # The server ended the connection (a restart) while it sat in the pool: the next statement
+    # meets the half-read error ("cannot switch to state ...") before asyncpg sees it closed.
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -88,9 +91,19 @@ async def create_pool(
 async def connection(pool: asyncpg.Pool, timeout: float) -> AsyncIterator[asyncpg.Connection]:
     """A pooled connection whose whole use (acquire, statements, release) ends within `timeout`
     seconds, or DatabaseUnavailable."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     try:
-        async with asyncio.timeout(timeout), pool.acquire(timeout=timeout) as conn:
-            yield conn
+        async with asyncio.timeout_at(deadline):
+            conn = await pool.acquire(timeout=timeout)
+        try:
+            async with asyncio.timeout_at(deadline):
+                yield conn
+        finally:
+            # Releasing a connection whose statement was cut short waits for the server to
+            # acknowledge the cancel (asyncpg would wait the whole `timeout` again): give it only
+            # what is left of the deadline; past that asyncpg terminates the connection.
+            await pool.release(conn, timeout=max(deadline - loop.time(), 0.01))
     except UNAVAILABLE_ERRORS as exc:
         log.warning("database unavailable: %s", type(exc).__name__)
         raise DatabaseUnavailable() from exc

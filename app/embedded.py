@@ -80,13 +80,19 @@ def forget_dead_holders(pgdata: Path) -> None:
 
 
 def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed process lingers as one until reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): kill(0) is all we can know
+    return state != "Z"
 
 
 def _local_keys(path: Path) -> tuple[bytes, bytes]:

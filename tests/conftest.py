@@ -212,3 +212,25 @@ def session_cookie(client: TestClient, name: str = "session") -> str | None:
         if cookie.key == name:
             return cookie.value
     return None
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def app_env(**values: str | None) -> dict[str, str]:
+    """os.environ without any setting the app reads, then `values` (None removes a key): the
+    environment for a `python -m app` / `alembic` subprocess."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SESSION_", "DATABASE_", "SWEEP_", "LOGIN_"))
+        and k not in ("DYNO", "PORT", "HOST", "TRUST_PROXY", "EMBEDDED_DATA_DIR", "PASSWORD_HASH_COST", "LOG_LEVEL")
+        and k not in ("WEB_CONCURRENCY", "GUNICORN_CMD_ARGS")
+    }
+    env["PASSWORD_HASH_COST"] = str(TEST_PASSWORD_COST)
+    for key, value in values.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
