@@ -73,6 +73,9 @@ class SessionCache:
         """Cache `entry` unless a notification arrived since `generation` was read."""
         if not self._enabled or generation != self.generation:
             return
+        current = self._entries.get(id_hash)
+        if current is not None and current.version > entry.version:
+            return  # a concurrent save of ours already cached something newer
         if id_hash not in self._entries and len(self._entries) >= self._max_entries:
             del self._entries[next(iter(self._entries))]  # the oldest insertion
         self._entries[id_hash] = entry

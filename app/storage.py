@@ -318,7 +318,7 @@ class PostgresStorage(AbstractStorage):
             self._set_cookie(request, response, session.resigned_cookie, max_age)
             session.resigned_cookie = None
 
-    async def _merge(self, conn: asyncpg.Connection, session: PgSession) -> tuple[int | None, bytes]:
+    async def _merge(self, conn: asyncpg.Connection, session: PgSession) -> tuple[int | None, bytes | None]:
         """Someone saved since we loaded: re-apply only this request's changes to the latest data,
         holding the row lock for just this merge. (None, _) when the session is gone."""
         id_hash = session.id_hash
@@ -329,7 +329,12 @@ class PostgresStorage(AbstractStorage):
             if row is None:
                 return None, b""
             opened = self._cipher.open(row["data"], id_hash)
-            latest: dict[str, Any] = json.loads(opened[0]) if opened else {}
+            if opened is None:
+                # Re-written under a key this process does not have (a rotation rolling out):
+                # leave it alone rather than replace data we cannot read.
+                log.warning("session %s: newer data under an unknown key; this change is dropped", _fp(id_hash))
+                return row["version"], None
+            latest: dict[str, Any] = json.loads(opened[0])
             for key in deleted:
                 latest.pop(key, None)
             latest.update(updated)
@@ -367,9 +372,9 @@ class PostgresStorage(AbstractStorage):
             for id_hash in id_hashes:
                 self._cache.evict(id_hash)
 
-    def _remember(self, id_hash: bytes, plaintext: bytes, session: PgSession, generation: int) -> None:
+    def _remember(self, id_hash: bytes, plaintext: bytes | None, session: PgSession, generation: int) -> None:
         """Cache what this process just wrote (its own notification then leaves it alone)."""
-        if self._cache is None or session.absolute_deadline is None:
+        if self._cache is None or plaintext is None or session.absolute_deadline is None:
             return
         now = time.time()
         self._cache.put(

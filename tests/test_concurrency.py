@@ -1,0 +1,291 @@
+"""Requests of one session that overlap: optimistic saves merge each request's own changes, a
+session ended meanwhile stays ended, and renew_session swaps the ID without losing anything.
+
+Each test holds requests between loading and saving (see storage_harness) so that the overlap
+is certain, not left to timing, and reads the row itself from PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+from storage_harness import (
+    Control,
+    cookies,
+    expires_cookie,
+    id_hash,
+    make_user,
+    new_cookie,
+    open_client,
+    session_count,
+    set_cookies,
+    stored,
+)
+
+AiohttpClient = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture(params=[False, True], ids=["no-cache", "cache"])
+def cache(request: pytest.FixtureRequest) -> bool:
+    """Every test runs without and with the in-process session cache (SESSION_CACHE=on)."""
+    return request.param
+
+
+@pytest.fixture
+async def harness(aiohttp_client: AiohttpClient, db_url: str, cache: bool) -> tuple[TestClient, Control]:
+    return await open_client(aiohttp_client, db_url, pool_max=20, cache=cache)
+
+
+async def start(client: TestClient, **data: object) -> str:
+    response = await client.post("/start", json=data)
+    assert response.status == 200, await response.text()
+    return new_cookie(response)
+
+
+async def read(client: TestClient, cookie: str) -> dict[str, object]:
+    """The session's data as a request with this cookie sees it ({} when anonymous)."""
+    response = await client.get("/data", headers=cookies(cookie))
+    assert response.status == 200
+    data = (await response.json())["data"]
+    if data:
+        assert not set_cookies(response), "reading a live session sets no cookie"
+    else:
+        assert expires_cookie(response), "a cookie that names no live session is expired"
+    return data
+
+
+# -- many writers --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("touch_interval", [60, 0], ids=["touch-60s", "touch-every-read"])
+async def test_fifty_concurrent_writers_of_different_keys_all_survive(
+    aiohttp_client: AiohttpClient, db_url: str, pg: asyncpg.Connection, touch_interval: int, cache: bool
+) -> None:
+    client, control = await open_client(aiohttp_client, db_url, pool_max=20, cache=cache, touch_interval=touch_interval)
+    user_id = await make_user(pg)
+    cookie = await start(client, user_id=user_id, name="alice")
+    before = await stored(pg, cookie)
+    assert before is not None
+    _, version_before = before
+
+    writers = 50
+    control.barrier = asyncio.Barrier(writers)  # every writer loads before any saves
+    responses = await asyncio.gather(
+        *(client.post(f"/set/k{i}?barrier=1", json={"n": i}, headers=cookies(cookie)) for i in range(writers))
+    )
+    assert [r.status for r in responses] == [200] * writers
+    assert not any(set_cookies(r) for r in responses), "no writer may expire or replace the cookie"
+
+    after = await stored(pg, cookie)
+    assert after is not None
+    data, version_after = after
+    assert data == {"user_id": user_id, "name": "alice", **{f"k{i}": {"n": i} for i in range(writers)}}
+    # One UPDATE per successful save, none lost and none doubled.
+    assert version_after - version_before == sum(200 <= r.status < 300 for r in responses) == writers
+    assert await read(client, cookie) == data
+    assert await pg.fetchval("SELECT user_id FROM sessions") == user_id
+    assert await session_count(pg) == 1
+
+
+async def test_concurrent_delete_and_set_of_different_keys_both_apply(
+    harness: tuple[TestClient, Control], pg: asyncpg.Connection
+) -> None:
+    client, control = harness
+    cookie = await start(client, keep=1, drop=2)
+    deleter = asyncio.create_task(client.post("/del/drop?hold=d", headers=cookies(cookie)))
+    setter = asyncio.create_task(client.post("/set/added?hold=s", json=3, headers=cookies(cookie)))
+    await control.wait_loaded("d", "s")
+    control.release("s")
+    assert (await setter).status == 200
+    control.release("d")  # loaded before the setter saved: it must merge, not overwrite
+    assert (await deleter).status == 200
+    assert await stored(pg, cookie) == ({"keep": 1, "added": 3}, 3)
+
+
+# -- the same key --------------------------------------------------------------------------
+
+
+async def test_later_save_of_the_same_key_wins_and_keeps_the_other_writers_keys(
+    harness: tuple[TestClient, Control], pg: asyncpg.Connection
+) -> None:
+    client, control = harness
+    cookie = await start(client, color="red")
+    a = asyncio.create_task(client.post("/set/color?hold=a", json="green", headers=cookies(cookie)))
+    a_other = asyncio.create_task(client.post("/set/size?hold=a2", json="L", headers=cookies(cookie)))
+    b = asyncio.create_task(client.post("/set/color?hold=b", json="blue", headers=cookies(cookie)))
+    await control.wait_loaded("a", "a2", "b")
+    control.release("a")
+    control.release("a2")
+    assert [(await a).status, (await a_other).status] == [200, 200]
+    assert await stored(pg, cookie) == ({"color": "green", "size": "L"}, 3)
+
+    control.release("b")  # loaded version 1, saves after version 3: a conflict, merged
+    assert (await b).status == 200
+    assert await stored(pg, cookie) == ({"color": "blue", "size": "L"}, 4)
+
+
+async def test_writing_back_the_loaded_value_still_overrides_a_concurrent_change(
+    harness: tuple[TestClient, Control], pg: asyncpg.Connection
+) -> None:
+    """B assigns the value it loaded ("red") after A changed it: B's save is the later one, so
+    "red" is the final value, although B's mapping equals its own snapshot."""
+    client, control = harness
+    cookie = await start(client, color="red")
+    a = asyncio.create_task(client.post("/set/color?hold=a", json="green", headers=cookies(cookie)))
+    b = asyncio.create_task(client.post("/set/color?hold=b", json="red", headers=cookies(cookie)))
+    await control.wait_loaded("a", "b")
+    control.release("a")
+    assert (await a).status == 200
+    control.release("b")
+    assert (await b).status == 200
+    assert await stored(pg, cookie) == ({"color": "red"}, 3)
+
+
+# -- nested changes ------------------------------------------------------------------------
+
+
+async def test_in_place_change_of_a_nested_value_is_saved(
+    harness: tuple[TestClient, Control], pg: asyncpg.Connection
+) -> None:
+    client, _ = harness
+    cookie = await start(client, cart={"items": []})
+    for item in ("apple", "pear"):
+        response = await client.post("/cart/add", json=item, headers=cookies(cookie))
+        assert response.status == 200
+    assert await stored(pg, cookie) == ({"cart": {"items": ["apple", "pear"]}}, 3)
+    assert await read(client, cookie) == {"cart": {"items": ["apple", "pear"]}}
+
+
+async def test_in_place_nested_change_survives_a_concurrent_save(
+    harness: tuple[TestClient, Control], pg: asyncpg.Connection
+) -> None:
+    client, control = harness
+    cookie = await start(client, cart={"items": ["apple"]})
+    adder = asyncio.create_task(client.post("/cart/add?hold=c", json="pear", headers=cookies(cookie)))
+    other = asyncio.create_task(client.post("/set/seen?hold=o", json=True, headers=cookies(cookie)))
+    await control.wait_loaded("c", "o")
+    control.release("o")
+    assert (await other).status == 200
+    control.release("c")
+    assert (await adder).status == 200
+    assert await stored(pg, cookie) == ({"cart": {"items": ["apple", "pear"]}, "seen": True}, 3)
+
+
+# -- a session ended meanwhile -------------------------------------------------------------
+
+
+async def test_writer_saving_after_logout_does_not_resurrect_and_expires_cookie(
+    harness: tuple[TestClient, Control], pg: asyncpg.Connection
+) -> None:
+    client, control = harness
+    cookie = await start(client, user_id=await make_user(pg))
+    writer = asyncio.create_task(client.post("/set/note?hold=w", json="x", headers=cookies(cookie)))
+    await control.wait_loaded("w")
+
+    out = await client.post("/logout", headers=cookies(cookie))
+    assert out.status == 200
+    assert expires_cookie(out)
+    assert await session_count(pg) == 0
+
+    control.release("w")
+    response = await writer
+    assert response.status == 200
+    assert expires_cookie(response), set_cookies(response)
+    assert await session_count(pg) == 0
+    assert await read(client, cookie) == {}
+    assert await session_count(pg) == 0
+
+
+async def test_many_writers_and_a_logout_in_the_middle_leave_no_session(
+    harness: tuple[TestClient, Control], pg: asyncpg.Connection
+) -> None:
+    client, control = harness
+    cookie = await start(client, user_id=await make_user(pg))
+    writers = 40
+    tasks = [
+        asyncio.create_task(client.post(f"/set/k{i}?hold=w{i}", json=i, headers=cookies(cookie)))
+        for i in range(writers)
+    ]
+    await control.wait_loaded(*(f"w{i}" for i in range(writers)))
+    order = list(range(writers))
+    random.Random(writers).shuffle(order)
+    early, late = order[:15], order[15:]
+
+    for i in early:
+        control.release(f"w{i}")
+    early_responses = await asyncio.gather(*(tasks[i] for i in early))
+    assert [r.status for r in early_responses] == [200] * len(early)
+    assert not any(set_cookies(r) for r in early_responses)
+    saved = await stored(pg, cookie)
+    assert saved is not None
+    assert {f"k{i}" for i in early} <= saved[0].keys()
+
+    # The logout races the late writers: each either saved before the DELETE or finds the row gone.
+    async def release_late() -> None:
+        for i in late:
+            control.release(f"w{i}")
+            await asyncio.sleep(0)
+
+    out, _, *late_responses = await asyncio.gather(
+        client.post("/logout", headers=cookies(cookie)), release_late(), *(tasks[i] for i in late)
+    )
+    assert out.status == 200
+    assert expires_cookie(out)
+    for response in late_responses:
+        assert response.status == 200
+        assert not set_cookies(response) or expires_cookie(response), set_cookies(response)
+
+    assert await session_count(pg) == 0
+    assert await read(client, cookie) == {}
+    assert await session_count(pg) == 0
+
+
+# -- renew_session -------------------------------------------------------------------------
+
+
+async def test_renew_keeps_data_and_deadlines_under_a_new_id(
+    harness: tuple[TestClient, Control], pg: asyncpg.Connection
+) -> None:
+    client, _ = harness
+    user_id = await make_user(pg)
+    cookie = await start(client, user_id=user_id, cart={"items": [1, 2]})
+    old = await pg.fetchrow("SELECT id_hash, created_at, absolute_expires_at FROM sessions")
+    await asyncio.sleep(0.01)  # now() moves on, so a fresh row would get other timestamps
+
+    response = await client.post("/renew", headers=cookies(cookie))
+    assert response.status == 200
+    renewed = new_cookie(response)
+    assert renewed != cookie
+    assert id_hash(renewed) != id_hash(cookie)
+
+    assert await session_count(pg) == 1
+    new = await pg.fetchrow("SELECT id_hash, user_id, created_at, absolute_expires_at FROM sessions")
+    assert new["id_hash"] == id_hash(renewed)
+    assert new["user_id"] == user_id
+    assert (new["created_at"], new["absolute_expires_at"]) == (old["created_at"], old["absolute_expires_at"])
+    assert await read(client, renewed) == {"user_id": user_id, "cart": {"items": [1, 2]}}
+    assert await read(client, cookie) == {}, "the old cookie must no longer work"
+    assert await session_count(pg) == 1
+
+
+async def test_renewing_a_session_ended_meanwhile_creates_nothing(
+    harness: tuple[TestClient, Control], pg: asyncpg.Connection
+) -> None:
+    client, control = harness
+    cookie = await start(client, user_id=await make_user(pg))
+    renewal = asyncio.create_task(client.post("/renew?hold=r", headers=cookies(cookie)))
+    await control.wait_loaded("r")
+    out = await client.post("/logout", headers=cookies(cookie))
+    assert out.status == 200
+    assert await session_count(pg) == 0
+
+    control.release("r")
+    response = await renewal
+    assert response.status == 200
+    assert expires_cookie(response), set_cookies(response)
+    assert await session_count(pg) == 0
