@@ -11,7 +11,9 @@ from . import useragent
 from .user_sessions import SessionInfo
 
 
-def _layout(title: str, body: str, *, wide: bool = False) -> str:
+def _layout(title: str, body: str, *, wide: bool = False, private: bool = False) -> str:
+    # Pages that show session data reload instead of coming back from the back/forward cache.
+    script = '\n<script src="/public/private-page.js" defer></script>' if private else ""
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -19,9 +21,10 @@ def _layout(title: str, body: str, *, wide: bool = False) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(title)}</title>
 <link rel="icon" href="/public/favicon.svg" type="image/svg+xml">
-<link rel="stylesheet" href="/public/style.css">
+<link rel="stylesheet" href="/public/style.css">{script}
 </head>
 <body>
+<header class="brand"><img src="/public/favicon.svg" alt="" width="28" height="28"><span>Session demo</span></header>
 <main class="card{" wide" if wide else ""}">
 {body}
 </main>
@@ -39,33 +42,35 @@ def html(text: str, *, status: int = 200, private: bool = False) -> web.Response
 
 
 def home(username: str) -> str:
-    return _layout(
-        "Home",
-        f"""<h1>Hello {escape(username)}</h1>
-<p>You are signed in.</p>
+    body = f"""<div class="avatar" aria-hidden="true">{escape(username[:1].upper())}</div>
+<h1>Hello {escape(username)}</h1>
+<p class="lead">You are signed in.</p>
 <div class="actions">
 <form class="inline" method="post" action="/logout">
 <button type="submit">Log out</button>
 </form>
-<a href="/sessions">Your sessions</a>
-</div>""",
-    )
+<a class="button secondary" href="/sessions">Your sessions</a>
+</div>"""
+    return _layout("Home", body, private=True)
 
 
 def logout_form() -> str:
     return _layout(
         "Log out",
         """<h1>Log out</h1>
-<form method="post" action="/logout">
+<p class="lead">End your session on this device.</p>
+<div class="actions">
+<form class="inline" method="post" action="/logout">
 <button type="submit">Log out</button>
 </form>
-<p><a href="/">Back</a></p>""",
+<a class="button secondary" href="/">Back</a>
+</div>""",
     )
 
 
 def error(status: int, title: str, message: str, *, link: tuple[str, str] = ("/", "Home")) -> web.Response:
     body = f"""<h1>{escape(title)}</h1>
-<p class="error" role="alert">{escape(message)}</p>
+<p class="error lead" role="alert">{escape(message)}</p>
 <p><a href="{escape(link[0])}">{escape(link[1])}</a></p>"""
     return html(_layout(title, body), status=status)
 
@@ -89,34 +94,54 @@ def sessions(username: str, live: list[SessionInfo], *, current: bytes | None, n
         this = info.id_hash == current
         device = escape(useragent.describe(info.user_agent))
         badge = ' <span class="badge">this device</span>' if this else ""
+        icon = _PHONE_ICON if any(m in info.user_agent for m in _PHONE_MARKERS) else _COMPUTER_ICON
+        signed_in = f'<time datetime="{info.created_at.isoformat()}">{escape(_date(info.created_at, now))}</time>'
         rows.append(
             f"""<tr>
-<td>{device}{badge}</td>
-<td>{escape(info.client_ip or "unknown")}</td>
-<td><time datetime="{info.created_at.isoformat()}">{escape(_date(info.created_at))}</time></td>
-<td>last active {escape(ago(info.last_seen_at, now))}</td>
-<td><form class="inline" method="post" action="/sessions/revoke">
+<td><div class="device">
+<span class="device-icon" aria-hidden="true">{icon}</span>
+<div><span class="device-title"><span class="device-name">{device}</span>{badge}</span>
+<span class="meta"><span>{escape(info.client_ip or "unknown IP")}</span>
+<span>last active {escape(ago(info.last_seen_at, now))}</span>
+<span>signed in {signed_in}</span></span>
+</div></div></td>
+<td class="action"><form class="inline" method="post" action="/sessions/revoke">
 <input type="hidden" name="handle" value="{escape(info.handle)}">
 <button type="submit" class="secondary">{"Sign out" if this else "Revoke"}</button>
 </form></td>
 </tr>"""
         )
+    others = any(info.id_hash != current for info in live)
+    sign_out_others = (
+        """<form class="inline" method="post" action="/sessions/revoke-others">
+<button type="submit">Sign out all other sessions</button>
+</form>
+"""
+        if others
+        else ""
+    )
     body = f"""<h1>Your sessions</h1>
-<p class="muted">Signed in as {escape(username)}. These are the devices signed in to your account.</p>
-<table>
-<thead><tr><th>Device</th><th>IP address</th><th>Signed in</th><th>Activity</th>
-<th><span class="visually-hidden">Action</span></th></tr></thead>
+<p class="lead">Signed in as {escape(username)}. These are the devices signed in to your account;
+revoke any you do not recognise.</p>
+<table class="sessions">
+<thead class="visually-hidden"><tr><th>Device</th><th>Action</th></tr></thead>
 <tbody>
 {"".join(rows)}
 </tbody>
 </table>
 <div class="actions">
-<form class="inline" method="post" action="/sessions/revoke-others">
-<button type="submit">Sign out all other sessions</button>
-</form>
-<a href="/">Home</a>
+{sign_out_others}<a class="button secondary" href="/">Back to home</a>
 </div>"""
-    return _layout("Your sessions", body, wide=True)
+    return _layout("Your sessions", body, wide=True, private=True)
+
+
+_PHONE_MARKERS = ("Android", "iPhone", "iPad", "Mobile")
+_SVG = (
+    'viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="1.8"'
+    ' stroke-linecap="round" stroke-linejoin="round"'
+)
+_COMPUTER_ICON = f'<svg {_SVG}><rect x="4" y="5" width="16" height="11" rx="1.5"/><path d="M2 19h20"/></svg>'
+_PHONE_ICON = f'<svg {_SVG}><rect x="7" y="2.5" width="10" height="19" rx="2.2"/><path d="M11 18.5h2"/></svg>'
 
 
 def ago(then: datetime, now: datetime) -> str:
@@ -128,5 +153,8 @@ def ago(then: datetime, now: datetime) -> str:
     return "just now"
 
 
-def _date(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+def _date(moment: datetime, now: datetime) -> str:
+    """Like "26 Nov, 09:41 UTC"; with the year when it is not the current one."""
+    moment = moment.astimezone(UTC)
+    year = "" if moment.year == now.astimezone(UTC).year else f" {moment.year}"
+    return f"{moment.day} {moment:%b}{year}, {moment:%H:%M} UTC"
