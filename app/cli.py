@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import asyncpg
 
-from . import embedded, schema, user_sessions, users
+from . import embedded, schema, user_sessions, users, workers
 from .config import ConfigError, Settings, load_settings
 from .db import DatabaseUnavailable, connection
 from .passwords import MAX_PASSWORD_BYTES, PasswordHasher
@@ -103,9 +103,13 @@ def _with_pool(settings: Settings, work: Callable[[asyncpg.Pool], Awaitable[int]
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.web_concurrency > 1 and not settings.embedded:
+        workers.exec_gunicorn(settings)  # checks the database once, then becomes gunicorn
     with _database(settings) as ready:
         if ready.embedded:
             log.info("embedded PostgreSQL mode: listening on %s only", ready.host)
+            if ready.web_concurrency > 1:
+                log.info("embedded PostgreSQL mode runs one process: WEB_CONCURRENCY ignored")
             asyncio.run(_ensure_demo_user(ready))
         serve(ready)
     return 0

@@ -67,6 +67,9 @@ class Settings:
     cache_max_age: int = 10
     # Behind PgBouncer in transaction pooling: no named prepared statements, no LISTEN.
     pgbouncer: bool = False
+    # Worker processes on one port (Heroku's buildpack sets WEB_CONCURRENCY per dyno size). Above 1,
+    # `serve` runs gunicorn with that many workers, each with its own pool (workers.py).
+    web_concurrency: int = 1
     # Failed logins counted per window before 429 (see throttle.py for the three counts).
     login_limits: Limits = field(default_factory=Limits)
     # Embedded mode keeps its PostgreSQL data and generated keys here (git-ignored).
@@ -149,6 +152,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         cache_size=_int(env, "SESSION_CACHE_SIZE", 10_000, minimum=1),
         cache_max_age=_int(env, "SESSION_CACHE_MAX_AGE", 10, minimum=1),
         pgbouncer=pgbouncer,
+        web_concurrency=_int(env, "WEB_CONCURRENCY", 1, minimum=1, maximum=100),
         login_limits=Limits(
             window=_int(env, "LOGIN_THROTTLE_WINDOW", 900, minimum=1),
             per_username_ip=_int(env, "LOGIN_MAX_FAILURES_PER_USERNAME_IP", 5, minimum=1),

@@ -48,7 +48,7 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
             pgbouncer=settings.pgbouncer,
         )
     except (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError, ValueError) as exc:
-        reason = str(exc).strip() or type(exc).__name__
+        reason = _one_line(exc)
         raise StartupError(f"cannot connect to the database at {where} ({reason}): check DATABASE_URL") from None
     try:
         async with pool.acquire() as conn:
@@ -56,7 +56,28 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
     except schema.SchemaOutOfDate as exc:
         await pool.close()
         raise StartupError(str(exc)) from None
+    except (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+        # Connected, then failed: the server went away, or (prepared statements) PgBouncer.
+        pool.terminate()
+        reason = _one_line(exc)
+        hint = "check DATABASE_URL"
+        if isinstance(exc, _PREPARED_STATEMENT_ERRORS) and not settings.pgbouncer:
+            hint = "behind PgBouncer in transaction pooling, set DATABASE_PGBOUNCER=on"
+        raise StartupError(f"cannot use the database at {where} ({reason}): {hint}") from None
     return pool
+
+
+def _one_line(exc: BaseException) -> str:
+    # A PostgreSQL error's primary message; str() would add its DETAIL and HINT lines.
+    text = getattr(exc, "message", None) or str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+# What asyncpg's named prepared statements run into behind PgBouncer in transaction pooling.
+_PREPARED_STATEMENT_ERRORS = (
+    asyncpg.exceptions.DuplicatePreparedStatementError,
+    asyncpg.exceptions.InvalidSQLStatementNameError,
+)
 
 
 async def create_app(settings: Settings) -> web.Application:
@@ -107,6 +128,7 @@ async def _listener_connection(settings: Settings) -> asyncpg.Connection:
 async def _close(app: web.Application) -> None:
     app[HASHER].close()
     await app[POOL].close()
+    log.info("stopped: database pool closed")
 
 
 def serve(settings: Settings) -> None:

@@ -1,0 +1,369 @@
+"""Real server processes for the multi-process, PgBouncer, fault and soak tests, and the HTTP steps
+a browser takes against them.
+
+A `Server` is `python -m app serve` in a subprocess, on a free port, with its output in a file
+(never a pipe: a busy server would block on a full one). Clients carry the session cookie
+themselves, so one cookie can be shown to any of several servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+from conftest import AUTH_KEY, ENC_KEY, REPO_ROOT, app_env
+
+COOKIE = "session"
+LOGIN_PAGE = "/public/login.html"
+
+
+def free_port() -> int:
+    """A port free now, below the kernel's ephemeral range, which the clients' own connections
+    use (a port from that range can be taken again before the server binds it)."""
+    low, _ = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    rng = random.SystemRandom()
+    for _ in range(100):
+        port = rng.randrange(10_000, max(low, 10_001))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port found")
+
+
+class Server:
+    """`python -m app serve` on 127.0.0.1:`port` against `database_url`, with `env` on top."""
+
+    def __init__(self, database_url: str, log_dir: Path, *, port: int | None = None, **env: str | None) -> None:
+        self.database_url = database_url
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env
+        self.log_path = log_dir / f"server-{self.port}-{time.monotonic_ns()}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Server:
+        values: dict[str, str | None] = {
+            "DATABASE_URL": self.database_url,
+            "SESSION_AUTHENTICATION_KEY": AUTH_KEY.decode(),
+            "SESSION_ENCRYPTION_KEY": ENC_KEY.decode(),
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "LOG_LEVEL": "WARNING",
+            **self.env,
+        }
+        self.log_path = self.log_path.with_name(f"server-{self.port}-{time.monotonic_ns()}.log")
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app", "serve"],
+                cwd=REPO_ROOT,
+                env=app_env(**values),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a signal from the test reaches only this server
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def run_command(self, *args: str, **env: str | None) -> subprocess.CompletedProcess[str]:
+        """`python -m app ARGS` (a one-off dyno) with this server's settings."""
+        values: dict[str, str | None] = {
+            "DATABASE_URL": self.database_url,
+            "SESSION_AUTHENTICATION_KEY": AUTH_KEY.decode(),
+            "SESSION_ENCRYPTION_KEY": ENC_KEY.decode(),
+            **self.env,
+            **env,
+        }
+        return run_app(*args, env=values)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    async def ready(self, timeout: float = 30.0) -> Server:
+        """Wait until it answers HTTP; fail with its output if it exits or never answers."""
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            while time.monotonic() < deadline:
+                if not self.alive:
+                    raise AssertionError(f"server on port {self.port} exited ({self.returncode}):\n{self.log()}")
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with http.get(self.url + LOGIN_PAGE) as response:
+                        if response.status == 200:
+                            return self
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"server on port {self.port} did not answer within {timeout} s:\n{self.log()}")
+
+    def ready_sync(self, timeout: float = 30.0) -> Server:
+        """`ready` for synchronous fixtures."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise AssertionError(f"server on port {self.port} exited ({self.returncode}):\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + LOGIN_PAGE, timeout=2) as response:  # noqa: S310 - our own http URL
+                    if response.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"server on port {self.port} did not answer within {timeout} s:\n{self.log()}")
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    async def wait(self, timeout: float) -> int:
+        """The exit status, waiting up to `timeout` seconds for it."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server on port {self.port} still running after {timeout} s:\n{self.log()}")
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the server and whatever it started (gunicorn workers), then reap it."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def rss_kb(self) -> int:
+        """Resident memory of the server and its children (gunicorn workers), in kB."""
+        return sum(_rss_kb(pid) for pid in [self.pid, *children(self.pid)])
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+
+
+def run_app(*args: str, env: dict[str, str | None]) -> subprocess.CompletedProcess[str]:
+    """`python -m app ARGS` to completion, with `env` over a clean environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        cwd=REPO_ROOT,
+        env=app_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+class Servers:
+    """Servers started by one test, all stopped at its end (killed if they do not stop)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[Server] = []
+
+    async def start(self, database_url: str, *, port: int | None = None, **env: str | None) -> Server:
+        for _ in range(3):
+            server = Server(database_url, self.log_dir, port=port, **env).start()
+            self.started.append(server)
+            try:
+                return await server.ready()
+            except AssertionError:
+                # Another program took the port between our check and the server's bind.
+                if port is not None or "address already in use" not in server.log():
+                    raise
+        raise AssertionError("no free port for the server, three times")
+
+    async def restart(self, server: Server) -> Server:
+        """The same server (port, settings) started again after it exited."""
+        assert not server.alive
+        server.start()
+        return await server.ready()
+
+    def stop_all(self) -> None:
+        running = [server for server in self.started if server.alive]
+        for server in running:
+            server.signal(signal.SIGTERM)
+        for server in running:
+            server.stop(timeout=10)
+
+
+# -- what a browser does -------------------------------------------------------------------
+
+
+def new_http(**kwargs: object) -> aiohttp.ClientSession:
+    """A client that keeps no cookies of its own: every step passes the session cookie."""
+    return aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=15),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def cookie_header(cookie: str | None) -> dict[str, str]:
+    return {"Cookie": f"{COOKIE}={cookie}"} if cookie else {}
+
+
+def set_cookie(response: aiohttp.ClientResponse) -> tuple[str, int | None] | None:
+    """The session cookie a response sets: (value, Max-Age), or None."""
+    morsel = response.cookies.get(COOKIE)
+    if morsel is None:
+        return None
+    max_age = morsel["max-age"]
+    return morsel.value, int(max_age) if max_age else None
+
+
+async def login(http: aiohttp.ClientSession, base: str, username: str, password: str) -> tuple[int, str | None]:
+    """(status, the new session cookie if the login was acknowledged)."""
+    async with http.post(
+        base + "/login", data={"username": username, "password": password}, allow_redirects=False
+    ) as response:
+        await response.read()
+        cookie = set_cookie(response)
+        if response.status == 303 and response.headers.get("Location") == "/" and cookie and cookie[0]:
+            return response.status, cookie[0]
+        return response.status, None
+
+
+async def signed_in(http: aiohttp.ClientSession, base: str, username: str, password: str) -> str:
+    """The cookie of a new session; the login must succeed."""
+    status, cookie = await login(http, base, username, password)
+    assert cookie is not None, f"login of {username} through {base} answered {status}"
+    return cookie
+
+
+async def home(
+    http: aiohttp.ClientSession, base: str, cookie: str | None
+) -> tuple[int, str, tuple[str, int | None] | None]:
+    """(status, page, the session cookie the response sets if any)."""
+    async with http.get(base + "/", headers=cookie_header(cookie), allow_redirects=False) as response:
+        return response.status, await response.text(), set_cookie(response)
+
+
+async def logout(http: aiohttp.ClientSession, base: str, cookie: str) -> int:
+    async with http.post(base + "/logout", headers=cookie_header(cookie), allow_redirects=False) as response:
+        await response.read()
+        return response.status
+
+
+async def sessions_page(http: aiohttp.ClientSession, base: str, cookie: str) -> tuple[int, str]:
+    async with http.get(base + "/sessions", headers=cookie_header(cookie), allow_redirects=False) as response:
+        return response.status, await response.text()
+
+
+async def revoke(http: aiohttp.ClientSession, base: str, cookie: str, handle: str) -> int:
+    async with http.post(
+        base + "/sessions/revoke", data={"handle": handle}, headers=cookie_header(cookie), allow_redirects=False
+    ) as response:
+        await response.read()
+        return response.status
+
+
+def id_hash(cookie: str) -> bytes:
+    """The sessions row's key for a cookie value (tokens.id_hash_of of its token part)."""
+    return hashlib.sha256(cookie.split(".")[0].encode()).digest()
+
+
+def handle(cookie: str) -> str:
+    """The public handle the sessions page shows for a cookie's session."""
+    return id_hash(cookie)[:8].hex()
+
+
+def is_greeting(status: int, text: str, username: str) -> bool:
+    return status == 200 and f"Hello {username}</h1>" in text
+
+
+async def row_exists(conn: asyncpg.Connection, cookie: str) -> bool:
+    return bool(await conn.fetchval("SELECT count(*) FROM sessions WHERE id_hash = $1", id_hash(cookie)))
+
+
+async def connections(conn: asyncpg.Connection, database: str) -> int:
+    """Client connections to `database`, not counting `conn` itself."""
+    return await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
+        " AND backend_type = 'client backend'",
+        database,
+    )
+
+
+async def eventually(predicate: Callable[[], Awaitable[bool]], timeout: float, message: str) -> None:
+    """Poll `predicate` until it holds; fail with `message` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} (after {timeout} s)")
+        await asyncio.sleep(0.05)
+
+
+async def wait_for_lock_waiters(conn: asyncpg.Connection, database: str, count: int, timeout: float = 10.0) -> None:
+    """Until `count` backends of `database` wait on a lock (requests stuck behind a held lock)."""
+
+    async def waiting() -> bool:
+        return await lock_waiters(conn, database) >= count
+
+    await eventually(waiting, timeout, f"fewer than {count} backends waited on the lock")
+
+
+async def lock_waiters(conn: asyncpg.Connection, database: str) -> int:
+    return await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'", database
+    )
+
+
+def database_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")

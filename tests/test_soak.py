@@ -1,0 +1,116 @@
+"""A bounded soak: mixed traffic from several clients against two server processes on one
+database, with the sweeper running every second and short idle timeouts, then an audit.
+
+Clients log in, read, open the sessions page, end their other sessions, log out, and walk away
+from sessions (which expire and are swept). At the end: every session the clients believe live is
+greeted by both processes, every ended or expired one is refused and its row is gone, and the
+processes' memory and database connections are where they were after the warm-up.
+
+SOAK_SECONDS (default 60) sets the length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from conftest import add_user
+from servers import Server, Servers, connections, database_name, home, row_exists
+from traffic import Mix, Traffic
+
+PASSWORD = "correct horse"
+USERS = {f"soak{n}": PASSWORD for n in range(6)}
+SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
+WARM_UP = 10.0
+POOL_MAX = 3
+IDLE = 8  # seconds: abandoned sessions expire and are swept several times over
+RSS_GROWTH_LIMIT_KB = 30 * 1024
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    started = Servers(tmp_path)
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture
+def url(create_database: Callable[..., str]) -> str:
+    return create_database()
+
+
+@pytest.mark.slow
+async def test_a_soak_of_mixed_traffic_loses_nothing_and_stays_flat(url: str, servers: Servers) -> None:
+    name = database_name(url)
+    conn = await asyncpg.connect(url)
+    try:
+        for username, password in USERS.items():
+            await add_user(conn, username, password)
+        env = {
+            "SWEEP_INTERVAL": "1",
+            "SESSION_IDLE_TIMEOUT": str(IDLE),
+            "SESSION_TOUCH_INTERVAL": "1",
+            "SESSION_ABSOLUTE_TIMEOUT": "3600",
+            "DATABASE_POOL_MAX": str(POOL_MAX),
+            "LOG_LEVEL": "INFO",
+        }
+        fleet = await asyncio.gather(servers.start(url, **env), servers.start(url, **env))
+        mix = Mix(read=30, page=4, login=4, logout=3, revoke=2, abandon=2, pause=0.02, max_live=3)
+        async with Traffic(fleet, USERS, mix) as traffic:
+            traffic.start()
+            await asyncio.sleep(WARM_UP)
+            rss_start = [server.rss_kb() for server in fleet]
+            connections_start = await connections(conn, name)
+            most_connections = connections_start
+            ends_at = time.monotonic() + max(SECONDS - WARM_UP, 5)
+            while time.monotonic() < ends_at:
+                await asyncio.sleep(1)
+                most_connections = max(most_connections, await connections(conn, name))
+            await traffic.stop()
+            rss_end = [server.rss_kb() for server in fleet]
+            connections_end = await connections(conn, name)
+
+            ledger = traffic.ledger
+            live, ended = await traffic.audit()
+            for cookie in ledger.live:
+                assert await row_exists(conn, cookie)
+            for cookie in ledger.ended:
+                assert not await row_exists(conn, cookie), "an ended session's row is still there"
+            # Sessions walked away from expired, and the sweepers removed them; none is served.
+            await asyncio.sleep(IDLE + 2.5)
+            expired = [c for c in ledger.abandoned if await row_exists(conn, c)]
+            assert not expired, f"{len(expired)} expired sessions were not swept"
+            for cookie in list(ledger.abandoned)[:50]:
+                assert (await home(traffic.http, fleet[0].url, cookie))[0] == 303
+
+        outcomes = ledger.outcomes()
+        requests = len(ledger.samples)
+        assert all(server.alive for server in fleet)
+        assert not ledger.violations, ledger.violations[:10]
+        assert set(outcomes) <= {200, 303, 503}, outcomes
+        assert outcomes[503] <= requests / 100, f"too many 503s without any fault: {outcomes}"
+        assert ended > 0
+        assert ledger.abandoned
+        growth = [end - start for start, end in zip(rss_start, rss_end, strict=True)]
+        assert max(growth) < RSS_GROWTH_LIMIT_KB, f"memory grew by {growth} kB"
+        assert most_connections <= 2 * POOL_MAX, most_connections
+        assert connections_end <= 2 * POOL_MAX
+        assert sum("sweep removed" in line and "removed 0 " not in line for line in _lines(fleet)) > 0
+        print(
+            f"\nsoak: {SECONDS:.0f} s, 2 processes, {len(USERS)} clients: {requests} requests, "
+            f"by status {dict(sorted(outcomes.items(), key=str))}; sessions audited: {live} live, {ended} ended, "
+            f"{len(ledger.abandoned)} expired and swept; lost = 0; RSS kB start {rss_start} end {rss_end}; "
+            f"connections start {connections_start} end {connections_end} most {most_connections} "
+            f"(pool max {POOL_MAX} x 2)"
+        )
+    finally:
+        await conn.close()
+
+
+def _lines(fleet: list[Server]) -> list[str]:
+    return [line for server in fleet for line in server.log().splitlines()]
