@@ -18,7 +18,7 @@ import asyncpg
 from . import embedded, schema, user_sessions, users, workers
 from .config import ConfigError, Settings, load_settings
 from .db import DatabaseUnavailable, connection
-from .passwords import MAX_PASSWORD_BYTES, PasswordHasher
+from .passwords import MAX_PASSWORD_BYTES, hash_once
 from .server import StartupError, open_pool, serve
 from .sweeper import sweep
 
@@ -121,11 +121,7 @@ async def _ensure_demo_user(settings: Settings) -> None:
         async with connection(pool, settings.database_timeout) as conn:
             if await users.find(conn, DEMO_USER) is not None:
                 return
-        hasher = PasswordHasher(settings.password_cost)
-        try:
-            password_hash = await hasher.hash(DEMO_PASSWORD)
-        finally:
-            hasher.close()
+        password_hash = await hash_once(DEMO_PASSWORD, settings.password_cost)
         async with connection(pool, settings.database_timeout) as conn:
             await users.upsert(conn, DEMO_USER, password_hash)
         log.info("created the demo user %r (its password is in the README; embedded mode only)", DEMO_USER)
@@ -153,11 +149,7 @@ def _user_add(settings: Settings, args: argparse.Namespace) -> int:
     password = _read_password()
 
     async def work(pool: asyncpg.Pool) -> int:
-        hasher = PasswordHasher(settings.password_cost)
-        try:
-            password_hash = await hasher.hash(password)
-        finally:
-            hasher.close()
+        password_hash = await hash_once(password, settings.password_cost)
         async with connection(pool, settings.database_timeout) as conn:
             created = await users.upsert(conn, name, password_hash)
         print(f"created user {name}" if created else f"reset the password of {name}")

@@ -74,12 +74,12 @@ def forget_dead_holders(pgdata: Path) -> None:
         pids = json.loads(pid_file.read_text())
     except (OSError, ValueError):
         return
-    alive = [pid for pid in pids if isinstance(pid, int) and _running(pid)]
+    alive = [pid for pid in pids if isinstance(pid, int) and process_alive(pid)]
     if alive != pids:
         pid_file.write_text(json.dumps(alive))
 
 
-def _running(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Alive and not a zombie (a killed process lingers as one until reaped)."""
     try:
         os.kill(pid, 0)

@@ -45,6 +45,15 @@ class PasswordHasher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+async def hash_once(password: str, cost: int) -> str:
+    """One hash outside the app (CLI, set-up): a hasher of its own, closed afterwards."""
+    hasher = PasswordHasher(cost, concurrency=1)
+    try:
+        return await hasher.hash(password)
+    finally:
+        hasher.close()
+
+
 def _hash(password: str, cost: int) -> str:
     salt = os.urandom(_SALT_BYTES)
     digest = _kdf(salt, cost, _R, _P).derive(password.encode())

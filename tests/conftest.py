@@ -23,8 +23,8 @@ from aiohttp.test_utils import TestClient
 
 from app import schema
 from app.config import Settings
-from app.embedded import forget_dead_holders
-from app.passwords import PasswordHasher
+from app.embedded import forget_dead_holders, process_alive
+from app.passwords import hash_once
 from app.server import create_app
 
 TEST_DB_PREFIX = "sessions_test_"
@@ -81,20 +81,10 @@ async def _drop_stale(server_url: str) -> None:
         names = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE $1", TEST_DB_PREFIX + "%")
         for (name,) in names:
             pid = name.removeprefix(TEST_DB_PREFIX).split("_")[0]
-            if pid.isdigit() and not _pid_running(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def new_database_name() -> str:
@@ -183,11 +173,7 @@ async def client(make_client: Callable[..., Awaitable[TestClient]], settings: Se
 
 
 async def add_user(conn: asyncpg.Connection, username: str, password: str) -> int:
-    hasher = PasswordHasher(TEST_PASSWORD_COST)
-    try:
-        password_hash = await hasher.hash(password)
-    finally:
-        hasher.close()
+    password_hash = await hash_once(password, TEST_PASSWORD_COST)
     return await conn.fetchval(
         "INSERT INTO users (username, password_hash) VALUES ($1, $2) RETURNING id", username, password_hash
     )

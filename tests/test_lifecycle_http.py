@@ -23,7 +23,7 @@ from conftest import AUTH_KEY, ENC_KEY, REPO_ROOT, add_user, app_env, login, mak
 
 from app import users
 from app.appkeys import POOL
-from app.passwords import PasswordHasher
+from app.passwords import hash_once
 from app.throttle import Limits
 from app.tokens import TokenSigner
 
@@ -418,11 +418,7 @@ async def test_password_reset_ends_every_session_of_that_user(
     await login(chrome, *user)
     await login(firefox, *user)
     await login(bobs, *bob)
-    hasher = PasswordHasher(4)
-    try:
-        new_hash = await hasher.hash("a brand new password")
-    finally:
-        hasher.close()
+    new_hash = await hash_once("a brand new password", 4)
     assert await users.upsert(pg, "ALICE", new_hash) is False  # a reset, not a new user
 
     assert await is_anonymous(chrome)
