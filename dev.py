@@ -3,6 +3,7 @@
 
     python3 dev.py run [ARGS]    run the app (python -m app ARGS; default: serve)
     python3 dev.py test [ARGS]   lint, then the whole test suite (pytest ARGS)
+    python3 dev.py bench [ARGS]  the session-store benchmark (bench/README.md; --quick, --scenarios 1,2)
 
 Needs only Python 3.11+. Packages are (re)installed when requirements*.txt change.
 """
@@ -66,7 +67,22 @@ def test(python: str, args: list[str]) -> int:
     os.execv(python, [python, "-m", "pytest", *args])
 
 
-TASKS = {"run": run, "test": test}
+def bench(python: str, args: list[str]) -> int:
+    # Benchmark-only packages (Redis client, matplotlib) go into .venv beside the app's, never
+    # into requirements*.txt.
+    stamp = VENV / ".bench-requirements.sha256"
+    requirements = ROOT / "bench" / "requirements.txt"
+    digest = hashlib.sha256(requirements.read_bytes() + (ROOT / "requirements.txt").read_bytes()).hexdigest()
+    if not stamp.exists() or stamp.read_text() != digest:
+        print("dev.py: installing bench/requirements.txt into .venv", file=sys.stderr)
+        pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, "-r", str(requirements)], check=True)
+        stamp.write_text(digest)
+    os.chdir(ROOT)
+    os.execv(python, [python, "-m", "bench", *args])
+
+
+TASKS = {"run": run, "test": test, "bench": bench}
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
