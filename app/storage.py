@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp_session import AbstractStorage, Session, get_session, new_session
 
 from . import events
@@ -149,7 +149,9 @@ class PostgresStorage(AbstractStorage):
         return f"__Host-{self.cookie_name}" if request.secure else self.cookie_name
 
     def load_cookie(self, request: web.Request) -> str | None:
-        return request.cookies.get(self.cookie_name_for(request))
+        # Only our cookie, found in the raw header: request.cookies builds a Morsel for every
+        # cookie the browser sends, which was a measurable share of a cache hit.
+        return _find_cookie(request.headers.get(hdrs.COOKIE), self.cookie_name_for(request))
 
     def verified_id_hash(self, request: web.Request) -> VerifiedToken | None:
         """The request's cookie, if present and validly signed (no database access)."""
@@ -430,6 +432,18 @@ def _session(id_hash: bytes, plaintext: bytes, created: int, version: int, absol
         version=version,
         absolute_deadline=absolute_deadline,
     )
+
+
+def _find_cookie(header: str | None, name: str) -> str | None:
+    """The value of the first cookie called `name` in a Cookie header (browsers send the most
+    specific path first). Quotes are kept: a quoted value is no token of ours and fails verify."""
+    if not header or name not in header:
+        return None
+    for part in header.split(";"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip() == name:
+            return value.strip()
+    return None
 
 
 def _dead_cookie() -> PgSession:
