@@ -1,8 +1,9 @@
 """PgSession: the Session our storage hands out.
 
-- Values must be JSON values (str, int, float, bool, None, and lists / str-keyed dicts of them),
-  checked at assignment: a handler's mistake raises TypeError in the handler, not later in the
-  middleware, and the stored session stays as it was.
+- Values must be JSON values (str, int, float, bool, None, and lists / str-keyed dicts of them;
+  integers within 64 bits, strings valid UTF-8), checked at assignment: a handler's mistake
+  raises TypeError in the handler, not later in the middleware, and the stored session stays as
+  it was.
 - It knows what changed since load by comparing with a snapshot, so a change inside a nested
   value is saved too (aiohttp-session's own flag only sees top-level assignment), and so a
   concurrent save can re-apply just this request's changes.
@@ -20,16 +21,24 @@ _MISSING = object()
 
 def check_json_value(key: object, value: object) -> None:
     """Raise TypeError, naming `key`, unless `value` survives a JSON round trip unchanged."""
-    if not isinstance(key, str):
-        raise TypeError(f"session keys must be str, got {type(key).__name__} {key!r}")
+    if not isinstance(key, str) or not (key.isascii() or _utf8(key)):
+        raise TypeError(f"session keys must be str (valid UTF-8), got {type(key).__name__} {key!r}")
     problem = _json_problem(value)
     if problem:
         raise TypeError(f"session[{key!r}]: {problem}")
 
 
+# What the JSON codec (orjson) round-trips exactly: 64-bit integers, strings without lone surrogates.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
 def _json_problem(value: object) -> str | None:
-    if value is None or isinstance(value, (str, bool, int)):
+    if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, str):
+        return None if value.isascii() or _utf8(value) else "a string with unpaired surrogates is not valid UTF-8"
+    if isinstance(value, int):
+        return None if _INT_MIN <= value <= _INT_MAX else f"{value} is outside the 64-bit integer range"
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{value} is not a JSON number"
     if isinstance(value, list):
@@ -42,11 +51,25 @@ def _json_problem(value: object) -> str | None:
         for k, v in value.items():
             if not isinstance(k, str):
                 return f"dict keys must be str, got {type(k).__name__}"
+            if not (k.isascii() or _utf8(k)):
+                return "a dict key with unpaired surrogates is not valid UTF-8"
             problem = _json_problem(v)
             if problem:
                 return problem
         return None
     return f"{type(value).__name__} is not a JSON value (use str, int, float, bool, None, list, dict)"
+
+
+def _is_user_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63  # bigint
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class PgSession(Session):
@@ -61,9 +84,11 @@ class PgSession(Session):
         created: int | None = None,
         version: int = 0,
         absolute_deadline: float | None = None,
+        user_id_key: str = "user_id",
     ) -> None:
         """`snapshot` must be an independent copy of `data` (the storage decodes it twice)."""
         self._flagged = False
+        self._user_id_key = user_id_key
         self._assigned: set[str] = set()
         self._snapshot = snapshot if snapshot is not None else {}
         self.id_hash = id_hash
@@ -91,6 +116,8 @@ class PgSession(Session):
 
     def __setitem__(self, key: str, value: Any) -> None:
         check_json_value(key, value)
+        if key == self._user_id_key and value is not None and not _is_user_id(value):
+            raise TypeError(f"session[{key!r}] ties the session to a users row: it must be an int id or None")
         super().__setitem__(key, value)
         self._assigned.add(key)
 

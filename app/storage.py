@@ -12,7 +12,6 @@ survive, and a session ended meanwhile stays ended.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -20,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
+import orjson
 from aiohttp import hdrs, web
 from aiohttp_session import AbstractStorage, Session, get_session, new_session
 
@@ -187,12 +187,12 @@ class PostgresStorage(AbstractStorage):
     # -- aiohttp-session API ---------------------------------------------------------------
 
     async def new_session(self) -> PgSession:
-        return PgSession()
+        return self._empty()
 
     async def load_session(self, request: web.Request) -> PgSession:
         verified = self.verified_id_hash(request)
         if verified is None:
-            return _dead_cookie() if self.load_cookie(request) is not None else PgSession()
+            return self._empty(dead_cookie=self.load_cookie(request) is not None)
         id_hash = verified.id_hash
         cache = self._cache
         if cache is not None:
@@ -200,19 +200,19 @@ class PostgresStorage(AbstractStorage):
             entry = cache.get(id_hash, now)
             # A hit asks no database, until this process's touch interval for the row runs out.
             if entry is not None and now - entry.touched_at < self._touch and verified.current_key:
-                return _session(id_hash, entry.plaintext, entry.created, entry.version, entry.absolute_deadline)
+                return self._loaded(id_hash, entry.plaintext, entry.created, entry.version, entry.absolute_deadline)
             generation = cache.generation
         async with connection(self._pool, self._db_timeout) as conn:
             row = await conn.fetchrow(LOAD_SQL, id_hash, self._idle, self._touch, *_client(request))
         if row is None:
             events.emit(request, "session.expired_or_unknown", id_hash)
-            return _dead_cookie()
+            return self._empty(dead_cookie=True)
         opened = self._cipher.open(row["data"], id_hash)
         if opened is None:
             events.emit(request, "session.undecryptable", id_hash)
-            return _dead_cookie()
+            return self._empty(dead_cookie=True)
         plaintext, current_data_key = opened
-        session = _session(id_hash, plaintext, row["created"], row["version"], row["absolute_deadline"])
+        session = self._loaded(id_hash, plaintext, row["created"], row["version"], row["absolute_deadline"])
         if not (current_data_key and verified.current_key):
             # Read under an old key: save it again now, re-encrypted and re-signed.
             session.needs_rewrite = True
@@ -235,6 +235,26 @@ class PostgresStorage(AbstractStorage):
                 generation=generation,
             )
         return session
+
+    def _empty(self, *, dead_cookie: bool = False) -> PgSession:
+        session = PgSession(user_id_key=self._user_id_key)
+        # A cookie that names no live session: expire it, so the browser stops sending it (and
+        # costing a lookup) on every request.
+        session.clear_cookie = dead_cookie
+        return session
+
+    def _loaded(
+        self, id_hash: bytes, plaintext: bytes, created: int, version: int, absolute_deadline: float
+    ) -> PgSession:
+        return PgSession(
+            id_hash=id_hash,
+            data=orjson.loads(plaintext),
+            snapshot=orjson.loads(plaintext),  # a second decode is the cheapest deep copy
+            created=created,
+            version=version,
+            absolute_deadline=absolute_deadline,
+            user_id_key=self._user_id_key,
+        )
 
     async def save_session(self, request: web.Request, response: web.StreamResponse, session: Session) -> None:
         if not isinstance(session, PgSession):
@@ -336,7 +356,7 @@ class PostgresStorage(AbstractStorage):
                 # leave it alone rather than replace data we cannot read.
                 log.warning("session %s: newer data under an unknown key; this change is dropped", _fp(id_hash))
                 return row["version"], None
-            latest: dict[str, Any] = json.loads(opened[0])
+            latest: dict[str, Any] = orjson.loads(opened[0])
             for key in deleted:
                 latest.pop(key, None)
             latest.update(updated)
@@ -416,22 +436,10 @@ async def renew_session(request: web.Request) -> PgSession:
 
 def _encode(mapping: dict[str, Any]) -> bytes:
     # Nested values changed in place bypass the check at assignment; this is where they fail.
-    # json.dumps alone lets some through, changed: tuples become lists, int keys become strings
-    # (and {1: .., "1": ..} loses one). allow_nan=False: NaN would not come back equal.
+    # The encoder alone would let some through, changed: tuples become lists, NaN becomes null.
     for key, value in mapping.items():
         check_json_value(key, value)
-    return json.dumps(mapping, separators=(",", ":"), allow_nan=False).encode()
-
-
-def _session(id_hash: bytes, plaintext: bytes, created: int, version: int, absolute_deadline: float) -> PgSession:
-    return PgSession(
-        id_hash=id_hash,
-        data=json.loads(plaintext),
-        snapshot=json.loads(plaintext),  # a second decode is the cheapest deep copy
-        created=created,
-        version=version,
-        absolute_deadline=absolute_deadline,
-    )
+    return orjson.dumps(mapping)
 
 
 def _find_cookie(header: str | None, name: str) -> str | None:
@@ -444,14 +452,6 @@ def _find_cookie(header: str | None, name: str) -> str | None:
         if sep and key.strip() == name:
             return value.strip()
     return None
-
-
-def _dead_cookie() -> PgSession:
-    """An anonymous session whose request carried a cookie naming no live session: expire that
-    cookie, so the browser stops sending it (and costing a lookup) on every request."""
-    session = PgSession()
-    session.clear_cookie = True
-    return session
 
 
 def _client(request: web.BaseRequest) -> tuple[str, str]:

@@ -31,13 +31,20 @@ from app.session import PgSession
 
 # -- strategies ----------------------------------------------------------------------------
 
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
 json_values = st.recursive(
     json_scalars,
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(), children, max_size=5),
     max_leaves=25,
 )
-keys = st.text(max_size=20)
+# "user_id" is reserved (it ties a session to a users row: int or None), tested on its own below.
+keys = st.text(max_size=20).filter(lambda key: key != "user_id")
 
 BAD_LEAVES: dict[str, Any] = {
     "set": {1, 2},
@@ -58,6 +65,10 @@ BAD_LEAVES: dict[str, Any] = {
     "datetime": datetime(2026, 1, 1),
     "complex": 1j,
     "nested list containing a set": [1, [2, {3}]],
+    "integer above 64 bits": 2**64,
+    "integer below 64 bits": -(2**63) - 1,
+    "lone surrogate": "\ud800",
+    "dict key with a lone surrogate": {"\udfff": 1},
 }
 
 
@@ -205,7 +216,7 @@ def test_json_values_come_back_exactly_through_create_and_merge(run: tuple[Calla
 
 @pytest.mark.parametrize(
     "value",
-    [0.0, -0.0, 1, 1.0, True, 5e-324, 1.7976931348623157e308, 2**200, -(2**70), "\x00\ud800\U0001f600", [[], {}]],
+    [0.0, -0.0, 1, 1.0, True, 5e-324, 1.7976931348623157e308, 2**64 - 1, -(2**63), "\x00\U0001f600", [[], {}]],
     ids=repr,
 )
 def test_edge_json_values_keep_type_and_sign(run: tuple[Callable[[Any], Any], Harness], value: Any) -> None:
@@ -314,3 +325,13 @@ def test_in_place_json_change_is_saved(run: tuple[Callable[[Any], Any], Harness]
         assert json.dumps(at_rest[0]) == json.dumps({"cart": {"items": ["apple", {"pear": [2.5, None]}]}})
 
     runner(check())
+
+
+@pytest.mark.parametrize("value", ["7", 1.0, True, 2**63, [1], {"id": 1}])
+def test_user_id_must_be_an_int_id(value: Any) -> None:
+    session = PgSession()
+    with pytest.raises(TypeError, match="user_id"):
+        session["user_id"] = value
+    assert "user_id" not in session
+    session["user_id"] = 42
+    session["user_id"] = None
