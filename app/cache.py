@@ -44,8 +44,13 @@ class SessionCache:
         self._max_entries = max_entries
         self._max_age = max_age
         self._enabled = False
-        # Bumped by every notification: a load that started before one must not be cached.
+        # Bumped by every notification. A load reads it first; its result is not cached if a
+        # notification for the same session arrived meanwhile (per key, so a busy system's
+        # notifications about other sessions do not keep this one out of the cache).
         self.generation = 0
+        self._notified_at: dict[bytes, tuple[int, int | None]] = {}  # id_hash: (generation, version)
+        # Loads older than this are never cached (set when the per-key record is reset).
+        self._floor = 0
 
     @property
     def enabled(self) -> bool:
@@ -70,8 +75,13 @@ class SessionCache:
         return entry
 
     def put(self, id_hash: bytes, entry: Entry, *, generation: int) -> None:
-        """Cache `entry` unless a notification arrived since `generation` was read."""
-        if not self._enabled or generation != self.generation:
+        """Cache `entry` unless a notification for it arrived since `generation` was read."""
+        if not self._enabled or generation < self._floor:
+            return
+        notified = self._notified_at.get(id_hash)
+        # A notification since the load: stale, unless it announced this very version (our own
+        # write's echo) or an older one. A deletion announces no version.
+        if notified is not None and notified[0] > generation and (notified[1] is None or notified[1] > entry.version):
             return
         current = self._entries.get(id_hash)
         if current is not None and current.version > entry.version:
@@ -90,12 +100,17 @@ class SessionCache:
         try:
             id_hash = bytes.fromhex(hex_id)
         except ValueError:
+            self._floor = self.generation  # unreadable: trust no load in flight
             return
+        if len(self._notified_at) >= 4 * self._max_entries:
+            # Bounded memory: forget who was notified, and refuse every load already in flight.
+            self._notified_at.clear()
+            self._floor = self.generation
+        new_version = int(version) if version.isdigit() else None
+        self._notified_at[id_hash] = (self.generation, new_version)
         entry = self._entries.get(id_hash)
-        if entry is None:
-            return
         # Our own write already cached that version; anything else is news.
-        if not version or not version.isdigit() or entry.version < int(version):
+        if entry is not None and (new_version is None or entry.version < new_version):
             del self._entries[id_hash]
 
     def _disable(self, why: str) -> None:
@@ -104,6 +119,7 @@ class SessionCache:
         self._enabled = False
         self._entries.clear()
         self.generation += 1
+        self._floor = self.generation
 
     async def listen(self, connect: Callable[[], Awaitable[asyncpg.Connection]], *, check_every: float = 2.0) -> None:
         """Keep a LISTEN connection for as long as the app runs. Cancel to stop."""
@@ -116,6 +132,8 @@ class SessionCache:
                 await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, payload: self.notified(payload))
                 self._entries.clear()
                 self.generation += 1
+                self._floor = self.generation
+                self._notified_at.clear()
                 self._enabled = True
                 log.info("session cache enabled: listening for session changes")
                 backoff = 0.5

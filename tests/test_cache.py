@@ -5,6 +5,7 @@ processes."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -15,6 +16,7 @@ from aiohttp_session import get_session
 from conftest import login, make_settings, session_cookie
 
 from app.appkeys import STORAGE
+from app.cache import Entry, SessionCache
 from app.config import Settings
 from app.server import create_app
 
@@ -184,3 +186,41 @@ async def test_a_dropped_listener_falls_back_to_the_database(
         return cache.enabled
 
     assert await _eventually(back, seconds=10)
+
+
+def _entry(version: int) -> Entry:
+    now = time.time()
+    return Entry(b"{}", version, int(now), now + 60, now + 120, touched_at=now, cached_at=time.monotonic())
+
+
+def test_a_load_that_raced_a_notification_for_its_session_is_not_cached() -> None:
+    cache = SessionCache()
+    cache._enabled = True  # as the listener does once LISTEN is in place
+    mine, other = b"\x01" * 32, b"\x02" * 32
+    now = time.time()
+
+    # Notifications about other sessions do not keep this one out of the cache.
+    generation = cache.generation
+    cache.notified(other.hex() + ":5")
+    cache.put(mine, _entry(3), generation=generation)
+    assert cache.get(mine, now) is not None
+
+    # A newer version of this session was announced while the load ran: its result is stale.
+    cache.evict(mine)
+    generation = cache.generation
+    cache.notified(mine.hex() + ":4")
+    cache.put(mine, _entry(3), generation=generation)
+    assert cache.get(mine, now) is None
+
+    # The announcement of the very version we wrote (our own echo) does not.
+    generation = cache.generation
+    cache.notified(mine.hex() + ":4")
+    cache.put(mine, _entry(4), generation=generation)
+    assert cache.get(mine, now) is not None
+
+    # A deletion announced while the load ran: never cached.
+    cache.evict(mine)
+    generation = cache.generation
+    cache.notified(mine.hex())
+    cache.put(mine, _entry(9), generation=generation)
+    assert cache.get(mine, now) is None
