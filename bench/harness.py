@@ -1,0 +1,315 @@
+"""The machinery the scenarios share: variant server processes, wrk runs, machine facts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+LUA = BENCH / "wrk.lua"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SERVER_CPU = "0"
+LOAD_CPU = "1"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- tools -----------------------------------------------------------------------------------
+
+
+def ensure_wrk() -> str:
+    """wrk's path, installing Debian's package (as root, quietly) when it is missing."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        sys.exit("error: wrk is not installed; install it with: sudo apt-get install wrk")
+    apt_get = shutil.which("apt-get")
+    if apt_get is None:
+        sys.exit("error: wrk is not installed and there is no apt-get here: install wrk by hand")
+    log("installing wrk (apt-get install wrk)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [apt_get, "install", "-y", "-qq", "--no-install-recommends", "wrk"]
+    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+        subprocess.run([apt_get, "update", "-qq"], env=env, capture_output=True)
+        result = subprocess.run(install, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit(f"error: could not install wrk with apt-get:\n{result.stderr.strip()}")
+    found = shutil.which("wrk")
+    if not found:
+        sys.exit("error: apt-get installed wrk but it is not on PATH")
+    return found
+
+
+def pin_to(cpus: set[int]) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setaffinity(0, cpus)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_status(pid: int, name: str) -> int | None:
+    """A kB field of /proc/<pid>/status (VmHWM, VmRSS), or None."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's finished, reaped children (the wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot."""
+    parts = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = parts[3] + parts[4]
+    total = sum(parts[:8])
+    return total - idle, total
+
+
+async def background_load(seconds: float = 1.0) -> float:
+    """Share of the whole machine busy over `seconds`, in percent of ONE core (0..100*cores)."""
+    b0, t0 = machine_busy()
+    await asyncio.sleep(seconds)
+    b1, t1 = machine_busy()
+    return 100.0 * (b1 - b0) / max(t1 - t0, 1) * (os.cpu_count() or 1)
+
+
+def machine_facts() -> dict[str, Any]:
+    cpu_model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    mem_kb = proc_status_meminfo("MemTotal")
+    wrk_version = ""
+    with contextlib.suppress(OSError, TypeError):
+        out = subprocess.run([shutil.which("wrk"), "--version"], capture_output=True, text=True).stdout  # type: ignore[list-item]
+        wrk_version = out.split(" Copyright")[0].strip() if out else ""
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_gib": round(mem_kb / 1024 / 1024, 1) if mem_kb else None,
+        "kernel": os.uname().release,
+        "python": sys.version.split()[0],
+        "wrk": wrk_version,
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }
+
+
+def proc_status_meminfo(name: str) -> int | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    return None
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def percentile_of_histogram(histogram: list[list[int]], p: float) -> int | None:
+    """wrk's own percentile rule over a merged [[value_us, count], ...] histogram."""
+    if not histogram:
+        return None
+    merged: dict[int, int] = {}
+    for value, count in histogram:
+        merged[value] = merged.get(value, 0) + count
+    total = sum(merged.values())
+    rank = round(p / 100.0 * total + 0.5)
+    running = 0
+    for value in sorted(merged):
+        running += merged[value]
+        if running >= rank:
+            return value
+    return max(merged)
+
+
+# -- servers ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """One variant server process, pinned to a core."""
+
+    variant: str
+    label: str
+    raw_dir: Path
+    database_url: str | None = None
+    redis_prefix: str | None = None
+    cpu: str = SERVER_CPU
+    port: int = 0
+    pid: int = 0
+    proc: asyncio.subprocess.Process | None = None
+    cookies: list[str] = field(default_factory=list)
+    cookies_file: Path | None = None
+    _log: Any = None
+
+    async def start(self, http: aiohttp.ClientSession, *, wait_cache: bool = False) -> Server:
+        self.port = free_port()
+        args = ["taskset", "-c", self.cpu, sys.executable, "-m", "bench.server", self.variant, "--port", str(self.port)]
+        if self.database_url:
+            args += ["--database-url", self.database_url]
+        if self.redis_prefix:
+            args += ["--redis-prefix", self.redis_prefix]
+        log_path = self.raw_dir / f"server-{self.label}.log"
+        self._log = log_path.open("w")  # closed in stop()
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = await asyncio.create_subprocess_exec(
+            *args, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=env
+        )
+        self.pid = self.proc.pid  # taskset execs the interpreter: same pid
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"server {self.label} exited at start:\n{_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server {self.label} did not answer within 60 s:\n{_tail(log_path)}")
+            try:
+                async with http.get(self.url("/bench/ping"), timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    if r.status == 200:
+                        break
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(0.1)
+        if wait_cache:
+            await self.wait_cache(http)
+        return self
+
+    async def wait_cache(self, http: aiohttp.ClientSession, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (await self.stats(http)).get("cache_enabled"):
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"server {self.label}: session cache never became enabled")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def stats(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+        async with http.get(self.url("/bench/stats")) as r:
+            return await r.json()
+
+    async def login(self, http: aiohttp.ClientSession, uids: range | list[int]) -> list[str]:
+        """Sign in each uid; returns the cookies as `name=value` (also written to a file for wrk)."""
+        cookies = []
+        for uid in uids:
+            async with http.get(self.url(f"/bench/login?uid={uid}")) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"{self.label}: login of uid {uid} answered {r.status}: {await r.text()}")
+                jar = r.cookies
+                if len(jar) != 1:
+                    raise RuntimeError(f"{self.label}: login set {len(jar)} cookies")
+                (morsel,) = jar.values()
+                cookies.append(f"{morsel.key}={morsel.value}")
+        self.cookies = cookies
+        self.cookies_file = self.raw_dir / f"cookies-{self.label}.txt"
+        self.cookies_file.write_text("\n".join(cookies) + "\n")
+        return cookies
+
+    def vm(self, name: str) -> int | None:
+        return proc_status(self.pid, name) if self.pid else None
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu_seconds(self.pid)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 15)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# -- wrk --------------------------------------------------------------------------------------
+
+
+async def wrk(
+    port: int,
+    path: str,
+    *,
+    seconds: int,
+    cookies_file: Path | None,
+    raw_dir: Path,
+    connections: int = 32,
+    histogram: bool = False,
+) -> dict[str, Any]:
+    """One wrk run (1 thread, pinned to the load core); its JSON summary plus req/s."""
+    out = raw_dir / f"wrk-{port}-{time.monotonic_ns()}.json"
+    env = {
+        **os.environ,
+        "BENCH_PATH": path,
+        "BENCH_COOKIES": str(cookies_file) if cookies_file else "",
+        "BENCH_OUT": str(out),
+        "BENCH_HISTOGRAM": "1" if histogram else "0",
+    }
+    cmd = [
+        "taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+        "-s", str(LUA), f"http://127.0.0.1:{port}",
+    ]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await proc.communicate()
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {stderr.decode()} {stdout.decode()}")
+    data = json.loads(out.read_text())
+    out.unlink()
+    data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
+    data["non_2xx_or_errors"] = sum(data["errors"].values())
+    return data

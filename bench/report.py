@@ -1,0 +1,371 @@
+"""results.md (Markdown tables, ratios, targets) and chart.png from a run's results."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from .harness import median
+
+ORDER = ["none", "db", "cookie", "redis", "pg", "pgcache", "app"]
+SHORT = {
+    "none": "no session",
+    "db": "SELECT 1\n(DB limit)",
+    "cookie": "Encrypted\nCookie",
+    "redis": "Redis",
+    "pg": "ours\ncache off",
+    "pgcache": "ours\ncache on",
+    "app": "whole app",
+}
+
+
+def _f(value: float | None, digits: int = 0, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def paired_ratio(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """req/s of `a` over `b`: the median of the per-round ratios (a and b ran back to back in
+    each round, so drift of the machine between rounds cancels)."""
+    ra, rb = a.get("runs") or [], b.get("runs") or []
+    if ra and len(ra) == len(rb):
+        return median([x["rps"] / y["rps"] for x, y in zip(ra, rb, strict=True) if y["rps"]])
+    return a["rps"] / b["rps"]
+
+
+def _ratio(a: dict[str, Any], b: dict[str, Any]) -> str:
+    if not a.get("rps") or not b.get("rps"):
+        return "-"
+    return f"{paired_ratio(a, b):.2f}x"
+
+
+def _wire(v: dict[str, Any]) -> tuple[str, str, str]:
+    """(SQL statements/req, of which session SQL, round trips/req) from the wire count."""
+    wire = v.get("wire")
+    if wire is None:
+        return ("0", "0", "0") if v.get("label") else ("-", "-", "-")
+    resets = sum(
+        n for k, n in wire["by_statement"].items() if k.startswith(("SELECT pg_advisory_unlock_all", "CLOSE ALL",
+                                                                      "UNLISTEN", "RESET ALL"))
+    )  # fmt: skip
+    return (
+        _f(wire["statements_per_request"], 2),
+        _f(wire["statements_per_request"] - resets, 2),
+        _f(wire["round_trips_per_request"], 2),
+    )
+
+
+def _variants(scenario: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    vs = scenario["variants"]
+    return [(k, vs[k]) for k in ORDER if k in vs]
+
+
+def _throughput_table(scenario: dict[str, Any], ratios: list[tuple[str, str]]) -> list[str]:
+    vs = scenario["variants"]
+    head = ["Variant", "req/s (median)", "p50 ms", "p99 ms"]
+    head += [f"x {label}" for _, label in ratios]
+    head += ["SQL stmts/req (all)", "session SQL/req", "DB round trips/req", "rows written/req", "server CPU",
+             "DB/Redis CPU", "noise CPU", "RSS under load MB", "VmHWM MB"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, v in _variants(scenario):
+        all_sql, session_sql, trips = _wire(v)
+        if key == "redis" and "redis" in v:
+            all_sql = session_sql = f"0 ({_f(v['redis']['redis_commands_per_request'], 2)} Redis cmds)"
+        pgstat = v.get("pgstat")
+        row = [v["label"], _f(v["rps"]), _f(v["p50_ms"], 2), _f(v["p99_ms"], 2)]
+        row += [_ratio(v, vs[r]) if r in vs else "-" for r, _ in ratios]
+        row += [
+            all_sql,
+            session_sql,
+            trips,
+            _f(pgstat["rows_written_per_request"], 4) if pgstat else "-",
+            _f(v["server_cpu_pct"], 0, "%"),
+            _f(v.get("service_cpu_pct"), 0, "%"),
+            _f(v.get("noise_cpu_pct"), 0, "%"),
+            _f(v.get("load_rss_mb"), 1),
+            _f(v["peak_rss_mb"], 1),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    errors = {k: v["errors"] for k, v in _variants(scenario) if v["errors"]}
+    if errors:
+        lines.append("")
+        lines.append(f"**Errors or non-2xx answers during measured runs**: {errors}")
+    spread = ", ".join(f"{v['label']} {_f(v['rps_min'])}-{_f(v['rps_max'])}" for _, v in _variants(scenario))
+    lines += ["", f"Spread of req/s over the rounds (min-max): {spread}."]
+    return lines
+
+
+def _statement_details(scenarios: dict[str, Any]) -> list[str]:
+    lines = []
+    for key in ("1", "2", "3"):
+        s = scenarios.get(key)
+        if not s:
+            continue
+        for _name, v in _variants(s):
+            wire = v.get("wire")
+            if not wire:
+                continue
+            parts = "; ".join(f"`{stmt}` x {n:.3g}" for stmt, n in list(wire["by_statement"].items())[:6])
+            lines.append(f"- S{key} {v['label']} ({wire['requests']:,} requests): {parts or 'none'}")
+    return lines
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) for each of issue 5's targets that this run measured."""
+    s = results["scenarios"]
+    out: list[tuple[str, str, str]] = []
+
+    def verdict(ok: bool | None) -> str:
+        return "-" if ok is None else ("met" if ok else "**missed**")
+
+    if "1" in s:
+        vs = s["1"]["variants"]
+        pg, db, redis, cookie = vs.get("pg"), vs.get("db"), vs.get("redis"), vs.get("cookie")
+        if pg and db:
+            r = paired_ratio(pg, db)
+            out.append(("(1) cache off ≥ 0.9x the DB limit", f"{r:.2f}x", verdict(r >= 0.9)))
+        if pg and pg.get("wire"):
+            all_sql, session_sql, _ = _wire(pg)
+            ok = float(session_sql) <= 1.005
+            measured = f"{session_sql} session statements/req" + (
+                f" (+ asyncpg's pool reset: {all_sql} in all)" if all_sql != session_sql else ""
+            )
+            out.append(("(1) cache off: one SQL statement per read", measured, verdict(ok)))
+        for v in (pg, vs.get("pgcache")):
+            if v and v.get("pgstat"):
+                st = v["pgstat"]
+                ok = st["rows_inserted"] == 0 and st["rows_deleted"] == 0
+                ok = ok and st["rows_updated"] <= st["touch_updates_allowed"]
+                measured = (
+                    f"{st['rows_updated']} row updates in {st['requests']:,} requests over {st['seconds']:.0f} s"
+                    f" (≤ {st['touch_updates_allowed']} allowed by the touch interval)"
+                )
+                target = f"(1) {v['label']}: no write unless data changed or touch interval passed"
+                out.append((target, measured, verdict(ok)))
+        pc = vs.get("pgcache")
+        if pc and redis:
+            r = paired_ratio(pc, redis)
+            out.append(("(1) cache on ≥ 2.0x RedisStorage", f"{r:.2f}x", verdict(r >= 2.0)))
+        if pc and cookie:
+            r = paired_ratio(pc, cookie)
+            out.append(("(1) cache on ≥ 1.3x EncryptedCookieStorage", f"{r:.2f}x", verdict(r >= 1.3)))
+            out.append(("(1) cache on p99 ≤ the cookie's", f"{pc['p99_ms']:.2f} vs {cookie['p99_ms']:.2f} ms",
+                        verdict(pc["p99_ms"] <= cookie["p99_ms"])))  # fmt: skip
+        if pc is None and not results.get("cache_available"):
+            out.append(("(1) cache on targets", "no cache in this checkout", "not measured"))
+        for v in (pg, pc):
+            if v and v.get("load_rss_mb"):
+                measured = f"{v['load_rss_mb']:.1f} MB (VmHWM since start {v['peak_rss_mb']:.1f} MB)"
+                out.append((f"(1) {v['label']}: server RSS under load < 100 MB", measured,
+                            verdict(v["load_rss_mb"] < 100)))  # fmt: skip
+    for key, label in (("2", "(2) a write per request"), ("3", "(3) new session per request")):
+        if key in s:
+            vs = s[key]["variants"]
+            for name in ("pg", "pgcache"):
+                if name in vs and "redis" in vs:
+                    r = paired_ratio(vs[name], vs["redis"])
+                    out.append((f"{label}: {vs[name]['label']} ≥ 1.0x RedisStorage", f"{r:.2f}x", verdict(r >= 1.0)))
+            if key == "2" and "pg" in vs and vs["pg"].get("wire"):
+                by = vs["pg"]["wire"]["by_statement"]
+                updates = sum(n for k, n in by.items() if k.startswith("UPDATE sessions"))
+                loads = sum(n for k, n in by.items() if k.startswith("WITH live"))
+                merges = sum(n for k, n in by.items() if k.startswith("SELECT data, version FROM sessions"))
+                measured = (
+                    f"{updates:.3f} UPDATE + {loads:.3f} load per request; {100 * merges:.2f}% of writes merged after"
+                    " a version conflict (two requests of one session at once)"
+                )
+                out.append(("(2) one statement per write (cache off)", measured, verdict(updates <= 1.01)))
+    if "4" in s and s["4"].get("p50_ratio"):
+        r = s["4"]["p50_ratio"]
+        rows = s["4"]["sizes"]["large"]["rows"]
+        out.append((f"(4) p50 at {rows:,} rows within 1.3x of p50 at 10,000", f"{r:.2f}x", verdict(r <= 1.3)))
+    if "5" in s:
+        x = s["5"]
+        out.append(("(5) ≥ 50,000 expired rows/s purged", f"{x['rows_per_s']:,.0f} rows/s",
+                    verdict(x["rows_per_s"] >= 50_000)))  # fmt: skip
+        if x["during_p99_ms"] and x["base_p99_ms"]:
+            r = x["during_p99_ms"] / x["base_p99_ms"]
+            measured = f"{x['during_p99_ms']:.2f} vs {x['base_p99_ms']:.2f} ms ({r:.2f}x)"
+            out.append(("(5) p99 of (1) during the purge ≤ 2x without", measured, verdict(r <= 2.0)))
+    if "6" in s:
+        x = s["6"]
+        out.append(("(6) coherence p99 < 100 ms", _f(x["p99_ms"], 2, " ms"), verdict((x["p99_ms"] or 1e9) < 100)))
+        out.append(("(6) coherence max < 1 s", _f(x["max_ms"], 2, " ms"),
+                    verdict((x["max_ms"] or 1e9) < 1000 and x["refused"] == x["trials"])))  # fmt: skip
+    if "7" in s:
+        x = s["7"]
+        measured = (
+            f"{x['rss_start_mb']:.1f} → {x['rss_end_mb']:.1f} MB (max {x['rss_max_mb']:.1f},"
+            f" {x['rss_growth_after_warm_mb']:+.1f} MB after the first minute)"
+        )
+        out.append((f"RSS under (1) < 100 MB and flat over a {x['seconds']} s run ({x['variant']})", measured,
+                    verdict(x["rss_max_mb"] < 100 and x["rss_growth_after_warm_mb"] < 5)))  # fmt: skip
+    return out
+
+
+def write_report(results: dict[str, Any], out_dir: Path) -> Path:
+    m, c, s = results["machine"], results["config"], results["scenarios"]
+    loads = [x["percent_of_one_core"] for x in results["background_load"]]
+    lines = [
+        "# Session store benchmark",
+        "",
+        f"Run {m['date']} on {m['cores']} cores ({m['cpu_model']}, {m['memory_gib']} GiB), Linux {m['kernel']};"
+        f" Python {m['python']}, PostgreSQL {results.get('postgres')}, Redis {results.get('redis_version')},"
+        f" {m['wrk']}. Code: {results.get('code', 'unknown')}.",
+        f"{'Quick' if c['quick'] else 'Full'} mode: {c['rounds']} interleaved rounds, {c['duration']} s measured"
+        f" after {c['warmup']} s warm-up per variant and round, {c['connections']} connections, one server"
+        f" process pinned to core 0, wrk pinned to core 1; medians over the rounds. Total"
+        f" {results.get('total_seconds', 0) / 60:.1f} min.",
+    ]
+    if loads:
+        lines.append(
+            f"Other work on the machine before each round: median {median(loads):.0f}%, max {max(loads):.0f}% of"
+            " one core (numbers taken with other work running are noisier)."
+        )
+    for key, reason in results.get("skipped", {}).items():
+        lines.append(f"Scenario {key} not run: {reason}.")
+
+    if "1" in s:
+        lines += ["", f"## (1) {s['1']['title']}", ""]
+        lines += _throughput_table(s["1"], [("redis", "Redis"), ("cookie", "cookie"), ("db", "DB limit")])
+    if "2" in s:
+        lines += ["", f"## (2) {s['2']['title']}", ""]
+        lines += _throughput_table(s["2"], [("redis", "Redis"), ("cookie", "cookie")])
+    if "3" in s:
+        lines += ["", f"## (3) {s['3']['title']}", ""]
+        lines += _throughput_table(s["3"], [("redis", "Redis")])
+    if "4" in s:
+        x = s["4"]
+        lines += ["", f"## (4) {x['title']}", ""]
+        lines += [
+            "| rows | table + indexes | generated in | req/s | p50 ms | mean ms | p99 ms |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for v in x["sizes"].values():
+            size = (v["table_bytes"] + v["index_bytes"]) / 2**20
+            mean = median([r["latency_us"]["mean"] for r in v["runs"]]) / 1000
+            lines.append(
+                f"| {v['rows']:,} | {size:,.0f} MiB | {v['seconds']:.0f} s | {_f(v['rps'])} | {_f(v['p50_ms'], 2)} |"
+                f" {mean:.2f} | {_f(v['p99_ms'], 2)} |"
+            )
+        small, large = x["sizes"]["small"]["runs"], x["sizes"]["large"]["runs"]
+        per_round = ", ".join(
+            f"{b['latency_us']['p50'] / a['latency_us']['p50']:.2f}" for a, b in zip(small, large, strict=True)
+        )
+        lines += ["", f"p50 ratio large/small: {_f(x['p50_ratio'], 2)}x (median of the rounds: {per_round})."]
+    if "5" in s:
+        x = s["5"]
+        lines += ["", f"## (5) {x['title']}", ""]
+        lines += [
+            "| round | rows purged | seconds | rows/s | req/s without → during | p99 without | p99 during |"
+            " windows during |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for i, r in enumerate(x["rounds"], 1):
+            lines.append(
+                f"| {i} | {r['deleted']:,} | {r['sweep_seconds']:.1f} | {r['rows_per_s']:,.0f} |"
+                f" {_f(r['base_rps'])} → {_f(r['during_rps'])} | {_f(r['base_p99_ms'], 2)} ms |"
+                f" {_f(r['during_p99_ms'], 2)} ms | {r['during_windows']} |"
+            )
+        lines += ["", f"Median: {x['rows_per_s']:,.0f} rows/s; p99 {_f(x['base_p99_ms'], 2)} ms without, "
+                  f"{_f(x['during_p99_ms'], 2)} ms during."]  # fmt: skip
+    if "6" in s:
+        x = s["6"]
+        lines += ["", f"## (6) {x['title']}", ""]
+        lines += [
+            "| trials | refused | cached in B before | p50 | p99 | max | p50 lower bound |",
+            "|---|---|---|---|---|---|---|",
+            f"| {x['trials']} | {x['refused']} | {x['cached_in_b']} | {_f(x['p50_ms'], 2)} ms |"
+            f" {_f(x['p99_ms'], 2)} ms | {_f(x['max_ms'], 2)} ms | {_f(x['lower_p50_ms'], 2)} ms |",
+            "",
+            "By kind: "
+            + "; ".join(
+                f"{k}: p50 {_f(v['p50_ms'], 2)} ms, p99 {_f(v['p99_ms'], 2)} ms, max {_f(v['max_ms'], 2)} ms"
+                for k, v in x["by_kind"].items()
+            )
+            + ".",
+        ]
+    if "7" in s:
+        x = s["7"]
+        lines += ["", f"## (7) {x['title']}", ""]
+        lines += [
+            "| variant | seconds | req/s | RSS after warm-up | RSS max | RSS end | peak (VmHWM) |",
+            "|---|---|---|---|---|---|---|",
+            f"| {x['variant']} | {x['seconds']} | {_f(x['rps'])} | {x['rss_start_mb']:.1f} MB |"
+            f" {x['rss_max_mb']:.1f} MB | {x['rss_end_mb']:.1f} MB | {x['peak_rss_mb']:.1f} MB |",
+        ]
+    t = targets(results)
+    if t:
+        lines += ["", "## Targets of issue 5", "", "| target | measured | |", "|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} |" for a, b, c in t]
+    details = _statement_details(s)
+    if details:
+        lines += ["", "## SQL per request, counted on the wire", "", *details]
+    lines += ["", "Chart: `chart.png`. How each number is measured: `bench/README.md`.", ""]
+    path = out_dir / "results.md"
+    path.write_text("\n".join(lines))
+    with contextlib.suppress(ImportError):  # matplotlib comes with bench/requirements.txt
+        chart(results, out_dir / "chart.png")
+    return path
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = results["scenarios"]
+    panels = [k for k in ("1", "2", "3", "4", "5", "7") if k in s]
+    if not panels:
+        return
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False)
+    colors = {"none": "#999999", "db": "#555555", "cookie": "#e69f00", "redis": "#d55e00", "pg": "#0072b2",
+              "pgcache": "#009e73", "app": "#56b4e9"}  # fmt: skip
+    for ax, key in zip(axes.flat, panels, strict=False):
+        x = s[key]
+        if key in ("1", "2", "3"):
+            vs = _variants(x)
+            names = [SHORT[k] for k, _ in vs]
+            rps = [v["rps"] for _, v in vs]
+            bars = ax.bar(range(len(vs)), rps, color=[colors[k] for k, _ in vs])
+            for bar, (_, v) in zip(bars, vs, strict=True):
+                ax.annotate(f"{v['rps']:,.0f}\np99 {v['p99_ms']:.1f} ms", (bar.get_x() + bar.get_width() / 2,
+                            bar.get_height()), ha="center", va="bottom", fontsize=7)  # fmt: skip
+            ax.set_xticks(range(len(vs)), names, fontsize=7)
+            ax.set_ylabel("req/s (median)")
+            ax.set_ylim(0, max(rps) * 1.25)
+        elif key == "4":
+            sizes = list(x["sizes"].values())
+            ax.bar([f"{v['rows']:,} rows" for v in sizes], [v["p50_ms"] for v in sizes], color="#0072b2",
+                   label="p50")  # fmt: skip
+            ax.plot([f"{v['rows']:,} rows" for v in sizes], [v["p99_ms"] for v in sizes], "o", color="k", label="p99")
+            ax.set_ylabel("latency, ms")
+            ax.legend(fontsize=7)
+        elif key == "5":
+            labels = ["without purge", "during purge"]
+            values = [x["base_p99_ms"] or 0, x["during_p99_ms"] or 0]
+            ax.bar(labels, values, color=["#0072b2", "#cc79a7"])
+            ax.set_ylim(0, max(values) * 1.25 or 1)
+            ax.set_ylabel("p99 of (1), ms")
+            ax.text(0.5, 0.92, f"{x['rows_per_s']:,.0f} rows/s purged", transform=ax.transAxes, ha="center",
+                    fontsize=8)  # fmt: skip
+        elif key == "7":
+            t = [p[0] for p in x["samples_mb"]]
+            mb = [p[1] for p in x["samples_mb"]]
+            ax.plot(t, mb, color="#009e73")
+            ax.set_xlabel("seconds")
+            ax.set_ylabel("server RSS, MB")
+            ax.set_ylim(0, max(mb) * 1.3)
+        ax.set_title(f"({key}) {x['title']}".replace("`", ""), fontsize=9)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    m = results["machine"]
+    fig.suptitle(f"Session stores, one aiohttp process — {m['cores']} cores, {m['date']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

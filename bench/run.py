@@ -1,0 +1,821 @@
+"""The session-store benchmark (issue 5): `python3 dev.py bench [--quick] [--scenarios 1,2,...]`.
+
+Scenarios
+    1  read-only authenticated GET (the hot path), all variants
+    2  a write on every request (a counter in the session): cookie, Redis, ours
+    3  a new session per request: Redis, ours
+    4  ours (cache off) read path with 10 thousand and with 10 million rows in `sessions`
+    5  the sweeper purging 1 million expired rows while (1) runs against ours (cache off)
+    6  cache coherence: logout/revocation in one process until refused by another
+    7  the server's RSS over a long run of (1) with the cache on (5 minutes; 1 with --quick)
+
+Results: bench/results/results.md and chart.png; everything measured in bench/results/raw/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+
+from . import pgdb
+from .harness import (
+    CLK_TCK,
+    LOAD_CPU,
+    ROOT,
+    Server,
+    background_load,
+    children_cpu,
+    ensure_wrk,
+    log,
+    machine_busy,
+    machine_facts,
+    median,
+    percentile_of_histogram,
+    pin_to,
+    proc_cpu_seconds,
+    wrk,
+)
+from .pgcount import CountingProxy
+from .server import DB_VARIANTS, VARIANTS, cache_available
+
+RESULTS = ROOT / "bench" / "results"
+ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7)
+SCENARIO_TITLES = {
+    1: "Read-only authenticated GET (hot path)",
+    2: "A write on every request (counter in the session)",
+    3: "A new session on every request",
+    4: "Read path (cache off) with 10 thousand vs many rows in `sessions`",
+    5: "Sweeper purging 1 million expired rows while (1) runs",
+    6: "Cache coherence: logout/revocation in one process, refusal in another",
+    7: "Server RSS over a long run of (1), cache on",
+}
+
+
+@dataclass
+class Config:
+    quick: bool
+    scenarios: tuple[int, ...]
+    rounds: int
+    warmup: int
+    duration: int
+    connections: int
+    cookies: int
+    count_seconds: int
+    small_rows: int
+    large_rows: int
+    sweep_rows: int
+    sweep_rounds: int
+    window: int
+    baseline_windows: int
+    coherence_trials: int
+    soak_seconds: int
+    soak_sessions: int
+    with_app: bool
+    quiet_threshold: float
+    quiet_timeout: float
+    noise_limit: float
+
+
+def make_config(args: argparse.Namespace) -> Config:
+    quick = args.quick
+    return Config(
+        quick=quick,
+        scenarios=args.scenarios,
+        rounds=args.rounds or (3 if quick else 5),
+        warmup=args.warmup or (1 if quick else 2),
+        duration=args.duration or (3 if quick else 5),
+        connections=32,
+        cookies=64,
+        count_seconds=2 if quick else 3,
+        small_rows=10_000,
+        large_rows=args.large_rows or (1_000_000 if quick else 10_000_000),
+        sweep_rows=1_000_000,
+        sweep_rounds=1 if quick else 3,
+        window=1,
+        baseline_windows=3 if quick else 5,
+        coherence_trials=50 if quick else 200,
+        soak_seconds=args.soak_seconds or (60 if quick else 300),
+        soak_sessions=1000,
+        with_app=args.with_app,
+        quiet_threshold=args.quiet_threshold,
+        quiet_timeout=args.quiet_timeout,
+        noise_limit=args.noise_limit,
+    )
+
+
+def ms(us: float | None) -> float | None:
+    return None if us is None else us / 1000.0
+
+
+class Bench:
+    def __init__(self, config: Config, raw_dir: Path) -> None:
+        self.c = config
+        self.raw = raw_dir
+        self.redis_prefix = f"bench_redis_{os.getpid()}"
+        self.http: aiohttp.ClientSession = None  # type: ignore[assignment]
+        self.results: dict[str, Any] = {
+            "config": asdict(config),
+            "machine": machine_facts(),
+            "scenarios": {},
+            "skipped": {},
+            "background_load": [],
+        }
+        self.cache = cache_available()
+        self.admin: asyncpg.Connection = None  # type: ignore[assignment]
+        self.redis_pids = [pid for pid, comm in _processes() if comm == "redis-server"]
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def quiet(self, where: str) -> None:
+        """Note the machine's load from others before a round; wait a while for it to calm down."""
+        waited = 0.0
+        load = await background_load(1.0)
+        while load > self.c.quiet_threshold and waited < self.c.quiet_timeout:
+            await asyncio.sleep(2)
+            waited += 3
+            load = await background_load(1.0)
+        self.results["background_load"].append({"where": where, "percent_of_one_core": round(load, 1),
+                                                "waited_s": waited})  # fmt: skip
+        if load > self.c.quiet_threshold:
+            log(f"  note: {load:.0f}% of a core busy with other work before {where} (waited {waited:.0f} s)")
+
+    async def wrk(self, server: Server, path: str, seconds: int, **kw: Any) -> dict[str, Any]:
+        return await wrk(
+            server.port,
+            path,
+            seconds=seconds,
+            cookies_file=server.cookies_file,
+            raw_dir=self.raw,
+            connections=self.c.connections,
+            **kw,
+        )
+
+    async def new_db(self, label: str, users: int) -> str:
+        url = await pgdb.create(label)
+        await pgdb.add_users(url, users)
+        return url
+
+    async def start(self, variant: str, label: str, db_url: str | None, **kw: Any) -> Server:
+        server = Server(variant, label, self.raw, database_url=db_url, redis_prefix=self.redis_prefix, **kw)
+        wait_cache = variant == "pgcache" or (variant == "app" and self.cache)
+        return await server.start(self.http, wait_cache=wait_cache)
+
+    async def service_pids(self, server: Server) -> list[int]:
+        """The processes that serve this variant besides itself: its PostgreSQL backends and
+        PostgreSQL's own writer processes, or the Redis server."""
+        if server.variant == "redis":
+            return self.redis_pids
+        if not server.database_url:
+            return []
+        name = urlsplit(server.database_url).path.lstrip("/")
+        rows = await self.admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 OR backend_type IN"
+            " ('walwriter', 'checkpointer', 'background writer', 'autovacuum launcher')",
+            name,
+        )
+        return [r["pid"] for r in rows]
+
+    async def measure(self, server: Server, path: str) -> dict[str, Any]:
+        """One measured run and where the machine's CPU went meanwhile: the server, wrk, the
+        services of the variant (its PostgreSQL backends, or Redis), and the rest (noise: other
+        work on the machine)."""
+        pids = await self.service_pids(server)
+        svc0 = {pid: proc_cpu_seconds(pid) for pid in pids}
+        cpu0, busy0, wrk0, t0 = server.cpu_seconds(), machine_busy()[0], children_cpu(), time.monotonic()
+        run = await self.wrk(server, path, self.c.duration)
+        wall = time.monotonic() - t0
+        server_s, wrk_s, busy_s = server.cpu_seconds() - cpu0, children_cpu() - wrk0, machine_busy()[0] - busy0
+        svc1 = {pid: proc_cpu_seconds(pid) for pid in set(pids) | set(await self.service_pids(server))}
+        service_s = sum(max(0.0, t - svc0.get(pid, 0.0)) for pid, t in svc1.items())
+        run["server_cpu_pct"] = round(100 * server_s / wall, 1)
+        run["wrk_cpu_pct"] = round(100 * wrk_s / wall, 1)
+        run["service_cpu_pct"] = round(100 * service_s / wall, 1)
+        # Per-process and whole-machine accounting differ a little: small negatives are zero.
+        noise = busy_s / CLK_TCK - server_s - wrk_s - service_s
+        run["noise_cpu_pct"] = max(0.0, round(100 * noise / wall, 1))
+        run["rss_kb"] = server.vm("VmRSS")
+        return run
+
+    async def interleave(self, where: str, servers: dict[str, Server], paths: dict[str, str]) -> dict[str, list]:
+        """Rounds of A B C ...: a warm-up then a measured run for each variant in turn. A run
+        during which other work on the machine took more than --noise-limit of a core is done
+        again (twice at most; the quietest attempt is kept)."""
+        runs: dict[str, list] = {name: [] for name in servers}
+        for r in range(self.c.rounds):
+            await self.quiet(f"{where} round {r + 1}")
+            for name, server in servers.items():
+                attempts = []
+                for attempt in range(3):
+                    await self.wrk(server, paths[name], self.c.warmup)
+                    run = await self.measure(server, paths[name])
+                    run["attempt"] = attempt + 1
+                    attempts.append(run)
+                    log(
+                        f"  {where} round {r + 1}/{self.c.rounds} {name:8s} {run['rps']:9.0f} req/s"
+                        f"  p50 {ms(run['latency_us']['p50']):6.2f} ms  p99 {ms(run['latency_us']['p99']):6.2f} ms"
+                        f"  CPU: server {run['server_cpu_pct']:.0f}%, db/redis {run['service_cpu_pct']:.0f}%,"
+                        f" noise {run['noise_cpu_pct']:.0f}%"
+                        + (f"  ERRORS {run['errors']}" if run["non_2xx_or_errors"] else "")
+                    )
+                    if run["noise_cpu_pct"] <= self.c.noise_limit:
+                        break
+                    if attempt < 2:
+                        log(f"  noise above {self.c.noise_limit:.0f}% of a core: measuring {name} again")
+                        await self.quiet(f"{where} round {r + 1} {name} again")
+                best = min(attempts, key=lambda x: x["noise_cpu_pct"])
+                best["discarded_attempts"] = [
+                    {k: a[k] for k in ("rps", "noise_cpu_pct", "attempt")} for a in attempts if a is not best
+                ]
+                runs[name].append(best)
+        return runs
+
+    @staticmethod
+    def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "rps": median([r["rps"] for r in runs]),
+            "p50_ms": ms(median([r["latency_us"]["p50"] for r in runs])),
+            "p99_ms": ms(median([r["latency_us"]["p99"] for r in runs])),
+            "rps_min": min(r["rps"] for r in runs),
+            "rps_max": max(r["rps"] for r in runs),
+            "server_cpu_pct": median([r["server_cpu_pct"] for r in runs]),
+            "service_cpu_pct": median([r.get("service_cpu_pct") for r in runs]),
+            "noise_cpu_pct": median([r.get("noise_cpu_pct") for r in runs]),
+            "noise_cpu_pct_max": max(r.get("noise_cpu_pct") or 0 for r in runs),
+            "errors": sum(r["non_2xx_or_errors"] for r in runs),
+        }
+
+    async def count_pass(self, variant: str, db_url: str | None, path: str, cookies_file: Path | None, label: str):
+        """Statements per request, counted on the wire (untimed): a second server of the variant
+        connects through the counting proxy to the same database."""
+        if variant not in DB_VARIANTS:
+            return None
+        parts = urlsplit(db_url)
+        query = parse_qs(parts.query)
+        host = parts.hostname or query.get("host", ["/var/run/postgresql"])[0]
+        port = parts.port or int(query.get("port", ["5432"])[0])
+        proxy = CountingProxy(host, port)
+        proxy_port = await proxy.start()
+        userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        if not userinfo and query.get("user"):
+            userinfo = query["user"][0] + "@"
+        proxied = urlunsplit(("postgresql", f"{userinfo}127.0.0.1:{proxy_port}", parts.path, "sslmode=disable", ""))
+        server = await self.start(variant, f"{label}-count", proxied)
+        try:
+            server.cookies_file = cookies_file
+            await self.wrk(server, path, 1)
+            await asyncio.sleep(0.3)  # let the warm-up's last requests finish
+            before, requests0 = proxy.counts.snapshot(), (await server.stats(self.http))["requests"]
+            await self.wrk(server, path, self.c.count_seconds)
+            await asyncio.sleep(0.3)
+            after, requests1 = proxy.counts.snapshot(), (await server.stats(self.http))["requests"]
+        finally:
+            await server.stop()
+            await proxy.close()
+        return after.minus(before).per_request(requests1 - requests0)
+
+    async def redis_commands(self) -> int:
+        from redis import asyncio as aioredis
+
+        client = aioredis.from_url("redis://127.0.0.1:6379")
+        try:
+            return int((await client.info("stats"))["total_commands_processed"])
+        finally:
+            await client.aclose()
+
+    async def redis_count_pass(self, server: Server, path: str) -> dict[str, Any]:
+        """Redis commands per request: the server's INFO counter around a run (approximate: the
+        Redis server is shared, and the two INFO calls count too)."""
+        c0, r0 = await self.redis_commands(), (await server.stats(self.http))["requests"]
+        await self.wrk(server, path, self.c.count_seconds)
+        c1, r1 = await self.redis_commands(), (await server.stats(self.http))["requests"]
+        return {"requests": r1 - r0, "redis_commands_per_request": (c1 - c0 - 1) / max(r1 - r0, 1)}
+
+    async def cleanup_redis(self) -> None:
+        with contextlib.suppress(Exception):
+            from redis import asyncio as aioredis
+
+            client = aioredis.from_url("redis://127.0.0.1:6379")
+            try:
+                batch = []
+                async for key in client.scan_iter(match=f"{self.redis_prefix}_*", count=5000):
+                    batch.append(key)
+                    if len(batch) >= 5000:
+                        await client.delete(*batch)
+                        batch = []
+                if batch:
+                    await client.delete(*batch)
+            finally:
+                await client.aclose()
+
+    # -- scenarios 1-3: throughput of the variants --------------------------------------------
+
+    async def throughput(self, key: int, variants: list[str], path: str, *, logged_in: bool) -> None:
+        where = f"S{key}"
+        servers: dict[str, Server] = {}
+        dbs: dict[str, str] = {}
+        before: dict[str, dict] = {}
+        paths = {v: ("/" if v == "app" else path) for v in variants}
+        try:
+            for v in variants:
+                if v in DB_VARIANTS:
+                    dbs[v] = await self.new_db(f"s{key}_{v}", self.c.cookies)
+                server = await self.start(v, f"s{key}-{v}", dbs.get(v))
+                if logged_in and v not in ("none", "db"):
+                    await server.login(self.http, range(1, self.c.cookies + 1))
+                if v in DB_VARIANTS:
+                    # Restart, so the logins' statistics are flushed (backends flush on exit) and
+                    # the counters below cover benchmark requests only.
+                    cookies_file = server.cookies_file
+                    await server.stop()
+                    before[v] = await pgdb.table_stats(dbs[v])
+                    server = await self.start(v, f"s{key}-{v}", dbs[v])
+                    server.cookies_file = cookies_file
+                    before[v]["t"] = time.monotonic()
+                servers[v] = server
+            log(f"{where}: {', '.join(servers)} started; {self.c.rounds} rounds of {self.c.duration} s each")
+            runs = await self.interleave(where, servers, paths)
+            out: dict[str, Any] = {}
+            for v, server in servers.items():
+                out[v] = {"label": VARIANTS[v], **self.summarize(runs[v]), "runs": runs[v]}
+                out[v]["peak_rss_mb"] = (server.vm("VmHWM") or 0) / 1024  # whole life, start-up included
+                out[v]["load_rss_mb"] = max(r["rss_kb"] or 0 for r in runs[v]) / 1024  # after each measured run
+                out[v]["requests_served"] = (await server.stats(self.http))["requests"]
+                if v == "redis":
+                    out[v]["redis"] = await self.redis_count_pass(server, paths[v])
+            for server in servers.values():
+                await server.stop()
+            for v, url in dbs.items():
+                after = await pgdb.table_stats(url)
+                n = max(out[v]["requests_served"], 1)
+                d = {k: after[k] - before[v][k] for k in after if k != "n_live_tup"}
+                seconds = time.monotonic() - before[v]["t"]
+                out[v]["pgstat"] = {
+                    "requests": n,
+                    "seconds": seconds,
+                    # A read writes only to slide the idle deadline: at most once per touch
+                    # interval (60 s) per session, i.e. this many row updates over the run.
+                    "touch_updates_allowed": self.c.cookies * (int(seconds // 60) + 1) if logged_in else None,
+                    "transactions_per_request": (d["xact_commit"] + d["xact_rollback"]) / n,
+                    "rows_written_per_request": (d["n_tup_ins"] + d["n_tup_upd"] + d["n_tup_del"]) / n,
+                    "rows_updated": d["n_tup_upd"],
+                    "rows_inserted": d["n_tup_ins"],
+                    "rows_deleted": d["n_tup_del"],
+                }
+            for v in variants:
+                if v in DB_VARIANTS:
+                    log(f"{where}: counting statements of {v} through the wire proxy")
+                    out[v]["wire"] = await self.count_pass(v, dbs[v], paths[v], servers[v].cookies_file, f"s{key}-{v}")
+            self.results["scenarios"][str(key)] = {"title": SCENARIO_TITLES[key], "variants": out}
+        finally:
+            for server in servers.values():
+                await server.stop()
+            for url in dbs.values():
+                await pgdb.drop(url)
+
+    def pg_variants(self) -> list[str]:
+        return ["pg", "pgcache"] if self.cache else ["pg"]
+
+    async def scenario1(self) -> None:
+        variants = ["none", "db", "cookie", "redis", *self.pg_variants()]
+        if self.c.with_app:
+            variants.append("app")
+        await self.throughput(1, variants, "/bench/hello", logged_in=True)
+
+    async def scenario2(self) -> None:
+        await self.throughput(2, ["cookie", "redis", *self.pg_variants()], "/bench/write", logged_in=True)
+
+    async def scenario3(self) -> None:
+        await self.throughput(3, ["redis", *self.pg_variants()], "/bench/new", logged_in=False)
+
+    # -- scenario 4: table size --------------------------------------------------------------
+
+    async def scenario4(self) -> None:
+        sizes = {"small": self.c.small_rows, "large": self.c.large_rows}
+        dbs: dict[str, str] = {}
+        servers: dict[str, Server] = {}
+        fill: dict[str, Any] = {}
+        try:
+            for name, rows in sizes.items():
+                dbs[name] = await self.new_db(f"s4_{name}", self.c.cookies)
+                log(f"S4: generating {rows:,} session rows ({name})")
+                seconds = await pgdb.fill_sessions(
+                    dbs[name], rows - self.c.cookies, expired=False, tag="fill-", users=self.c.cookies
+                )
+                fill[name] = {"rows": rows, "seconds": seconds, **await pgdb.relation_size(dbs[name])}
+                log(f"S4: {rows:,} rows in {seconds:.0f} s")
+            for name in sizes:
+                servers[name] = await self.start("pg", f"s4-{name}", dbs[name])
+                await servers[name].login(self.http, range(1, self.c.cookies + 1))
+            runs = await self.interleave("S4", servers, {n: "/bench/hello" for n in servers})
+            out = {}
+            for name, server in servers.items():
+                out[name] = {
+                    **self.summarize(runs[name]),
+                    **fill[name],
+                    "runs": runs[name],
+                    "peak_rss_mb": (server.vm("VmHWM") or 0) / 1024,
+                }
+            self.results["scenarios"]["4"] = {
+                "title": SCENARIO_TITLES[4],
+                "sizes": out,
+                # Median of the per-round ratios: both sizes ran back to back in each round.
+                "p50_ratio": median(
+                    [
+                        b["latency_us"]["p50"] / a["latency_us"]["p50"]
+                        for a, b in zip(runs["small"], runs["large"], strict=True)
+                    ]
+                ),
+            }
+        finally:
+            for server in servers.values():
+                await server.stop()
+            for url in dbs.values():
+                await pgdb.drop(url)
+
+    # -- scenario 5: sweeper under load --------------------------------------------------------
+
+    async def windows(self, server: Server, until: asyncio.Task | None, count: int) -> list[dict[str, Any]]:
+        """Consecutive wrk runs of `window` seconds with full latency histograms: `count` of them,
+        or while `until` runs (each tagged with whether it ended before `until` finished)."""
+        out = []
+        while (until is None and len(out) < count) or (until is not None and not until.done()):
+            run = await self.wrk(server, "/bench/hello", self.c.window, histogram=True)
+            run["during"] = until is not None and not until.done()
+            out.append(run)
+        return out
+
+    async def scenario5(self) -> None:
+        db = await self.new_db("s5", self.c.cookies)
+        server = None
+        rounds = []
+        try:
+            server = await self.start("pg", "s5-pg", db)
+            await server.login(self.http, range(1, self.c.cookies + 1))
+            for r in range(self.c.sweep_rounds):
+                log(f"S5 round {r + 1}: generating {self.c.sweep_rows:,} expired rows")
+                fill_s = await pgdb.fill_sessions(
+                    db, self.c.sweep_rows, expired=True, tag=f"expired-{r}-", users=self.c.cookies
+                )
+                await self.quiet(f"S5 round {r + 1}")
+                await self.wrk(server, "/bench/hello", self.c.warmup)
+                base = await self.windows(server, None, self.c.baseline_windows)
+                sweep = asyncio.create_task(self._sweep(server))
+                during = await self.windows(server, sweep, 0)
+                result = await sweep
+                full = [w for w in during if w["during"]]
+                hist_base = [pair for w in base for pair in w.pop("histogram")]
+                hist_during = [pair for w in full for pair in w.pop("histogram")]
+                for w in during:
+                    w.pop("histogram", None)
+                remaining = await _count_expired(db)
+                rnd = {
+                    "fill_seconds": fill_s,
+                    "deleted": result["deleted"],
+                    "sweep_seconds": result["seconds"],
+                    "rows_per_s": (result["deleted"] or 0) / result["seconds"],
+                    "expired_left": remaining,
+                    "batch_size": result["batch"],
+                    "base_p99_ms": ms(percentile_of_histogram(hist_base, 99)),
+                    "base_p50_ms": ms(percentile_of_histogram(hist_base, 50)),
+                    "base_rps": sum(w["requests"] for w in base) / sum(w["duration_us"] / 1e6 for w in base),
+                    "during_windows": len(full),
+                    "during_p99_ms": ms(percentile_of_histogram(hist_during, 99)),
+                    "during_p50_ms": ms(percentile_of_histogram(hist_during, 50)),
+                    "during_rps": (
+                        sum(w["requests"] for w in full) / sum(w["duration_us"] / 1e6 for w in full) if full else None
+                    ),
+                    "windows": {"base": base, "during": during},
+                }
+                rounds.append(rnd)
+                log(
+                    f"S5 round {r + 1}: purged {rnd['deleted']:,} rows in {rnd['sweep_seconds']:.1f} s"
+                    f" ({rnd['rows_per_s']:,.0f} rows/s); p99 {rnd['base_p99_ms']:.2f} ms without,"
+                    f" {rnd['during_p99_ms'] or float('nan'):.2f} ms during ({len(full)} windows)"
+                )
+            self.results["scenarios"]["5"] = {
+                "title": SCENARIO_TITLES[5],
+                "rounds": rounds,
+                "rows_per_s": median([x["rows_per_s"] for x in rounds]),
+                "base_p99_ms": median([x["base_p99_ms"] for x in rounds]),
+                "during_p99_ms": median([x["during_p99_ms"] for x in rounds]),
+                "base_rps": median([x["base_rps"] for x in rounds]),
+                "during_rps": median([x["during_rps"] for x in rounds]),
+            }
+        finally:
+            if server:
+                await server.stop()
+            await pgdb.drop(db)
+
+    async def _sweep(self, server: Server) -> dict[str, Any]:
+        timeout = aiohttp.ClientTimeout(total=3600)
+        async with self.http.post(server.url("/bench/sweep"), timeout=timeout) as r:
+            if r.status != 200:
+                raise RuntimeError(f"sweep answered {r.status}: {await r.text()}")
+            return await r.json()
+
+    # -- scenario 6: cache coherence ----------------------------------------------------------
+
+    async def scenario6(self) -> None:
+        if not self.cache:
+            self.results["skipped"]["6"] = "this checkout has no session cache (Settings.cache)"
+            return
+        trials = self.c.coherence_trials
+        db = await self.new_db("s6", trials + 1)
+        a = b = None
+        try:
+            a = await self.start("pgcache", "s6-a", db, cpu="0")
+            b = await self.start("pgcache", "s6-b", db, cpu=LOAD_CPU)
+            out = []
+            log(f"S6: {trials} trials (alternating logout and revocation through process A, polling B)")
+            for i in range(trials):
+                kind = "logout" if i % 2 == 0 else "revoke"
+                out.append(await self._coherence_trial(a, b, kind, uid=i + 1))
+            refused = [t for t in out if t["refused"]]
+            upper = [t["upper_ms"] for t in refused]
+            lower = [t["lower_ms"] for t in refused]
+            self.results["scenarios"]["6"] = {
+                "title": SCENARIO_TITLES[6],
+                "trials": len(out),
+                "refused": len(refused),
+                "cached_in_b": sum(t["cached_in_b"] for t in out),
+                "p50_ms": _pct(upper, 50),
+                "p99_ms": _pct(upper, 99),
+                "max_ms": max(upper) if upper else None,
+                "lower_p50_ms": _pct(lower, 50),
+                "by_kind": {
+                    kind: {
+                        "p50_ms": _pct([t["upper_ms"] for t in refused if t["kind"] == kind], 50),
+                        "p99_ms": _pct([t["upper_ms"] for t in refused if t["kind"] == kind], 99),
+                        "max_ms": max((t["upper_ms"] for t in refused if t["kind"] == kind), default=None),
+                    }
+                    for kind in ("logout", "revoke")
+                },
+                "trial_data": out,
+            }
+            s = self.results["scenarios"]["6"]
+            log(f"S6: p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, max {s['max_ms']:.2f} ms")
+        finally:
+            for server in (a, b):
+                if server:
+                    await server.stop()
+            await pgdb.drop(db)
+
+    async def _coherence_trial(self, a: Server, b: Server, kind: str, uid: int) -> dict[str, Any]:
+        http = self.http
+        async with http.get(a.url(f"/bench/login?uid={uid}")) as r:
+            (morsel,) = r.cookies.values()
+        headers = {"Cookie": f"{morsel.key}={morsel.value}"}
+        entries0 = (await b.stats(http)).get("cache_entries", 0)
+        for server in (b, b, a):
+            async with http.get(server.url("/bench/hello"), headers=headers) as r:
+                assert r.status == 200, f"fresh session refused ({r.status})"
+        cached_in_b = (await b.stats(http)).get("cache_entries", 0) > entries0
+        t_send = time.perf_counter()
+        if kind == "logout":
+            async with http.post(a.url("/bench/logout"), headers=headers) as r:
+                assert r.status == 200
+        else:
+            async with http.post(a.url(f"/bench/revoke?uid={uid}")) as r:
+                assert r.status == 200
+        t_recv = time.perf_counter()
+        polls, refused, prev_send = 0, False, t_recv
+        while True:
+            send = time.perf_counter()
+            async with http.get(b.url("/bench/hello"), headers=headers) as r:
+                status = r.status
+                await r.read()
+            polls += 1
+            now = time.perf_counter()
+            if status == 401:
+                refused = True
+                break
+            if now - t_send > 15:
+                break
+            prev_send = send
+        return {
+            "kind": kind,
+            "cached_in_b": cached_in_b,
+            "refused": refused,
+            "polls": polls,
+            # Upper bound: from sending the logout (commit comes later) to the refusing answer.
+            "upper_ms": (now - t_send) * 1000,
+            # Lower bound: the last poll B still served began after the commit's answer at best.
+            "lower_ms": max(0.0, (prev_send - t_recv) * 1000),
+        }
+
+    # -- scenario 7: RSS over a long run -----------------------------------------------------
+
+    async def scenario7(self) -> None:
+        variant = "pgcache" if self.cache else "pg"
+        db = await self.new_db("s7", self.c.soak_sessions)
+        server = None
+        try:
+            server = await self.start(variant, f"s7-{variant}", db)
+            await server.login(self.http, range(1, self.c.soak_sessions + 1))
+            await self.wrk(server, "/bench/hello", self.c.warmup)
+            samples: list[tuple[float, int]] = []
+            t0 = time.monotonic()
+            log(f"S7: {self.c.soak_seconds} s of (1) on {variant}, {self.c.soak_sessions} sessions, RSS every 5 s")
+            run_task = asyncio.create_task(self.wrk(server, "/bench/hello", self.c.soak_seconds))
+            while not run_task.done():
+                samples.append((round(time.monotonic() - t0, 1), server.vm("VmRSS") or 0))
+                await asyncio.wait({run_task}, timeout=5)
+            run = run_task.result()
+            samples.append((round(time.monotonic() - t0, 1), server.vm("VmRSS") or 0))
+            rss = [kb for _, kb in samples]
+            first_minute = [kb for t, kb in samples if t <= min(60, self.c.soak_seconds / 2)]
+            self.results["scenarios"]["7"] = {
+                "title": SCENARIO_TITLES[7],
+                "variant": variant,
+                "seconds": self.c.soak_seconds,
+                "rps": run["rps"],
+                "p99_ms": ms(run["latency_us"]["p99"]),
+                "errors": run["non_2xx_or_errors"],
+                "rss_start_mb": rss[0] / 1024,
+                "rss_end_mb": rss[-1] / 1024,
+                "rss_max_mb": max(rss) / 1024,
+                "rss_growth_after_warm_mb": (rss[-1] - max(first_minute)) / 1024,
+                "rss_first_minute_max_mb": max(first_minute) / 1024,
+                "peak_rss_mb": (server.vm("VmHWM") or 0) / 1024,
+                "samples_mb": [(t, kb / 1024) for t, kb in samples],
+            }
+            s = self.results["scenarios"]["7"]
+            log(f"S7: RSS {s['rss_start_mb']:.1f} -> {s['rss_end_mb']:.1f} MB (peak {s['peak_rss_mb']:.1f})")
+        finally:
+            if server:
+                await server.stop()
+            await pgdb.drop(db)
+
+    # -- run --------------------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        self.admin = await asyncpg.connect(pgdb.server_url())
+        try:
+            dropped = await pgdb.drop_stale()
+            if dropped:
+                log(f"dropped {len(dropped)} databases left by earlier killed runs")
+            self.results["postgres"] = await _server_version()
+            self.results["redis_version"] = await _redis_version()
+            self.results["cache_available"] = self.cache
+            self.results["code"] = _code_version()
+            if not self.cache:
+                log("note: this checkout has no session cache (Settings.cache): variant pgcache and S6 are skipped")
+            for key in self.c.scenarios:
+                log(f"== scenario {key}: {SCENARIO_TITLES[key]}")
+                started = time.monotonic()
+                await getattr(self, f"scenario{key}")()
+                self.results.setdefault("scenario_seconds", {})[str(key)] = round(time.monotonic() - started)
+        finally:
+            await self.http.close()
+            await self.admin.close()
+            await self.cleanup_redis()
+            with contextlib.suppress(Exception):
+                await pgdb.drop_all_of_this_run()
+        return self.results
+
+
+def _processes() -> list[tuple[int, str]]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                out.append((int(entry.name), (entry / "comm").read_text().strip()))
+    return out
+
+
+def _code_version() -> str:
+    """The commit measured, and whether app/ had uncommitted changes."""
+    git = shutil.which("git")
+    if git is None:
+        return "unknown"
+    head = subprocess.run([git, "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(
+        [git, "status", "--porcelain", "app", "migrations"], cwd=ROOT, capture_output=True, text=True
+    )
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + (" with uncommitted changes in app/ or migrations/" if dirty.stdout.strip() else "")
+
+
+def _pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[k]
+
+
+async def _count_expired(url: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM sessions WHERE idle_expires_at <= now()")
+    finally:
+        await conn.close()
+
+
+async def _server_version() -> str:
+    import asyncpg
+
+    conn = await asyncpg.connect(pgdb.server_url())
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        ssl = await conn.fetchval("SHOW ssl")
+        return f"{version} (ssl={ssl})"
+    finally:
+        await conn.close()
+
+
+async def _redis_version() -> str | None:
+    try:
+        from redis import asyncio as aioredis
+
+        client = aioredis.from_url("redis://127.0.0.1:6379")
+        try:
+            return (await client.info("server"))["redis_version"]
+        finally:
+            await client.aclose()
+    except Exception as exc:  # reported; the Redis variants then fail loudly
+        return f"unreachable ({type(exc).__name__})"
+
+
+def parse_scenarios(text: str) -> tuple[int, ...]:
+    try:
+        chosen = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError("a comma-separated list of scenario numbers, e.g. 1,2,6") from None
+    if not chosen or any(x not in ALL_SCENARIOS for x in chosen):
+        raise argparse.ArgumentTypeError(f"scenarios are {','.join(map(str, ALL_SCENARIOS))}")
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 dev.py bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs, 3 rounds, 1M rows instead of 10M")
+    parser.add_argument("--scenarios", type=parse_scenarios, default=ALL_SCENARIOS, help="e.g. 1,2,6 (default all)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5; quick 3)")
+    parser.add_argument("--duration", type=int, help="seconds per measured run (default 5; quick 3)")
+    parser.add_argument("--warmup", type=int, help="seconds of warm-up before each run (default 2; quick 1)")
+    parser.add_argument("--large-rows", type=int, help="rows for the large table of scenario 4")
+    parser.add_argument("--soak-seconds", type=int, help="length of scenario 7 (default 300; quick 60)")
+    parser.add_argument("--with-app", action="store_true", help="scenario 1 also runs the whole app's GET /")
+    parser.add_argument(
+        "--quiet-threshold", type=float, default=40.0, help="background CPU (%% of one core) to wait out (default 40)"
+    )
+    parser.add_argument("--quiet-timeout", type=float, default=60.0, help="longest wait for it, seconds (default 60)")
+    parser.add_argument(
+        "--noise-limit",
+        type=float,
+        default=25.0,
+        help="a run during which other work took more CPU than this (%% of one core) is redone (default 25)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
+    args = parser.parse_args(argv)
+
+    if (os.cpu_count() or 1) < 2:
+        print("error: the benchmark pins the server and wrk to different cores: it needs 2", file=sys.stderr)
+        return 1
+    ensure_wrk()
+    pin_to({int(LOAD_CPU)})  # the harness stays off the server's core
+    config = make_config(args)
+    out: Path = args.out
+    raw = out / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log(
+        f"benchmark: scenarios {','.join(map(str, config.scenarios))}, {'quick' if config.quick else 'full'} mode,"
+        f" PostgreSQL {pgdb.server_url().rsplit('@', 1)[-1]}, results in {out}"
+    )
+    started = time.monotonic()
+    bench = Bench(config, raw)
+    try:
+        results = asyncio.run(bench.run())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    results["total_seconds"] = round(time.monotonic() - started)
+    raw_file = raw / f"results-{stamp}.json"
+    raw_file.write_text(json.dumps(results, indent=1, default=str))
+    from .report import write_report
+
+    md = write_report(results, out)
+    log(f"wrote {md}, {out / 'chart.png'} and {raw_file} in {results['total_seconds'] / 60:.1f} min")
+    print()
+    print(md.read_text())
+    return 0

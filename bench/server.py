@@ -1,0 +1,318 @@
+"""The benchmark's variant servers: one aiohttp app per variant, all serving the same routes.
+
+    python -m bench.server VARIANT --port 8101 [--database-url URL] [--redis-url URL]
+
+Variants (VARIANTS below):
+    none      no session middleware at all: the ceiling
+    db        no session, one `SELECT 1` through the app's own pool per request: the database limit
+    cookie    aiohttp-session EncryptedCookieStorage (all data in an encrypted cookie)
+    redis     aiohttp-session RedisStorage on Redis
+    pg        this project's PostgresStorage, cache off (built by app.server.create_app)
+    pgcache   the same with the in-process session cache on (Settings.cache=True)
+    app       the whole app as deployed (all its middlewares, real `GET /` page), cache on if it exists
+
+Routes, identical on every variant (only the session store behind them differs):
+    GET  /bench/hello    greets the signed-in user from the session: "Hello <name>" (401 if none)
+    GET  /bench/write    the same, and increments a counter in the session (a write per request)
+    GET  /bench/new      starts a new session and sets two keys (no password check)
+    GET  /bench/login?uid=N   signs in user N (session: user_id, username): the cookie for wrk
+    POST /bench/logout   ends the request's session
+    POST /bench/revoke?uid=N  ends every session of user N as the app's revocation does (pg*, app)
+    POST /bench/sweep    runs app.sweeper.sweep once on this process's pool and loop (pg*, app)
+    GET  /bench/ping     "ok", touches nothing
+    GET  /bench/stats    {"requests": benchmarked requests served, "cache_enabled": ...}, no session
+
+The pg, pgcache and app variants are built by `app.server.create_app` itself, so the storage, its
+pool, its cache and the cache's listener are exactly what production runs. For pg and pgcache
+every middleware but aiohttp-session's is then removed, so all variants run the same middleware
+stack; `app` keeps them all and is the only one that serves the app's own `GET /`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import time
+import warnings
+from typing import Any
+
+import aiohttp_session
+from aiohttp import web
+from aiohttp.web_exceptions import NotAppKeyWarning
+
+warnings.filterwarnings("ignore", category=NotAppKeyWarning)
+
+VARIANTS: dict[str, str] = {
+    "none": "no session (ceiling)",
+    "db": "SELECT 1 per request (DB limit)",
+    "cookie": "EncryptedCookieStorage",
+    "redis": "RedisStorage",
+    "pg": "PostgresStorage, cache off",
+    "pgcache": "PostgresStorage, cache on",
+    "app": "whole app GET /",
+}
+# Variants that keep sessions in the PostgreSQL database, and so need one.
+DB_VARIANTS = frozenset({"db", "pg", "pgcache", "app"})
+
+AUTH_KEY = b"bench-authentication-key-0123456789abcdef"
+ENC_KEY = b"bench-encryption-key-0123456789!"  # 32 bytes
+COOKIE_STORAGE_KEY = b"bench-cookie-storage-key-32bytes"  # 32 bytes: Fernet key material
+
+REQUESTS = web.AppKey("bench_requests", list)
+BENCH_POOL = web.AppKey("bench_pool", object)
+BENCH_STORAGE = web.AppKey("bench_storage", object)
+BENCH_SETTINGS = web.AppKey("bench_settings", object)
+
+
+def cache_available() -> bool:
+    """True when this checkout's Settings has the session cache switch (issue 5)."""
+    from app.config import Settings
+
+    return "cache" in {f.name for f in dataclasses.fields(Settings)}
+
+
+def pg_settings(database_url: str, *, cache: bool, port: int = 0) -> Any:
+    """The app's Settings for a bench server: production defaults, fixed keys, no sweeper run
+    during measurements (the sweep scenario calls the sweeper itself)."""
+    from app.config import Settings
+
+    fields: dict[str, Any] = {
+        "database_url": database_url,
+        "authentication_keys": (AUTH_KEY,),
+        "encryption_keys": (ENC_KEY,),
+        "sweep_interval": 10**7,
+        "host": "127.0.0.1",
+        "port": port,
+        "log_level": "WARNING",
+    }
+    if cache:
+        if not cache_available():
+            raise RuntimeError("this checkout has no session cache (Settings.cache): variant pgcache is unavailable")
+        fields["cache"] = True
+    return Settings(**fields)
+
+
+def _greeting(session: Any) -> web.Response:
+    name = session.get("username")
+    if name is None:
+        raise web.HTTPUnauthorized(text="not signed in\n")
+    return web.Response(text=f"Hello {name}")
+
+
+def _routes(variant: str) -> web.RouteTableDef:
+    routes = web.RouteTableDef()
+    with_session = variant not in ("none", "db")
+
+    @routes.get("/bench/ping")
+    async def ping(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    @routes.get("/bench/stats")
+    async def stats(request: web.Request) -> web.Response:
+        body: dict[str, Any] = {"requests": request.app[REQUESTS][0], "pid": os.getpid()}
+        storage = request.app.get(BENCH_STORAGE)
+        cache = getattr(storage, "_cache", None)
+        if cache is not None:
+            body["cache_enabled"] = cache.enabled
+            body["cache_entries"] = len(cache)
+        return web.json_response(body)
+
+    if variant == "none":
+
+        @routes.get("/bench/hello")
+        async def hello_none(request: web.Request) -> web.Response:
+            request.app[REQUESTS][0] += 1
+            return web.Response(text="Hello bench")
+
+    elif variant == "db":
+
+        @routes.get("/bench/hello")
+        async def hello_db(request: web.Request) -> web.Response:
+            request.app[REQUESTS][0] += 1
+            async with request.app[BENCH_POOL].acquire() as conn:  # type: ignore[attr-defined]
+                await conn.fetchval("SELECT 1")
+            return web.Response(text="Hello bench")
+
+    if with_session:
+
+        @routes.get("/bench/hello")
+        async def hello(request: web.Request) -> web.Response:
+            request.app[REQUESTS][0] += 1
+            return _greeting(await aiohttp_session.get_session(request))
+
+        @routes.get("/bench/write")
+        async def write(request: web.Request) -> web.Response:
+            request.app[REQUESTS][0] += 1
+            session = await aiohttp_session.get_session(request)
+            if session.get("username") is None:
+                raise web.HTTPUnauthorized(text="not signed in\n")
+            session["count"] = session.get("count", 0) + 1
+            return web.Response(text=f"Hello {session['username']} ({session['count']})")
+
+        @routes.get("/bench/new")
+        async def new(request: web.Request) -> web.Response:
+            request.app[REQUESTS][0] += 1
+            session = await aiohttp_session.new_session(request)
+            session["user_id"] = 1
+            session["username"] = "user-1"
+            return web.Response(text="Hello user-1")
+
+        @routes.get("/bench/login")
+        async def login(request: web.Request) -> web.Response:
+            uid = int(request.query.get("uid", "1"))
+            session = await aiohttp_session.new_session(request)
+            session["user_id"] = uid
+            session["username"] = f"user-{uid}"
+            return web.Response(text=f"Hello user-{uid}")
+
+        @routes.post("/bench/logout")
+        async def logout(request: web.Request) -> web.Response:
+            session = await aiohttp_session.get_session(request)
+            session.invalidate()
+            return web.Response(text="bye")
+
+    if variant in ("pg", "pgcache", "app"):
+
+        @routes.post("/bench/revoke")
+        async def revoke(request: web.Request) -> web.Response:
+            from app import user_sessions
+            from app.db import connection
+
+            settings = request.app[BENCH_SETTINGS]
+            async with connection(request.app[BENCH_POOL], settings.database_timeout) as conn:  # type: ignore[arg-type]
+                ended = await user_sessions.end_all(conn, int(request.query["uid"]))
+            storage = request.app[BENCH_STORAGE]
+            if hasattr(storage, "forget") and isinstance(ended, list):
+                storage.forget(ended)  # as app/handlers.py's revoke does
+            return web.json_response({"ended": ended if isinstance(ended, int) else len(ended)})
+
+        @routes.post("/bench/sweep")
+        async def sweep(request: web.Request) -> web.Response:
+            from app.sweeper import sweep as run_sweep
+
+            settings = request.app[BENCH_SETTINGS]
+            batch = int(request.query.get("batch", settings.sweep_batch_size))  # type: ignore[attr-defined]
+            started = time.perf_counter()
+            deleted = await run_sweep(request.app[BENCH_POOL], batch_size=batch)  # type: ignore[arg-type]
+            return web.json_response({"deleted": deleted, "seconds": time.perf_counter() - started, "batch": batch})
+
+    return routes
+
+
+async def build_app(
+    variant: str,
+    *,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    redis_prefix: str | None = None,
+) -> web.Application:
+    """The variant's application, not yet started (startup runs its cleanup contexts)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)}")
+    if variant in DB_VARIANTS and not database_url:
+        raise ValueError(f"variant {variant} needs a database URL")
+
+    if variant in ("pg", "pgcache", "app"):
+        from app.appkeys import POOL, STORAGE
+        from app.server import create_app
+
+        cache = variant == "pgcache" or (variant == "app" and cache_available())
+        settings = pg_settings(database_url, cache=cache)  # type: ignore[arg-type]
+        app = await create_app(settings)
+        if variant != "app":
+            # Keep only aiohttp-session's middleware: the same stack as every other variant.
+            kept = [m for m in app.middlewares if getattr(m, "__module__", "") == "aiohttp_session"]
+            if len(kept) != 1:
+                raise RuntimeError(f"expected one aiohttp-session middleware in create_app's app, found {len(kept)}")
+            app.middlewares.clear()
+            app.middlewares.extend(kept)
+        app[BENCH_POOL] = app[POOL]
+        app[BENCH_STORAGE] = app[STORAGE]
+        app[BENCH_SETTINGS] = settings
+    else:
+        app = web.Application()
+        if variant == "db":
+            from app.server import open_pool
+
+            settings = pg_settings(database_url, cache=False)  # type: ignore[arg-type]
+            pool = await open_pool(settings)  # the very pool the app's storage gets
+            app[BENCH_POOL] = pool
+
+            async def close_pool(app: web.Application) -> None:
+                await pool.close()
+
+            app.on_cleanup.append(close_pool)
+        elif variant == "cookie":
+            from aiohttp_session.cookie_storage import EncryptedCookieStorage
+
+            aiohttp_session.setup(
+                app,
+                EncryptedCookieStorage(COOKIE_STORAGE_KEY, cookie_name="bench_cookie", httponly=True, samesite="Lax"),
+            )
+        elif variant == "redis":
+            from aiohttp_session.redis_storage import RedisStorage
+            from redis import asyncio as aioredis
+
+            client = aioredis.from_url(redis_url or "redis://127.0.0.1:6379")
+            await client.ping()
+            # Keys are "<cookie_name>_<uuid>": one prefix per benchmark run, deleted by the harness.
+            storage = RedisStorage(
+                client,
+                cookie_name=redis_prefix or f"bench_redis_{os.getpid()}",
+                max_age=3600,
+                httponly=True,
+                samesite="Lax",
+            )
+            aiohttp_session.setup(app, storage)
+
+            async def close_redis(app: web.Application) -> None:
+                await client.aclose()
+
+            app.on_cleanup.append(close_redis)
+    app[REQUESTS] = [0]
+    app.router.add_routes(_routes(variant))
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.server", description=__doc__.split("\n\n")[0])
+    parser.add_argument("variant", choices=sorted(VARIANTS))
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--database-url")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379")
+    parser.add_argument("--redis-prefix", help="RedisStorage cookie name, which prefixes its keys")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    app = loop.run_until_complete(
+        build_app(
+            args.variant, database_url=args.database_url, redis_url=args.redis_url, redis_prefix=args.redis_prefix
+        )
+    )
+
+    async def ready(_app: web.Application) -> None:
+        print(json.dumps({"ready": args.variant, "pid": os.getpid(), "port": args.port}), flush=True)
+
+    app.on_startup.append(ready)
+    web.run_app(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        loop=loop,
+        access_log=None,
+        print=None,
+        shutdown_timeout=2,
+        handle_signals=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
