@@ -14,6 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from app.embedded import process_alive
+
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 PREFIX = "sessions_bench_"
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/140.0.0.0 Safari/537.36"
@@ -37,22 +39,12 @@ async def _admin(sql: str, *args: object) -> list[asyncpg.Record]:
         await conn.close()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 async def drop_stale() -> list[str]:
     """Drop bench databases whose run (pid in the name) is gone."""
     dropped = []
     for (name,) in await _admin("SELECT datname FROM pg_database WHERE datname LIKE $1", PREFIX + "%"):
         pid = name.removeprefix(PREFIX).split("_")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             dropped.append(name)
     return dropped

@@ -7,9 +7,11 @@ drops them at the end; each test starts on empty tables.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import secrets
+import sys
 import tempfile
 import uuid
 import warnings
@@ -220,3 +222,35 @@ def app_env(**values: str | None) -> dict[str, str]:
         else:
             env[key] = value
     return env
+
+
+async def run_app_command(
+    *args: str, database_url: str | None, stdin: bytes | None = None, **env: str | None
+) -> tuple[int, str, str]:
+    """`python -m app ARGS` in a subprocess on `database_url` with the test keys: (exit status,
+    stdout, stderr). `env` adds or (None) removes settings."""
+    values: dict[str, str | None] = {
+        "DATABASE_URL": database_url,
+        "SESSION_AUTHENTICATION_KEY": AUTH_KEY.decode(),
+        "SESSION_ENCRYPTION_KEY": ENC_KEY.decode(),
+        **env,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app",
+        *args,
+        cwd=REPO_ROOT,
+        env=app_env(**values),
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout=60)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

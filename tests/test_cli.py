@@ -6,16 +6,14 @@ exactly one `error:` line on stderr and a non-zero exit status, never a tracebac
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import AUTH_KEY, ENC_KEY, REPO_ROOT, app_env, login, make_settings
+from conftest import login, make_settings, run_app_command
 
 from app.passwords import PasswordHasher
 
@@ -46,31 +44,7 @@ class Result:
 
 
 async def run_app(*args: str, database_url: str | None, stdin: bytes | None = None, **env: str | None) -> Result:
-    values: dict[str, str | None] = {
-        "DATABASE_URL": database_url,
-        "SESSION_AUTHENTICATION_KEY": AUTH_KEY.decode(),
-        "SESSION_ENCRYPTION_KEY": ENC_KEY.decode(),
-        **env,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app",
-        *args,
-        cwd=REPO_ROOT,
-        env=app_env(**values),
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout=60)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
+    return Result(*await run_app_command(*args, database_url=database_url, stdin=stdin, **env))
 
 
 async def password_ok(pg: asyncpg.Connection, username: str, password: str) -> bool:

@@ -7,19 +7,17 @@ Separate TestClients (separate cookie jars, distinct User-Agents) are separate d
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
 import secrets
-import sys
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
-from conftest import AUTH_KEY, ENC_KEY, REPO_ROOT, add_user, app_env, login, make_settings, session_cookie
+from conftest import add_user, login, make_settings, run_app_command, session_cookie
 
 from app import users
 from app.appkeys import POOL
@@ -144,29 +142,7 @@ def set_cookies(response: ClientResponse) -> list[tuple[str, str, dict[str, str]
 
 
 async def run_app(*args: str, database_url: str, stdin: bytes | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app",
-        *args,
-        cwd=REPO_ROOT,
-        env=app_env(
-            DATABASE_URL=database_url,
-            SESSION_AUTHENTICATION_KEY=AUTH_KEY.decode(),
-            SESSION_ENCRYPTION_KEY=ENC_KEY.decode(),
-        ),
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout=60)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_app_command(*args, database_url=database_url, stdin=stdin)
 
 
 # -- the sessions page ---------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import AUTH_KEY, ENC_KEY, REPO_ROOT, add_user, app_env, login, session_cookie
+from conftest import add_user, login, run_app_command, session_cookie
 
 AiohttpClient = Callable[..., Awaitable[TestClient]]
 
@@ -44,30 +43,7 @@ class Result:
 
 
 async def sessions_cli(*args: str, database_url: str) -> Result:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app",
-        "sessions",
-        *args,
-        cwd=REPO_ROOT,
-        env=app_env(
-            DATABASE_URL=database_url,
-            SESSION_AUTHENTICATION_KEY=AUTH_KEY.decode(),
-            SESSION_ENCRYPTION_KEY=ENC_KEY.decode(),
-        ),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
+    return Result(*await run_app_command("sessions", *args, database_url=database_url))
 
 
 def handle_of(client: TestClient) -> str:
