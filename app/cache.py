@@ -14,7 +14,6 @@ notification arrives (milliseconds, normally), not at once. What keeps it honest
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -152,15 +151,3 @@ class SessionCache:
                     conn.terminate()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
-
-    def run_with(self, connect: Callable[[], Awaitable[asyncpg.Connection]]):  # type: ignore[no-untyped-def]
-        """A cleanup_ctx entry that runs the listener while the app runs."""
-
-        async def context(_app: object):  # type: ignore[no-untyped-def]
-            task = asyncio.create_task(self.listen(connect))
-            yield
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-        return context

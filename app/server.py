@@ -14,13 +14,14 @@ from aiohttp.web_exceptions import NotAppKeyWarning
 
 from . import db, events, handlers, schema
 from .appkeys import HASHER, POOL, SETTINGS, STORAGE
+from .background import while_running
 from .cache import SessionCache
 from .cipher import DataCipher
 from .config import Settings
 from .middlewares import cross_origin, error_pages, proxy, security_headers
 from .passwords import PasswordHasher
 from .storage import PostgresStorage
-from .sweeper import sweeper_context
+from .sweeper import sweep_forever
 from .tokens import TokenSigner
 
 log = logging.getLogger(__name__)
@@ -105,16 +106,19 @@ async def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(handlers.routes)
     app.router.add_static("/public", PUBLIC_DIR)
     app.cleanup_ctx.append(
-        sweeper_context(
-            POOL,
-            interval=settings.sweep_interval,
-            batch_size=settings.sweep_batch_size,
-            timeout=max(settings.database_timeout, 5.0),
-            failure_window=settings.login_limits.window,
+        while_running(
+            lambda app: sweep_forever(
+                app[POOL],
+                interval=settings.sweep_interval,
+                batch_size=settings.sweep_batch_size,
+                timeout=max(settings.database_timeout, 5.0),
+                failure_window=settings.login_limits.window,
+            )
         )
     )
     if cache is not None:
-        app.cleanup_ctx.append(cache.run_with(partial(_listener_connection, settings)))
+        listener = partial(_listener_connection, settings)
+        app.cleanup_ctx.append(while_running(lambda _app: cache.listen(listener)))
     app.on_cleanup.append(_close)
     return app
 

@@ -317,14 +317,7 @@ class PostgresStorage(AbstractStorage):
         plaintext = _encode(mapping)
         generation = self._cache.generation if self._cache else 0
         async with connection(self._pool, self._db_timeout) as conn:
-            version = await conn.fetchval(
-                UPDATE_SQL,
-                id_hash,
-                self._cipher.seal(plaintext, id_hash),
-                self._user_id(mapping),
-                self._idle,
-                session.version,
-            )
+            version = await self._write(conn, id_hash, mapping, plaintext, session.version)
             if version is None:
                 version, plaintext = await self._merge(conn, session)
         if version is None:
@@ -361,15 +354,15 @@ class PostgresStorage(AbstractStorage):
                 latest.pop(key, None)
             latest.update(updated)
             plaintext = _encode(latest)
-            version = await conn.fetchval(
-                UPDATE_SQL,
-                id_hash,
-                self._cipher.seal(plaintext, id_hash),
-                self._user_id(latest),
-                self._idle,
-                row["version"],
-            )
-            return version, plaintext
+            return await self._write(conn, id_hash, latest, plaintext, row["version"]), plaintext
+
+    async def _write(
+        self, conn: asyncpg.Connection, id_hash: bytes, mapping: dict[str, Any], plaintext: bytes, version: int
+    ) -> int | None:
+        """UPDATE_SQL: the new version, or None if the row is gone or no longer at `version`."""
+        return await conn.fetchval(
+            UPDATE_SQL, id_hash, self._cipher.seal(plaintext, id_hash), self._user_id(mapping), self._idle, version
+        )
 
     async def _end(self, request: web.Request, response: web.StreamResponse, session: PgSession) -> None:
         id_hash = session.id_hash

@@ -9,13 +9,10 @@ the transaction, so nothing lingers on a pooled or PgBouncer-shared connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
 
 import asyncpg
-from aiohttp import web
 
 from .db import UNAVAILABLE_ERRORS
 
@@ -71,23 +68,11 @@ async def _drain(pool: asyncpg.Pool, batch_size: int, timeout: float, sql: str, 
         await asyncio.sleep(0)  # let requests in between batches
 
 
-def sweeper_context(
-    pool_key: web.AppKey[asyncpg.Pool], *, interval: int, batch_size: int, timeout: float, failure_window: int
-):
-    """A cleanup_ctx entry that runs `sweep` every `interval` seconds (jittered +/-20%, so dynos
-    started together do not collide) while the app runs."""
-
-    async def run(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(_loop(app[pool_key], interval, batch_size, timeout, failure_window))
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return run
-
-
-async def _loop(pool: asyncpg.Pool, interval: int, batch_size: int, timeout: float, failure_window: int) -> None:
+async def sweep_forever(
+    pool: asyncpg.Pool, *, interval: int, batch_size: int, timeout: float, failure_window: int
+) -> None:
+    """`sweep` every `interval` seconds (jittered +/-20%, so dynos started together do not collide),
+    until cancelled; a failed pass is logged and retried at the next interval."""
     while True:
         await asyncio.sleep(interval * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not secrecy
         try:

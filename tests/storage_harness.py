@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestClient
 from aiohttp_session import get_session, new_session
 from conftest import AUTH_KEY, ENC_KEY
 
+from app.background import while_running
 from app.cache import SessionCache
 from app.cipher import DataCipher
 from app.session import PgSession
@@ -178,7 +179,7 @@ def build_app(pool: asyncpg.Pool, *, cache_url: str | None = None, **storage_opt
     app[CONTROL] = Control()
     if cache_url is not None:
         cache = options["cache"] = SessionCache()
-        app.cleanup_ctx.append(cache.run_with(partial(asyncpg.connect, cache_url)))
+        app.cleanup_ctx.append(while_running(lambda _app: cache.listen(partial(asyncpg.connect, cache_url))))
     storage = PostgresStorage(pool, signer=TokenSigner((AUTH_KEY,)), cipher=DataCipher((ENC_KEY,)), **options)
     app[STORAGE] = storage
     aiohttp_session.setup(app, storage)
