@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncpg
 from aiohttp import web
+from aiohttp_session_postgres import PostgresStorage
 
 from .config import Settings
 from .passwords import PasswordHasher
-from .storage import PostgresStorage
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)

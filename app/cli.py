@@ -13,14 +13,12 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
-import asyncpg
+from aiohttp_session_postgres import DatabaseUnavailable, PostgresStorage
 
-from . import embedded, schema, user_sessions, users, workers
+from . import embedded, logs, schema, throttle, users, workers
 from .config import ConfigError, Settings, load_settings
-from .db import DatabaseUnavailable, connection
 from .passwords import MAX_PASSWORD_BYTES, hash_once
-from .server import StartupError, open_pool, serve
-from .sweeper import sweep
+from .server import StartupError, build_storage, open_pool, serve
 
 log = logging.getLogger("app")
 
@@ -35,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
-        logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+        logs.configure(settings.log_level, quiet_library=args.run is not _serve)
         # Embedded mode migrates on every command; Alembic's per-run chatter is noise there.
         logging.getLogger("alembic").setLevel(logging.WARNING)
         return args.run(settings, args)
@@ -89,11 +87,13 @@ def _database(settings: Settings) -> Iterator[Settings]:
         yield local
 
 
-def _with_pool(settings: Settings, work: Callable[[asyncpg.Pool], Awaitable[int]]) -> int:
+def _with_storage(settings: Settings, work: Callable[[PostgresStorage], Awaitable[int]]) -> int:
+    """Run `work` on the session storage of these settings (the database started if embedded)."""
+
     async def run() -> int:
         pool = await open_pool(settings)
         try:
-            return await work(pool)
+            return await work(build_storage(settings, pool))
         finally:
             await pool.close()
 
@@ -118,27 +118,29 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 async def _ensure_demo_user(settings: Settings) -> None:
     pool = await open_pool(settings)
     try:
-        async with connection(pool, settings.database_timeout) as conn:
+        storage = build_storage(settings, pool)
+        async with storage.connection() as conn:
             if await users.find(conn, DEMO_USER) is not None:
                 return
         password_hash = await hash_once(DEMO_PASSWORD, settings.password_cost)
-        async with connection(pool, settings.database_timeout) as conn:
-            await users.upsert(conn, DEMO_USER, password_hash)
+        await users.set_password(storage, DEMO_USER, password_hash)
         log.info("created the demo user %r (its password is in the README; embedded mode only)", DEMO_USER)
     finally:
         await pool.close()
 
 
 def _sweep(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(pool: asyncpg.Pool) -> int:
-        deleted = await sweep(pool, batch_size=settings.sweep_batch_size, failure_window=settings.login_limits.window)
+    async def work(storage: PostgresStorage) -> int:
+        deleted = await storage.sweep(batch_size=settings.sweep_batch_size)
+        async with storage.connection() as conn:
+            await throttle.prune(conn, settings.login_limits)
         if deleted is None:
             print("another process is sweeping: nothing done")
         else:
             print(f"removed {deleted} expired sessions")
         return 0
 
-    return _with_pool(settings, work)
+    return _with_storage(settings, work)
 
 
 def _user_add(settings: Settings, args: argparse.Namespace) -> int:
@@ -148,40 +150,39 @@ def _user_add(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(f"invalid username: {problem}")
     password = _read_password()
 
-    async def work(pool: asyncpg.Pool) -> int:
+    async def work(storage: PostgresStorage) -> int:
         password_hash = await hash_once(password, settings.password_cost)
-        async with connection(pool, settings.database_timeout) as conn:
-            created = await users.upsert(conn, name, password_hash)
+        created = await users.set_password(storage, name, password_hash)
         print(f"created user {name}" if created else f"reset the password of {name}")
         return 0
 
-    return _with_pool(settings, work)
+    return _with_storage(settings, work)
 
 
 def _user_delete(settings: Settings, args: argparse.Namespace) -> int:
     name: str = args.name
 
-    async def work(pool: asyncpg.Pool) -> int:
-        async with connection(pool, settings.database_timeout) as conn:
+    async def work(storage: PostgresStorage) -> int:
+        async with storage.connection() as conn:
             if not await users.delete(conn, name):
                 raise CommandError(f"no user named {name!r}")
         print(f"deleted user {name} and their sessions")
         return 0
 
-    return _with_pool(settings, work)
+    return _with_storage(settings, work)
 
 
-async def _user_id(conn: asyncpg.Connection, name: str) -> int:
-    user = await users.find(conn, name)
+async def _user_id(storage: PostgresStorage, name: str) -> int:
+    async with storage.connection() as conn:
+        user = await users.find(conn, name)
     if user is None:
         raise CommandError(f"no user named {name!r}")
     return user.id
 
 
 def _sessions_list(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(pool: asyncpg.Pool) -> int:
-        async with connection(pool, settings.database_timeout) as conn:
-            live = await user_sessions.list_live(conn, await _user_id(conn, args.name))
+    async def work(storage: PostgresStorage) -> int:
+        live = await storage.list_sessions(await _user_id(storage, args.name), limit=10_000)
         for info in live:
             created = info.created_at.isoformat(timespec="seconds")
             seen = info.last_seen_at.isoformat(timespec="seconds")
@@ -189,23 +190,22 @@ def _sessions_list(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{info.handle}\t{created}\t{seen}\t{info.client_ip or '-'}\t{ua}")
         return 0
 
-    return _with_pool(settings, work)
+    return _with_storage(settings, work)
 
 
 def _sessions_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(pool: asyncpg.Pool) -> int:
-        async with connection(pool, settings.database_timeout) as conn:
-            user_id = await _user_id(conn, args.name)
-            if args.all:
-                ended = await user_sessions.end_all(conn, user_id)
-                print(f"ended {len(ended)} sessions of {args.name}")
-                return 0
-            if not await user_sessions.end_one(conn, user_id, args.handle):
-                raise CommandError(f"{args.name} has no live session with handle {args.handle!r}")
+    async def work(storage: PostgresStorage) -> int:
+        user_id = await _user_id(storage, args.name)
+        if args.all:
+            ended = await storage.end_all_sessions(user_id)
+            print(f"ended {ended} sessions of {args.name}")
+            return 0
+        if not await storage.end_session(user_id, args.handle):
+            raise CommandError(f"{args.name} has no live session with handle {args.handle!r}")
         print(f"ended session {args.handle} of {args.name}")
         return 0
 
-    return _with_pool(settings, work)
+    return _with_storage(settings, work)
 
 
 def _read_password() -> str:

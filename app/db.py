@@ -1,48 +1,15 @@
-"""The connection pool, and the one bound every database operation runs under.
+"""The app's connection pool: how DATABASE_URL becomes asyncpg connections (TLS on a dyno,
+PgBouncer mode), and a pool that releases connections in one round trip.
 
-A request that needs the database either gets an answer within `DATABASE_TIMEOUT` seconds or a
-503 (`DatabaseUnavailable`): waiting for a pool connection, connecting and the statements all
-count against the same deadline. asyncpg's own defaults (60 s connect, no command timeout)
-would hang a request far past Heroku's 30 s router limit.
+Each operation's deadline (a 503 instead of a hang) is the library's: `storage.connection()`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
-from aiohttp import web
-
-log = logging.getLogger(__name__)
-
-# Errors that mean "the database cannot be reached or cannot answer now", not "our SQL is wrong".
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,  # connection closed under us, pool closing
-    asyncpg.PostgresConnectionError,  # class 08
-    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, starting up, query canceled
-    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections
-    asyncpg.exceptions.LockNotAvailableError,
-    # The server ended the connection (a restart) while it sat in the pool: the next statement
-    # meets the half-read error ("cannot switch to state ...") before asyncpg sees it closed.
-    asyncpg.exceptions.InternalClientError,
-)
-
-
-class DatabaseUnavailable(web.HTTPServiceUnavailable):
-    """Raised (as an HTTP 503) when the database does not answer in time."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            text="The service is briefly unavailable. Please try again in a moment.\n",
-            headers={"Retry-After": "2"},
-        )
 
 
 def connect_kwargs(url: str, *, on_heroku: bool) -> dict[str, Any]:
@@ -94,25 +61,3 @@ async def _keep_session_state(conn: asyncpg.Connection) -> None:
     keeps no session state on pooled connections: no SET, no cursors, no LISTEN (the cache
     listens on a connection of its own), only transaction-level advisory locks. asyncpg still
     rolls back a transaction left open before calling this."""
-
-
-@asynccontextmanager
-async def connection(pool: asyncpg.Pool, timeout: float) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection whose whole use (acquire, statements, release) ends within `timeout`
-    seconds, or DatabaseUnavailable."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    try:
-        async with asyncio.timeout_at(deadline):
-            conn = await pool.acquire(timeout=timeout)
-        try:
-            async with asyncio.timeout_at(deadline):
-                yield conn
-        finally:
-            # Releasing a connection whose statement was cut short waits for the server to
-            # acknowledge the cancel (asyncpg would wait the whole `timeout` again): give it only
-            # what is left of the deadline; past that asyncpg terminates the connection.
-            await pool.release(conn, timeout=max(deadline - loop.time(), 0.01))
-    except UNAVAILABLE_ERRORS as exc:
-        log.warning("database unavailable: %s", type(exc).__name__)
-        raise DatabaseUnavailable() from exc

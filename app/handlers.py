@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 from aiohttp_session import get_session, new_session
+from aiohttp_session_postgres import PostgresSession
 
-from . import events, pages, throttle, user_sessions, users
-from .appkeys import HASHER, POOL, SETTINGS, STORAGE
-from .db import connection
+from . import pages, throttle, users
+from .appkeys import HASHER, SETTINGS, STORAGE
 from .forms import FormError, read_form
 from .passwords import MAX_PASSWORD_BYTES
-from .session import PgSession
-from .tokens import handle_of
+
+log = logging.getLogger(__name__)
 
 LOGIN_PAGE = "/public/login.html"
 LOGIN_FAILED = "/public/login.html?error=1"
@@ -19,10 +21,10 @@ LOGIN_FAILED = "/public/login.html?error=1"
 routes = web.RouteTableDef()
 
 
-async def _signed_in(request: web.Request) -> PgSession:
+async def _signed_in(request: web.Request) -> PostgresSession:
     """The request's session if a user is signed in; otherwise off to the login form."""
     session = await get_session(request)
-    if not isinstance(session, PgSession) or session.get("user_id") is None:
+    if not isinstance(session, PostgresSession) or session.get("user_id") is None:
         raise web.HTTPSeeOther(LOGIN_PAGE)
     return session
 
@@ -45,18 +47,19 @@ async def login(request: web.Request) -> web.Response:
     # Input that cannot belong to any user is still hashed (against a dummy), so a wrong guess
     # costs the same whatever made it wrong, and whether or not the user exists.
     plausible = users.username_problem(username) is None and len(password.encode()) <= MAX_PASSWORD_BYTES
-    async with connection(request.app[POOL], settings.database_timeout) as conn:
+    storage = request.app[STORAGE]
+    async with storage.connection() as conn:
         refusal = await throttle.check(conn, username, ip, settings.login_limits)
         user = await users.find(conn, username) if plausible and refusal is None else None
     if refusal is not None:
-        events.emit(request, "login.throttled", limit=refusal.limit, ip=ip)
+        log.info("event=login.throttled limit=%s ip=%r", refusal.limit, ip)
         return pages.too_many_attempts(refusal.retry_after)
     ok = await request.app[HASHER].verify(password if plausible else "", user.password_hash if user else None)
-    async with connection(request.app[POOL], settings.database_timeout) as conn:
+    async with storage.connection() as conn:
         if ok and user:
             await throttle.clear(conn, username, ip)
         else:
-            await throttle.record_failure(conn, username, ip)
+            await throttle.record_failure(conn, username, ip, settings.login_limits)
     if not (ok and user):
         raise web.HTTPSeeOther(LOGIN_FAILED)
     # A fresh session: new ID, and the row of the one the browser came with is deleted.
@@ -82,10 +85,8 @@ async def logout(request: web.Request) -> web.Response:
 @routes.get("/sessions")
 async def sessions_page(request: web.Request) -> web.Response:
     session = await _signed_in(request)
-    settings = request.app[SETTINGS]
-    async with connection(request.app[POOL], settings.database_timeout) as conn:
-        live = await user_sessions.list_live(conn, session["user_id"])
-    return pages.html(pages.sessions(session["username"], live, current=session.id_hash), private=True)
+    live = await request.app[STORAGE].list_sessions(session["user_id"])
+    return pages.html(pages.sessions(session["username"], live, current=session.handle), private=True)
 
 
 @routes.post("/sessions/revoke")
@@ -96,25 +97,14 @@ async def revoke(request: web.Request) -> web.Response:
     except FormError as exc:
         return pages.error(400, "Bad request", str(exc))
     handle = form["handle"]
-    settings = request.app[SETTINGS]
     # Scoped to this user: another user's handle, or a made-up one, matches nothing.
-    async with connection(request.app[POOL], settings.database_timeout) as conn:
-        ended = await user_sessions.end_one(conn, session["user_id"], handle)
-    request.app[STORAGE].forget(ended)
-    if ended:
-        events.emit(request, "session.revoked", session.id_hash, handle=handle)
-        if session.id_hash is not None and handle_of(session.id_hash) == handle:
-            session.invalidate()  # revoked this very session: expire its cookie too
+    if await request.app[STORAGE].end_session(session["user_id"], handle) and handle == session.handle:
+        session.invalidate()  # revoked this very session: expire its cookie too
     raise web.HTTPSeeOther("/sessions")
 
 
 @routes.post("/sessions/revoke-others")
 async def revoke_others(request: web.Request) -> web.Response:
     session = await _signed_in(request)
-    assert session.id_hash is not None
-    settings = request.app[SETTINGS]
-    async with connection(request.app[POOL], settings.database_timeout) as conn:
-        ended = await user_sessions.end_others(conn, session["user_id"], session.id_hash)
-    request.app[STORAGE].forget(ended)
-    events.emit(request, "session.revoked_others", session.id_hash, count=len(ended))
+    await request.app[STORAGE].end_other_sessions(session["user_id"], session)
     raise web.HTTPSeeOther("/sessions")

@@ -8,9 +8,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from aiohttp_session_postgres import DatabaseUnavailable
 
 from . import pages
-from .db import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 from html import escape
 
 from aiohttp import web
+from aiohttp_session_postgres import SessionInfo
 
 from . import useragent
-from .user_sessions import SessionInfo
 
 
 def _layout(title: str, body: str, *, wide: bool = False, private: bool = False) -> str:
@@ -87,11 +87,11 @@ def too_many_attempts(retry_after: int) -> web.Response:
     return response
 
 
-def sessions(username: str, live: list[SessionInfo], *, current: bytes | None, now: datetime | None = None) -> str:
+def sessions(username: str, live: list[SessionInfo], *, current: str | None, now: datetime | None = None) -> str:
     now = now or datetime.now(UTC)
     rows = []
     for info in live:
-        this = info.id_hash == current
+        this = info.handle == current
         device = escape(useragent.describe(info.user_agent))
         badge = ' <span class="badge">this device</span>' if this else ""
         icon = _PHONE_ICON if any(m in info.user_agent for m in _PHONE_MARKERS) else _COMPUTER_ICON
@@ -111,7 +111,7 @@ def sessions(username: str, live: list[SessionInfo], *, current: bytes | None, n
 </form></td>
 </tr>"""
         )
-    others = any(info.id_hash != current for info in live)
+    others = any(info.handle != current for info in live)
     sign_out_others = (
         """<form class="inline" method="post" action="/sessions/revoke-others">
 <button type="submit">Sign out all other sessions</button>

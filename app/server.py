@@ -11,18 +11,13 @@ import aiohttp_session
 import asyncpg
 from aiohttp import web
 from aiohttp.web_exceptions import NotAppKeyWarning
+from aiohttp_session_postgres import UNAVAILABLE_ERRORS, PostgresStorage, SessionCache
 
-from . import db, events, handlers, schema
+from . import db, handlers, logs, schema
 from .appkeys import HASHER, POOL, SETTINGS, STORAGE
-from .background import while_running
-from .cache import SessionCache
-from .cipher import DataCipher
 from .config import Settings
 from .middlewares import cross_origin, error_pages, proxy, security_headers
 from .passwords import PasswordHasher
-from .storage import PostgresStorage
-from .sweeper import sweep_forever
-from .tokens import TokenSigner
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +43,7 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
             timeout=max(settings.database_timeout, 5.0),  # a cold start may be slower than a request
             pgbouncer=settings.pgbouncer,
         )
-    except (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError, ValueError) as exc:
+    except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError, ValueError) as exc:
         reason = _one_line(exc)
         raise StartupError(f"cannot connect to the database at {where} ({reason}): check DATABASE_URL") from None
     try:
@@ -57,7 +52,7 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
     except schema.SchemaOutOfDate as exc:
         await pool.close()
         raise StartupError(str(exc)) from None
-    except (*db.UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+    except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
         # Connected, then failed: the server went away, or (prepared statements) PgBouncer.
         pool.terminate()
         reason = _one_line(exc)
@@ -81,22 +76,27 @@ _PREPARED_STATEMENT_ERRORS = (
 )
 
 
-async def create_app(settings: Settings) -> web.Application:
-    pool = await open_pool(settings)
+def build_storage(settings: Settings, pool: asyncpg.Pool) -> PostgresStorage:
+    """The session storage these settings describe, on `pool`."""
     cache = SessionCache(max_entries=settings.cache_size, max_age=settings.cache_max_age) if settings.cache else None
-    storage = PostgresStorage(
+    return PostgresStorage(
         pool,
-        signer=TokenSigner(settings.authentication_keys),
-        cipher=DataCipher(settings.encryption_keys),
+        authentication_keys=settings.authentication_keys,
+        encryption_keys=settings.encryption_keys,
         idle_timeout=settings.idle_timeout,
         absolute_timeout=settings.absolute_timeout,
         touch_interval=settings.touch_interval,
         cookie_name=settings.cookie_name,
-        db_timeout=settings.database_timeout,
+        database_timeout=settings.database_timeout,
         cache=cache,
     )
+
+
+async def create_app(settings: Settings) -> web.Application:
+    pool = await open_pool(settings)
+    storage = build_storage(settings, pool)
     app = web.Application(
-        middlewares=[proxy(settings.trust_proxy), events.request_id, security_headers, error_pages, cross_origin],
+        middlewares=[proxy(settings.trust_proxy), logs.request_id, security_headers, error_pages, cross_origin],
     )
     app[SETTINGS] = settings
     app[POOL] = pool
@@ -106,19 +106,14 @@ async def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(handlers.routes)
     app.router.add_static("/public", PUBLIC_DIR)
     app.cleanup_ctx.append(
-        while_running(
-            lambda app: sweep_forever(
-                app[POOL],
-                interval=settings.sweep_interval,
-                batch_size=settings.sweep_batch_size,
-                timeout=max(settings.database_timeout, 5.0),
-                failure_window=settings.login_limits.window,
-            )
+        storage.sweeper(
+            interval=settings.sweep_interval,
+            batch_size=settings.sweep_batch_size,
+            timeout=max(settings.database_timeout, 5.0),
         )
     )
-    if cache is not None:
-        listener = partial(_listener_connection, settings)
-        app.cleanup_ctx.append(while_running(lambda _app: cache.listen(listener)))
+    if settings.cache:
+        app.cleanup_ctx.append(storage.cache_listener(partial(_listener_connection, settings)))
     app.on_cleanup.append(_close)
     return app
 

@@ -31,7 +31,18 @@ SELECT
 FROM login_failures
 WHERE failed_at > now() - make_interval(secs => $3) AND (username_key = $1 OR client_ip = $2)
 """
-RECORD_SQL = "INSERT INTO login_failures (username_key, client_ip) VALUES ($1, $2)"
+# Each failure recorded also deletes a few failures that left the window: the table stays
+# bounded without a background job, however many distinct usernames and addresses are tried.
+RECORD_SQL = """
+WITH pruned AS (
+    DELETE FROM login_failures
+    WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM login_failures WHERE failed_at <= now() - make_interval(secs => $3) LIMIT 10
+    )) AND failed_at <= now() - make_interval(secs => $3)
+)
+INSERT INTO login_failures (username_key, client_ip) VALUES ($1, $2)
+"""
+PRUNE_SQL = "DELETE FROM login_failures WHERE failed_at <= now() - make_interval(secs => $1)"
 CLEAR_SQL = "DELETE FROM login_failures WHERE username_key = $1 AND client_ip = $2"
 
 
@@ -68,8 +79,13 @@ async def check(conn: asyncpg.Connection, username: str, ip: str, limits: Limits
     return None
 
 
-async def record_failure(conn: asyncpg.Connection, username: str, ip: str) -> None:
-    await conn.execute(RECORD_SQL, username_key(username), ip)
+async def record_failure(conn: asyncpg.Connection, username: str, ip: str, limits: Limits) -> None:
+    await conn.execute(RECORD_SQL, username_key(username), ip, float(limits.window))
+
+
+async def prune(conn: asyncpg.Connection, limits: Limits) -> int:
+    """Delete every recorded failure older than the window; the number deleted."""
+    return int((await conn.execute(PRUNE_SQL, float(limits.window))).split()[-1])
 
 
 async def clear(conn: asyncpg.Connection, username: str, ip: str) -> None:

@@ -10,6 +10,7 @@ import unicodedata
 from dataclasses import dataclass
 
 import asyncpg
+from aiohttp_session_postgres import PostgresStorage
 
 MAX_USERNAME_CHARS = 64
 
@@ -21,9 +22,6 @@ INSERT INTO users (username, password_hash) VALUES ($1, $2)
 ON CONFLICT ((lower(username))) DO UPDATE SET password_hash = EXCLUDED.password_hash
 RETURNING id, (xmax = 0) AS inserted
 """
-
-# A password reset ends every session of the user: whoever knew the old password is out.
-END_SESSIONS_SQL = "DELETE FROM sessions WHERE user_id = $1"
 
 # Sessions go with the user (ON DELETE CASCADE).
 DELETE_SQL = "DELETE FROM users WHERE lower(username) = lower($1)"
@@ -50,12 +48,13 @@ async def find(conn: asyncpg.Connection, username: str) -> User | None:
     return User(row["id"], row["username"], row["password_hash"]) if row else None
 
 
-async def upsert(conn: asyncpg.Connection, username: str, password_hash: str) -> bool:
-    """Create the user, or reset their password and end their sessions. True when created."""
-    async with conn.transaction():
+async def set_password(storage: PostgresStorage, username: str, password_hash: str) -> bool:
+    """Create the user, or reset their password and, in the same transaction, end every session
+    of theirs (whoever knew the old password is out). True when created."""
+    async with storage.connection() as conn, conn.transaction():
         row = await conn.fetchrow(UPSERT_SQL, username, password_hash)
         if not row["inserted"]:
-            await conn.execute(END_SESSIONS_SQL, row["id"])
+            await storage.end_all_sessions(row["id"], conn=conn)
     return bool(row["inserted"])
 
 

@@ -21,6 +21,7 @@ import sys
 
 from aiohttp import web
 
+from . import logs
 from .config import ConfigError, Settings, load_settings
 from .schema import ROOT
 from .server import StartupError, create_app, open_pool
@@ -82,7 +83,7 @@ async def create() -> web.Application:
     """gunicorn's app factory, called in each worker process after the fork."""
     try:
         settings = load_settings()
-        logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+        logs.configure(settings.log_level)
         return await create_app(settings)
     except (ConfigError, StartupError) as exc:
         # Checked before gunicorn started, so only a change since then (the database went away)

@@ -179,25 +179,16 @@ def _routes(variant: str) -> web.RouteTableDef:
 
         @routes.post("/bench/revoke")
         async def revoke(request: web.Request) -> web.Response:
-            from app import user_sessions
-            from app.db import connection
-
-            settings = request.app[BENCH_SETTINGS]
-            async with connection(request.app[BENCH_POOL], settings.database_timeout) as conn:  # type: ignore[arg-type]
-                ended = await user_sessions.end_all(conn, int(request.query["uid"]))
             storage = request.app[BENCH_STORAGE]
-            if hasattr(storage, "forget") and isinstance(ended, list):
-                storage.forget(ended)  # as app/handlers.py's revoke does
-            return web.json_response({"ended": ended if isinstance(ended, int) else len(ended)})
+            ended = await storage.end_all_sessions(int(request.query["uid"]))  # type: ignore[attr-defined]
+            return web.json_response({"ended": ended})
 
         @routes.post("/bench/sweep")
         async def sweep(request: web.Request) -> web.Response:
-            from app.sweeper import sweep as run_sweep
-
             settings = request.app[BENCH_SETTINGS]
             batch = int(request.query.get("batch", settings.sweep_batch_size))  # type: ignore[attr-defined]
             started = time.perf_counter()
-            deleted = await run_sweep(request.app[BENCH_POOL], batch_size=batch)  # type: ignore[arg-type]
+            deleted = await request.app[BENCH_STORAGE].sweep(batch_size=batch)  # type: ignore[attr-defined]
             return web.json_response({"deleted": deleted, "seconds": time.perf_counter() - started, "batch": batch})
 
     return routes

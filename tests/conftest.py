@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
+import logging
 import os
 import secrets
 import sys
@@ -23,6 +25,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from app import logs as app_logs
 from app import schema
 from app.config import Settings
 from app.embedded import forget_dead_holders, process_alive
@@ -172,6 +175,42 @@ def make_client(aiohttp_client: Callable[..., Awaitable[TestClient]]) -> Callabl
 @pytest.fixture
 async def client(make_client: Callable[..., Awaitable[TestClient]], settings: Settings) -> TestClient:
     return await make_client(settings)
+
+
+class AppLog:
+    """What the app's own log handler (app.logs: format, request IDs) writes, for assertions."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+        self.handler = app_logs.handler(self.stream)
+
+    def lines(self, logger: str | None = None) -> list[str]:
+        """Every line written so far; with `logger`, only the messages of that logger."""
+        lines = self.stream.getvalue().splitlines()
+        if logger is None:
+            return lines
+        prefix = f" {logger}: "
+        return [line.split(prefix, 1)[1] for line in lines if prefix in line]
+
+    def events(self) -> list[str]:
+        """The session library's event lines (message and request ID), e.g.
+        'event=session.created fp=1a2b3c4d user_id=1 request_id=...'."""
+        return [line for line in self.lines("aiohttp_session_postgres") if line.startswith("event=")]
+
+
+@pytest.fixture
+def app_log() -> Iterator[AppLog]:
+    """The app's log lines at DEBUG, formatted by the app's own handler, while the test runs."""
+    log = AppLog()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(log.handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield log
+    finally:
+        root.removeHandler(log.handler)
+        root.setLevel(level)
 
 
 async def add_user(conn: asyncpg.Connection, username: str, password: str) -> int:

@@ -24,14 +24,11 @@ import asyncpg
 from aiohttp import ClientResponse, DummyCookieJar, web
 from aiohttp.test_utils import TestClient
 from aiohttp_session import get_session, new_session
+from aiohttp_session_postgres import PostgresSession, PostgresStorage, renew_session
+from aiohttp_session_postgres.cache import SessionCache
+from aiohttp_session_postgres.cipher import DataCipher
+from aiohttp_session_postgres.tokens import id_hash_of
 from conftest import AUTH_KEY, ENC_KEY
-
-from app.background import while_running
-from app.cache import SessionCache
-from app.cipher import DataCipher
-from app.session import PgSession
-from app.storage import PostgresStorage, renew_session
-from app.tokens import TokenSigner, id_hash_of
 
 COOKIE = "session"
 WAIT = 15.0  # seconds a held request or a test waits before failing instead of hanging
@@ -49,7 +46,7 @@ class Control:
         self.to_put: dict[str, dict[str, Any]] = {}
         self.seen: dict[str, Any] = {}
         # Run by /mutate on the loaded session: changes made in place, bypassing __setitem__.
-        self.mutations: dict[str, Callable[[PgSession], None]] = {}
+        self.mutations: dict[str, Callable[[PostgresSession], None]] = {}
 
     def release(self, name: str) -> None:
         self.gates[name].set()
@@ -78,9 +75,9 @@ async def _hold(request: web.Request) -> None:
             await control.barrier.wait()
 
 
-async def _loaded(request: web.Request) -> PgSession:
+async def _loaded(request: web.Request) -> PostgresSession:
     session = await get_session(request)  # loads now: aiohttp-session loads lazily
-    assert isinstance(session, PgSession)
+    assert isinstance(session, PostgresSession)
     return session
 
 
@@ -174,13 +171,14 @@ async def dump(request: web.Request) -> web.Response:
 
 def build_app(pool: asyncpg.Pool, *, cache_url: str | None = None, **storage_options: Any) -> web.Application:
     """The app on `pool`; with `cache_url`, with the in-process SessionCache listening there."""
-    options: dict[str, Any] = {"db_timeout": 10.0, **storage_options}
+    options: dict[str, Any] = {"database_timeout": 10.0, **storage_options}
     app = web.Application()
     app[CONTROL] = Control()
     if cache_url is not None:
-        cache = options["cache"] = SessionCache()
-        app.cleanup_ctx.append(while_running(lambda _app: cache.listen(partial(asyncpg.connect, cache_url))))
-    storage = PostgresStorage(pool, signer=TokenSigner((AUTH_KEY,)), cipher=DataCipher((ENC_KEY,)), **options)
+        options["cache"] = SessionCache()
+    storage = PostgresStorage(pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY], **options)
+    if cache_url is not None:
+        app.cleanup_ctx.append(storage.cache_listener(partial(asyncpg.connect, cache_url)))
     app[STORAGE] = storage
     aiohttp_session.setup(app, storage)
     app.router.add_routes(routes)

@@ -13,10 +13,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from aiohttp_session import get_session
+from aiohttp_session_postgres.cache import Entry, SessionCache
 from conftest import login, make_settings, session_cookie
 
 from app.appkeys import STORAGE
-from app.cache import Entry, SessionCache
 from app.config import Settings
 from app.server import create_app
 

@@ -23,7 +23,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from conftest import add_user, database_url, start_embedded
+from aiohttp_session_postgres import PostgresStorage
+from conftest import AUTH_KEY, ENC_KEY, add_user, database_url, start_embedded
 from servers import (
     LOGIN_PAGE,
     Servers,
@@ -41,7 +42,6 @@ from servers import (
 from traffic import Mix, Traffic
 
 from app import schema
-from app.sweeper import sweep
 
 PASSWORD = "correct horse"
 USERS = {f"user{n}": PASSWORD for n in range(6)}
@@ -373,19 +373,20 @@ async def test_the_sweeper_gives_up_its_batch_on_a_hung_table_and_holds_nothing(
     statement_timeout = 1.0
     name = database_name(fresh.url)
     pool = await asyncpg.create_pool(fresh.url, min_size=1, max_size=2)
+    storage = PostgresStorage(pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY])
     try:
         async with connected(fresh.url) as observer:
             await _insert_expired(observer, 30)
             async with table_locked(fresh.url):
                 started = time.monotonic()
                 with pytest.raises((TimeoutError, asyncpg.QueryCanceledError)):
-                    await sweep(pool, batch_size=10, statement_timeout=statement_timeout)
+                    await storage.sweep(batch_size=10, timeout=statement_timeout)
                 assert time.monotonic() - started < statement_timeout + 1.0
                 await asyncio.sleep(0.3)
                 assert await lock_waiters(observer, name) == 0  # its statement was cancelled
                 assert await observer.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
             # Nothing was left behind (no transaction, no advisory lock): the next sweep does it all.
-            assert await sweep(pool, batch_size=10, statement_timeout=statement_timeout) == 30
+            assert await storage.sweep(batch_size=10, timeout=statement_timeout) == 30
     finally:
         await pool.close()
 

@@ -11,10 +11,9 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
+from aiohttp_session_postgres.cipher import DataCipher
+from aiohttp_session_postgres.tokens import TokenSigner, id_hash_of
 from conftest import login, make_settings, session_cookie
-
-from app.cipher import DataCipher
-from app.tokens import TokenSigner, id_hash_of
 
 MakeClient = Callable[..., Awaitable[TestClient]]
 

@@ -8,7 +8,6 @@ Separate TestClients (separate cookie jars, distinct User-Agents) are separate d
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -17,13 +16,14 @@ import asyncpg
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
-from conftest import add_user, login, make_settings, run_app_command, session_cookie
+from aiohttp_session_postgres import PostgresStorage
+from aiohttp_session_postgres.tokens import TokenSigner
+from conftest import AUTH_KEY, ENC_KEY, AppLog, add_user, login, make_settings, run_app_command, session_cookie
 
 from app import users
 from app.appkeys import POOL
 from app.passwords import hash_once
 from app.throttle import Limits
-from app.tokens import TokenSigner
 
 MakeClient = Callable[..., Awaitable[TestClient]]
 AiohttpClient = Callable[..., Awaitable[TestClient]]
@@ -388,14 +388,16 @@ async def test_handle_is_derived_from_the_id_hash_and_cannot_authenticate(
 
 
 async def test_password_reset_ends_every_session_of_that_user(
-    devices: Devices, user: tuple[str, str], bob: tuple[str, str], pg: asyncpg.Connection
+    devices: Devices, user: tuple[str, str], bob: tuple[str, str], pg: asyncpg.Connection, db_url: str
 ) -> None:
     chrome, firefox, bobs = [await devices.new(ua) for ua in (CHROME_LINUX, FIREFOX_WINDOWS, SAFARI_IPHONE)]
     await login(chrome, *user)
     await login(firefox, *user)
     await login(bobs, *bob)
     new_hash = await hash_once("a brand new password", 4)
-    assert await users.upsert(pg, "ALICE", new_hash) is False  # a reset, not a new user
+    async with asyncpg.create_pool(db_url, min_size=1, max_size=1) as pool:
+        storage = PostgresStorage(pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY])
+        assert await users.set_password(storage, "ALICE", new_hash) is False  # a reset, not a new user
 
     assert await is_anonymous(chrome)
     assert await is_anonymous(firefox)
@@ -560,24 +562,19 @@ async def test_over_plain_http_the_cookie_is_not_secure(client: TestClient, user
 # -- logs ----------------------------------------------------------------------------------
 
 
-def event_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "app.events"]
-
-
-def one_event(caplog: pytest.LogCaptureFixture, event: str, request_id: str) -> str:
+def one_event(app_log: AppLog, event: str, request_id: str) -> str:
     found = [
         line
-        for line in event_lines(caplog)
-        if line.startswith(f"event={event} ") and f" request_id={request_id}" in f"{line} "
+        for line in app_log.events()
+        if line.startswith(f"event={event} ") and line.endswith(f" request_id={request_id}")
     ]
-    assert len(found) == 1, (event, request_id, event_lines(caplog))
+    assert len(found) == 1, (event, request_id, app_log.events())
     return found[0]
 
 
 async def test_session_events_are_logged_without_secrets(
-    devices: Devices, pg: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+    devices: Devices, pg: asyncpg.Connection, app_log: AppLog
 ) -> None:
-    caplog.set_level(logging.DEBUG)
     username, password = "carol-0b5e91", "Pw-" + secrets.token_hex(12)
     await add_user(pg, username, password)
     laptop, phone, stranger = [await devices.new(ua) for ua in (CHROME_LINUX, SAFARI_IPHONE, FIREFOX_WINDOWS)]
@@ -590,7 +587,7 @@ async def test_session_events_are_logged_without_secrets(
     )
     assert response.headers["Location"] == "/"
     cookie = cookie_of(laptop)
-    line = one_event(caplog, "session.created", "req-login-1")
+    line = one_event(app_log, "session.created", "req-login-1")
     assert re.search(r" fp=([0-9a-f]{8})( |$)", line)
     assert f" fp={id_hash_of(cookie)[:4].hex()}" in line
 
@@ -603,7 +600,7 @@ async def test_session_events_are_logged_without_secrets(
         "/", headers={"Cookie": f"session={bad}", "X-Request-ID": "req-bad-1"}, allow_redirects=False
     )
     assert response.status == 303
-    one_event(caplog, "session.bad_signature", "req-bad-1")
+    one_event(app_log, "session.bad_signature", "req-bad-1")
 
     response = await laptop.post(
         "/sessions/revoke",
@@ -612,11 +609,11 @@ async def test_session_events_are_logged_without_secrets(
         allow_redirects=False,
     )
     assert response.status == 303
-    line = one_event(caplog, "session.revoked", "req-revoke-1")
-    assert f" fp={id_hash_of(cookie)[:4].hex()}" in line
+    line = one_event(app_log, "session.revoked", "req-revoke-1")
+    assert f" fp={id_hash_of(phone_cookie)[:4].hex()}" in line  # the session that was ended
 
     assert (await laptop.post("/logout", headers={"X-Request-ID": "req-out-1"}, allow_redirects=False)).status == 303
-    one_event(caplog, "session.ended", "req-out-1")
+    one_event(app_log, "session.ended", "req-out-1")
 
     secrets_seen = {
         "password": password,
@@ -627,19 +624,17 @@ async def test_session_events_are_logged_without_secrets(
         "other token": token_of(phone_cookie),
         "forged cookie": bad,
     }
-    assert caplog.records
-    for record in caplog.records:
-        message = record.getMessage()
+    assert app_log.lines()
+    for line in app_log.lines():
         for what, value in secrets_seen.items():
-            assert value not in message, f"{what} logged by {record.name}: {message}"
-    for line in event_lines(caplog):
+            assert value not in line, f"{what} logged: {line}"
+    for line in app_log.events():
         assert username not in line, line  # session data
 
 
 async def test_a_request_id_that_is_not_a_token_is_replaced(
-    client: TestClient, user: tuple[str, str], caplog: pytest.LogCaptureFixture
+    client: TestClient, user: tuple[str, str], app_log: AppLog
 ) -> None:
-    caplog.set_level(logging.INFO, logger="app.events")
     response = await client.post(
         "/login",
         data={"username": user[0], "password": user[1]},
@@ -647,6 +642,6 @@ async def test_a_request_id_that_is_not_a_token_is_replaced(
         allow_redirects=False,
     )
     assert response.status == 303
-    (line,) = [line for line in event_lines(caplog) if line.startswith("event=session.created")]
+    (line,) = [line for line in app_log.events() if line.startswith("event=session.created")]
     assert "forged" not in line
     assert re.search(r" request_id=[0-9a-f]{32}( |$)", line), line

@@ -23,11 +23,10 @@ import asyncpg
 import pytest
 from aiohttp import DummyCookieJar
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp_session_postgres import PostgresSession
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from storage_harness import CONTROL, Control, build_app, cookies, id_hash, new_cookie, set_cookies, stored
-
-from app.session import PgSession
 
 # -- strategies ----------------------------------------------------------------------------
 
@@ -151,7 +150,7 @@ class Harness:
         assert response.status == 200
         return self.control.seen.pop(ticket)
 
-    async def mutate(self, cookie: str, change: Callable[[PgSession], None]) -> int:
+    async def mutate(self, cookie: str, change: Callable[[PostgresSession], None]) -> int:
         ticket = uuid.uuid4().hex
         self.control.mutations[ticket] = change
         response = await self.client.post(f"/mutate?ticket={ticket}", headers=cookies(cookie))
@@ -262,8 +261,8 @@ def test_non_json_values_are_refused_and_leave_the_stored_session_unchanged(
 
 @pytest.mark.parametrize("bad", list(BAD_LEAVES.values()), ids=list(BAD_LEAVES))
 def test_pg_session_refuses_non_json_value_naming_the_key(bad: Any) -> None:
-    loaded = PgSession(id_hash=b"\x01" * 32, data={"a": [1]}, snapshot={"a": [1]}, created=0, version=4)
-    for session in (PgSession(), loaded):
+    loaded = PostgresSession(id_hash=b"\x01" * 32, data={"a": [1]}, snapshot={"a": [1]}, created=0, version=4)
+    for session in (PostgresSession(), loaded):
         before = dict(session)
         with pytest.raises(TypeError, match=re.escape(repr("the key"))):
             session["the key"] = bad
@@ -275,7 +274,7 @@ def test_pg_session_refuses_non_json_value_naming_the_key(bad: Any) -> None:
 
 @pytest.mark.parametrize("key", [1, None, b"k", ("a",)], ids=repr)
 def test_pg_session_refuses_non_str_keys(key: Any) -> None:
-    session = PgSession()
+    session = PostgresSession()
     with pytest.raises(TypeError, match="keys must be str"):
         session[key] = 1
     assert session.empty
@@ -284,7 +283,7 @@ def test_pg_session_refuses_non_str_keys(key: Any) -> None:
 
 # -- in-place changes bypass the check: they fail at save, and nothing is stored -----------
 
-IN_PLACE_BAD: dict[str, Callable[[PgSession], None]] = {
+IN_PLACE_BAD: dict[str, Callable[[PostgresSession], None]] = {
     "set appended": lambda s: s["cart"]["items"].append({1}),
     "nan appended": lambda s: s["cart"]["items"].append(float("nan")),
     "object in nested dict": lambda s: s["cart"].__setitem__("x", object()),
@@ -296,7 +295,7 @@ IN_PLACE_BAD: dict[str, Callable[[PgSession], None]] = {
 
 @pytest.mark.parametrize("change", list(IN_PLACE_BAD.values()), ids=list(IN_PLACE_BAD))
 def test_non_json_value_put_in_place_fails_the_save_and_stores_nothing(
-    run: tuple[Callable[[Any], Any], Harness], change: Callable[[PgSession], None]
+    run: tuple[Callable[[Any], Any], Harness], change: Callable[[PostgresSession], None]
 ) -> None:
     runner, h = run
 
@@ -329,7 +328,7 @@ def test_in_place_json_change_is_saved(run: tuple[Callable[[Any], Any], Harness]
 
 @pytest.mark.parametrize("value", ["7", 1.0, True, 2**63, [1], {"id": 1}])
 def test_user_id_must_be_an_int_id(value: Any) -> None:
-    session = PgSession()
+    session = PostgresSession()
     with pytest.raises(TypeError, match="user_id"):
         session["user_id"] = value
     assert "user_id" not in session

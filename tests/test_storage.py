@@ -18,12 +18,12 @@ import asyncpg
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
+from aiohttp_session_postgres.tokens import TokenSigner, id_hash_of
 from conftest import AUTH_KEY, add_user, login, make_settings, session_cookie
 from yarl import URL
 
 from app.config import Settings
 from app.middlewares import CONTENT_SECURITY_POLICY
-from app.tokens import TokenSigner, id_hash_of
 
 MakeClient = Callable[..., Awaitable[TestClient]]
 

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import make_settings
-
-from app.sweeper import SWEEP_LOCK_KEY, sweep
+from aiohttp_session_postgres import PostgresStorage
+from aiohttp_session_postgres.sweeper import SWEEP_LOCK_KEY
+from conftest import AUTH_KEY, ENC_KEY, make_settings
 
 MakeClient = Callable[..., Awaitable[TestClient]]
 
@@ -29,6 +29,10 @@ async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
     yield pool
     await pool.close()
+
+
+def storage_on(pool: asyncpg.Pool) -> PostgresStorage:
+    return PostgresStorage(pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY])
 
 
 async def insert_sessions(conn: asyncpg.Connection, count: int, deadlines: tuple[int, int]) -> set[bytes]:
@@ -50,14 +54,14 @@ async def remaining_ids(conn: asyncpg.Connection) -> set[bytes]:
 
 
 async def test_sweep_deletes_exactly_the_expired_rows(pool: asyncpg.Pool, pg: asyncpg.Connection) -> None:
-    assert await sweep(pool, batch_size=100) == 0  # nothing to do is 0, not None
+    assert await storage_on(pool).sweep(batch_size=100) == 0  # nothing to do is 0, not None
     await insert_sessions(pg, 3, IDLE_EXPIRED)
     await insert_sessions(pg, 4, BOTH_EXPIRED)
     live = await insert_sessions(pg, 5, LIVE)
 
-    assert await sweep(pool, batch_size=100) == 7
+    assert await storage_on(pool).sweep(batch_size=100) == 7
     assert await remaining_ids(pg) == live
-    assert await sweep(pool, batch_size=100) == 0
+    assert await storage_on(pool).sweep(batch_size=100) == 0
     assert await remaining_ids(pg) == live
 
 
@@ -82,7 +86,7 @@ async def test_sweep_deletes_in_batches_of_batch_size(pool: asyncpg.Pool, pg: as
         await insert_sessions(pg, 25, IDLE_EXPIRED)
         live = await insert_sessions(pg, 3, LIVE)
 
-        assert await sweep(pool, batch_size=10) == 25
+        assert await storage_on(pool).sweep(batch_size=10) == 25
         batches = [row["deleted"] for row in await pg.fetch("SELECT deleted FROM sweep_batches ORDER BY seq")]
         assert batches == [10, 10, 5]
         assert await remaining_ids(pg) == live
@@ -102,11 +106,11 @@ async def test_sweep_skips_while_another_process_holds_the_lock(
         await transaction.start()
         await other.execute("SELECT pg_advisory_xact_lock($1)", SWEEP_LOCK_KEY)
 
-        assert await sweep(pool, batch_size=100) is None
+        assert await storage_on(pool).sweep(batch_size=100) is None
         assert await remaining_ids(pg) == expired
 
         await transaction.commit()  # releases the transaction-level lock
-        assert await sweep(pool, batch_size=100) == 5
+        assert await storage_on(pool).sweep(batch_size=100) == 5
         assert await remaining_ids(pg) == set()
     finally:
         await other.close()
@@ -116,7 +120,7 @@ async def test_concurrent_sweeps_delete_each_row_once(pool: asyncpg.Pool, pg: as
     await insert_sessions(pg, 2000, IDLE_EXPIRED)
     live = await insert_sessions(pg, 10, LIVE)
 
-    results = await asyncio.gather(*(sweep(pool, batch_size=50) for _ in range(3)))
+    results = await asyncio.gather(*(storage_on(pool).sweep(batch_size=50) for _ in range(3)))
     assert any(result is not None for result in results), results
     assert sum(result or 0 for result in results) == 2000
     assert await remaining_ids(pg) == live

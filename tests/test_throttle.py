@@ -4,7 +4,6 @@ per IP and per username; past a limit, 429 with Retry-After, whatever the passwo
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from collections.abc import Awaitable, Callable
 
@@ -12,7 +11,7 @@ import asyncpg
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
-from conftest import add_user, make_settings
+from conftest import AppLog, add_user, make_settings
 
 from app.throttle import Limits
 
@@ -70,13 +69,9 @@ async def failures(pg: asyncpg.Connection, username_key: str | None = None, ip: 
     )
 
 
-def throttled_limits(caplog: pytest.LogCaptureFixture) -> list[str]:
+def throttled_limits(app_log: AppLog) -> list[str]:
     """The `limit=` of every login.throttled event logged so far."""
-    return [
-        m.group(1)
-        for r in caplog.records
-        if r.name == "app.events" and (m := re.search(r"event=login\.throttled .*limit=(\w+)", r.getMessage()))
-    ]
+    return [m.group(1) for line in app_log.lines() if (m := re.search(r"event=login\.throttled limit=(\w+)", line))]
 
 
 async def test_sixth_attempt_is_refused_even_with_the_right_password(
@@ -116,9 +111,8 @@ async def test_many_usernames_from_one_ip_block_that_ip(
     db_url: str,
     user: tuple[str, str],
     pg: asyncpg.Connection,
-    caplog: pytest.LogCaptureFixture,
+    app_log: AppLog,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="app.events")
     client = await make_client(make_settings(db_url, trust_proxy=True))
     for i in range(20):
         assert_failed(await attempt(client, f"victim{i}", "guess", ip="10.0.0.9"))
@@ -126,7 +120,7 @@ async def test_many_usernames_from_one_ip_block_that_ip(
 
     await assert_throttled(await attempt(client, "fresh-name", "guess", ip="10.0.0.9"), 900)
     await assert_throttled(await attempt(client, *user, ip="10.0.0.9"), 900)
-    assert throttled_limits(caplog) == ["ip", "ip"]
+    assert throttled_limits(app_log) == ["ip", "ip"]
     # Other places are unaffected.
     assert_failed(await attempt(client, "fresh-name", "guess", ip="10.0.0.10"))
     assert_succeeded(await attempt(client, *user, ip="10.0.0.10"))
@@ -137,15 +131,14 @@ async def test_one_username_from_many_ips_blocks_that_username(
     db_url: str,
     user: tuple[str, str],
     pg: asyncpg.Connection,
-    caplog: pytest.LogCaptureFixture,
+    app_log: AppLog,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="app.events")
     client = await make_client(make_settings(db_url, trust_proxy=True, login_limits=Limits(per_username=3)))
     username, password = user
     for i in range(3):
         assert_failed(await attempt(client, username, "wrong", ip=f"10.1.0.{i}"))
     await assert_throttled(await attempt(client, username, password, ip="10.1.0.200"), 900)
-    assert throttled_limits(caplog) == ["username"]
+    assert throttled_limits(app_log) == ["username"]
     assert await failures(pg, "alice") == 3
     # The same new IP can still try other accounts.
     await add_user(pg, "bob", "bobs-password")

@@ -1,4 +1,5 @@
-"""Background work tied to the app's life: started after startup, cancelled at cleanup."""
+"""Background work tied to an aiohttp app's life, for `app.cleanup_ctx`: started at startup,
+cancelled and awaited at cleanup."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from aiohttp import web
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 
-def while_running(work: Callable[[web.Application], Coroutine[Any, Any, None]]) -> CleanupContext:
-    """A cleanup_ctx entry that runs `work(app)` as a task for as long as the app runs."""
+def while_running(work: Callable[[], Coroutine[Any, Any, None]]) -> CleanupContext:
+    """A cleanup_ctx entry that runs `work()` as a task for as long as the app runs."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(work(app))
+        task = asyncio.create_task(work())
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

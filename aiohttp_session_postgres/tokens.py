@@ -29,10 +29,17 @@ class VerifiedToken:
     current_key: bool
 
 
+# An HMAC-SHA256 key shorter than the hash's output weakens it (RFC 2104, section 3).
+MIN_KEY_BYTES = 32
+
+
 class TokenSigner:
     def __init__(self, keys: tuple[bytes, ...]) -> None:
         if not keys:
             raise ValueError("at least one authentication key is required")
+        for i, key in enumerate(keys, 1):
+            if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
+                raise ValueError(f"authentication key {i} must be bytes, at least {MIN_KEY_BYTES} long")
         # Keyed once: copying a prepared HMAC skips re-deriving the key pads on every request.
         self._macs = tuple(hmac.new(key, digestmod=hashlib.sha256) for key in keys)
 

@@ -1,4 +1,4 @@
-"""PgSession: the Session our storage hands out.
+"""PostgresSession: the Session that PostgresStorage hands out.
 
 - Values must be JSON values (str, int, float, bool, None, and lists / str-keyed dicts of them;
   integers within 64 bits, strings valid UTF-8), checked at assignment: a handler's mistake
@@ -15,6 +15,8 @@ import math
 from typing import Any
 
 from aiohttp_session import Session
+
+from .tokens import handle_of
 
 _MISSING = object()
 
@@ -72,8 +74,13 @@ def _utf8(text: str) -> bool:
     return True
 
 
-class PgSession(Session):
-    """A Session that remembers its row, its version and what it was when loaded."""
+class PostgresSession(Session):
+    """An aiohttp-session Session that remembers its row, its version and what it was when loaded.
+
+    Use it as any Session (a mutable mapping); assigning a value that is not JSON, or a
+    `user_id_key` value that is not an int, raises TypeError at once. `handle` names the session
+    publicly (as `SessionInfo.handle`), or is None for a session not yet saved.
+    """
 
     def __init__(
         self,
@@ -104,6 +111,10 @@ class PgSession(Session):
         self.renews: bytes | None = None
         payload = {"created": created, "session": data} if data is not None else None
         super().__init__(None if id_hash is None else id_hash.hex(), data=payload, new=id_hash is None)
+
+    @property
+    def handle(self) -> str | None:
+        return handle_of(self.id_hash) if self.id_hash is not None else None
 
     # aiohttp-session's middleware saves when `_changed` is true; base methods assign it.
     @property  # type: ignore[override]

@@ -1,9 +1,7 @@
 """PostgresStorage: aiohttp-session storage that keeps sessions in a PostgreSQL table.
 
-    aiohttp_session.setup(app, PostgresStorage(pool, signer=..., cipher=..., ...))
-
-The cookie carries only a signed opaque token (tokens.py). The `sessions` row, keyed by the
-token's SHA-256, holds the data encrypted (cipher.py) and the deadlines, which PostgreSQL's clock
+The cookie carries only a signed opaque token (tokens.py). The row, keyed by the token's
+SHA-256, holds the data encrypted (cipher.py) and the deadlines, which PostgreSQL's clock
 enforces in the same statement that loads the row. A read-only request costs one statement and
 writes nothing, except to slide the idle deadline at most once per `touch_interval`. Saves are
 optimistic (a version column): two requests of one session that change different keys both
@@ -12,10 +10,11 @@ survive, and a session ended meanwhile stays ended.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -24,13 +23,17 @@ from aiohttp import hdrs, web
 from aiohttp_session import AbstractStorage, Session, get_session, new_session
 
 from . import events
+from .background import CleanupContext, while_running
 from .cache import Entry, SessionCache
 from .cipher import DataCipher
-from .db import connection
-from .session import PgSession, check_json_value
-from .tokens import TokenSigner, VerifiedToken, fingerprint_of
+from .deadline import bounded_connection
+from .schema import TableNames
+from .session import PostgresSession, check_json_value
+from .sweeper import sweep, sweep_forever
+from .tokens import TokenSigner, VerifiedToken
+from .user_sessions import END_ALL_SQL, END_ONE_SQL, END_OTHERS_SQL, LIST_SQL, SessionInfo, handle_prefix, info_of
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aiohttp_session_postgres")
 
 _MAX_IP_CHARS, _MAX_USER_AGENT_CHARS = 64, 512
 
@@ -41,10 +44,10 @@ LOAD_SQL = """
 WITH live AS (
     SELECT id_hash, data, version, created_at, idle_expires_at, absolute_expires_at, last_seen_at,
            last_seen_at <= now() - make_interval(secs => $3) AS due
-    FROM sessions
+    FROM {table}
     WHERE id_hash = $1 AND idle_expires_at > now() AND absolute_expires_at > now()
 ), touched AS (
-    UPDATE sessions AS s
+    UPDATE {table} AS s
     SET last_seen_at = now(),
         idle_expires_at = least(now() + make_interval(secs => $2), s.absolute_expires_at),
         client_ip = $4, user_agent = $5
@@ -64,7 +67,7 @@ FROM live
 # row's creation time and absolute deadline, and creates nothing if that row is already gone.
 INSERT_SQL = """
 WITH replaced AS (
-    DELETE FROM sessions
+    DELETE FROM {table}
     WHERE id_hash = $6 AND idle_expires_at > now() AND absolute_expires_at > now()
     RETURNING created_at, absolute_expires_at
 ), deadline AS (
@@ -73,7 +76,7 @@ WITH replaced AS (
            count(r.*) AS replaced
     FROM replaced AS r WHERE $7
 )
-INSERT INTO sessions (id_hash, user_id, data, created_at, idle_expires_at, absolute_expires_at, client_ip, user_agent)
+INSERT INTO {table} (id_hash, user_id, data, created_at, idle_expires_at, absolute_expires_at, client_ip, user_agent)
 SELECT $1, $2, $3, d.created_at, least(now() + make_interval(secs => $4), d.absolute_at), d.absolute_at, $8, $9
 FROM deadline AS d
 WHERE NOT $7 OR d.replaced > 0
@@ -82,7 +85,7 @@ RETURNING extract(epoch FROM absolute_expires_at)::float8 AS absolute_deadline
 
 # Optimistic: only if nobody saved since we loaded. Never an upsert: an ended session stays ended.
 UPDATE_SQL = """
-UPDATE sessions
+UPDATE {table}
 SET data = $2, user_id = $3, version = version + 1, last_seen_at = now(),
     idle_expires_at = least(now() + make_interval(secs => $4), absolute_expires_at)
 WHERE id_hash = $1 AND version = $5 AND idle_expires_at > now() AND absolute_expires_at > now()
@@ -91,81 +94,119 @@ RETURNING version
 
 # After a version conflict: lock the row for the length of one merge (never across a handler).
 LOCK_SQL = """
-SELECT data, version FROM sessions
+SELECT data, version FROM {table}
 WHERE id_hash = $1 AND idle_expires_at > now() AND absolute_expires_at > now()
 FOR UPDATE
 """
 
-DELETE_SQL = "DELETE FROM sessions WHERE id_hash = $1"
+DELETE_SQL = "DELETE FROM {table} WHERE id_hash = $1"
+
+
+class _Statements:
+    """Every statement, with the table's name filled in once."""
+
+    def __init__(self, names: TableNames) -> None:
+        table = names.qualified
+        self.load = LOAD_SQL.format(table=table)
+        self.insert = INSERT_SQL.format(table=table)
+        self.update = UPDATE_SQL.format(table=table)
+        self.lock = LOCK_SQL.format(table=table)
+        self.delete = DELETE_SQL.format(table=table)
+        self.list = LIST_SQL.format(table=table)
+        self.end_one = END_ONE_SQL.format(table=table)
+        self.end_others = END_OTHERS_SQL.format(table=table)
+        self.end_all = END_ALL_SQL.format(table=table)
 
 
 class PostgresStorage(AbstractStorage):
+    """aiohttp-session storage keeping each session in a PostgreSQL row; the cookie carries only
+    a signed, opaque token (`<token>.<signature>`, 87 characters).
+
+        aiohttp_session.setup(app, PostgresStorage(pool, authentication_keys=[...], encryption_keys=[...]))
+
+    pool: an asyncpg pool on a database that has the sessions table (schema.py: the SQL,
+        create_schema(), or the Alembic branch). Size it explicitly (min_size <= max_size).
+    authentication_keys: keys that sign the cookie (HMAC-SHA256), newest first: the first signs,
+        every one verifies. Each at least 32 bytes. Raises ValueError otherwise.
+    encryption_keys: keys that encrypt session data at rest (AES-GCM), newest first: the first
+        encrypts, every one decrypts. Each exactly 16, 24 or 32 bytes. Raises ValueError otherwise.
+        A session read under an old key of either list is rewritten under the newest on that
+        request, so keys rotate without logging anyone out.
+    idle_timeout: seconds without a request that end a session (OWASP: 15-30 minutes).
+    absolute_timeout: seconds after creation that end a session however active; also the
+        cookie's Max-Age (OWASP: 4-8 hours for most apps).
+    touch_interval: a read slides the idle deadline at most this often (seconds), so most reads
+        write nothing; a session may end after idle_timeout - touch_interval seconds without
+        requests. Needs 0 <= touch_interval < idle_timeout <= absolute_timeout (ValueError).
+    cookie_name: the cookie's name; "__Host-" is put in front of it when the request came over
+        HTTPS (the cookie is then Secure, Path=/ and has no Domain: RFC 6265bis).
+    database_timeout: seconds one database operation may take (pool wait, connect, statements)
+        before the request answers 503 (DatabaseUnavailable).
+    user_id_key: the session key whose integer value is mirrored into the user_id column, so a
+        user's sessions can be listed and ended (list_sessions, end_all_sessions, ...).
+    table, schema: where the sessions live (defaults "sessions" in "public"): plain identifiers.
+    cache: a SessionCache to serve repeated reads from memory; run its listener with
+        `app.cleanup_ctx.append(storage.cache_listener(connect))`. None: every read asks the
+        database.
+    """
+
     def __init__(
         self,
         pool: asyncpg.Pool,
         *,
-        signer: TokenSigner,
-        cipher: DataCipher,
+        authentication_keys: Sequence[bytes],
+        encryption_keys: Sequence[bytes],
         idle_timeout: int = 1800,
         absolute_timeout: int = 43200,
         touch_interval: int = 60,
         cookie_name: str = "session",
-        db_timeout: float = 1.5,
+        database_timeout: float = 1.5,
         user_id_key: str = "user_id",
+        table: str = "sessions",
+        schema: str = "public",
         cache: SessionCache | None = None,
     ) -> None:
-        """
-        pool: asyncpg pool on a database migrated with this project's Alembic revisions.
-        signer / cipher: the cookie-signing and data-encrypting keys (newest first).
-        idle_timeout: seconds of inactivity that end a session.
-        absolute_timeout: seconds after creation that end a session however active; also the
-            cookie's Max-Age.
-        touch_interval: a read slides the idle deadline at most this often (seconds); must be
-            less than idle_timeout.
-        cookie_name: "__Host-" is put in front of it when the request came over HTTPS.
-        db_timeout: bound in seconds on each database operation; past it, HTTP 503.
-        user_id_key: the session key whose integer value is mirrored into `sessions.user_id`,
-            so deleting a user ends their sessions and their sessions can be listed.
-        cache: an in-process SessionCache (cache.py), whose listener the caller runs; None: every
-            read asks the database.
-        """
         if not 0 <= touch_interval < idle_timeout <= absolute_timeout:
             raise ValueError("need 0 <= touch_interval < idle_timeout <= absolute_timeout")
+        if database_timeout <= 0:
+            raise ValueError("database_timeout must be positive")
         super().__init__(cookie_name=cookie_name, max_age=absolute_timeout, httponly=True, samesite="Lax")
         self._pool = pool
-        self._signer = signer
-        self._cipher = cipher
+        self._signer = TokenSigner(tuple(authentication_keys))
+        self._cipher = DataCipher(tuple(encryption_keys))
         self._idle = float(idle_timeout)
         self._absolute = float(absolute_timeout)
         self._touch = float(touch_interval)
-        self._db_timeout = db_timeout
+        self._db_timeout = database_timeout
         self._user_id_key = user_id_key
+        self._names = TableNames(table, schema)
+        self._sql = _Statements(self._names)
         self._cache = cache
 
     # -- cookie ----------------------------------------------------------------------------
 
-    def cookie_name_for(self, request: web.BaseRequest) -> str:
+    def _cookie_name_for(self, request: web.BaseRequest) -> str:
         # __Host- pins the cookie to this host, HTTPS and Path=/; browsers refuse it without Secure.
         return f"__Host-{self.cookie_name}" if request.secure else self.cookie_name
 
     def load_cookie(self, request: web.Request) -> str | None:
         # Only our cookie, found in the raw header: request.cookies builds a Morsel for every
         # cookie the browser sends, which was a measurable share of a cache hit.
-        return _find_cookie(request.headers.get(hdrs.COOKIE), self.cookie_name_for(request))
+        return _find_cookie(request.headers.get(hdrs.COOKIE), self._cookie_name_for(request))
 
-    def verified_id_hash(self, request: web.Request) -> VerifiedToken | None:
+    def _verified(self, request: web.Request) -> VerifiedToken | None:
         """The request's cookie, if present and validly signed (no database access)."""
         cookie = self.load_cookie(request)
         if cookie is None:
             return None
         verified = self._signer.verify(cookie)
         if verified is None:
-            events.emit(request, "session.bad_signature")
+            events.emit("session.bad_signature")
         return verified
 
     def _set_cookie(self, request: web.Request, response: web.StreamResponse, value: str, max_age: int) -> None:
         response.set_cookie(
-            self.cookie_name_for(request),
+            self._cookie_name_for(request),
             value,
             max_age=max(max_age, 0),
             path="/",
@@ -177,7 +218,7 @@ class PostgresStorage(AbstractStorage):
     def _expire_cookie(self, request: web.Request, response: web.StreamResponse) -> None:
         # Same attributes as when set: browsers ignore a deletion of a __Host- cookie without them.
         response.del_cookie(
-            self.cookie_name_for(request),
+            self._cookie_name_for(request),
             path="/",
             secure=request.secure or None,
             httponly=True,
@@ -186,11 +227,11 @@ class PostgresStorage(AbstractStorage):
 
     # -- aiohttp-session API ---------------------------------------------------------------
 
-    async def new_session(self) -> PgSession:
+    async def new_session(self) -> PostgresSession:
         return self._empty()
 
-    async def load_session(self, request: web.Request) -> PgSession:
-        verified = self.verified_id_hash(request)
+    async def load_session(self, request: web.Request) -> PostgresSession:
+        verified = self._verified(request)
         if verified is None:
             return self._empty(dead_cookie=self.load_cookie(request) is not None)
         id_hash = verified.id_hash
@@ -202,14 +243,14 @@ class PostgresStorage(AbstractStorage):
             if entry is not None and now - entry.touched_at < self._touch and verified.current_key:
                 return self._loaded(id_hash, entry.plaintext, entry.created, entry.version, entry.absolute_deadline)
             generation = cache.generation
-        async with connection(self._pool, self._db_timeout) as conn:
-            row = await conn.fetchrow(LOAD_SQL, id_hash, self._idle, self._touch, *_client(request))
+        async with self.connection() as conn:
+            row = await conn.fetchrow(self._sql.load, id_hash, self._idle, self._touch, *_client(request))
         if row is None:
-            events.emit(request, "session.expired_or_unknown", id_hash)
+            events.emit("session.expired_or_unknown", id_hash)
             return self._empty(dead_cookie=True)
         opened = self._cipher.open(row["data"], id_hash)
         if opened is None:
-            events.emit(request, "session.undecryptable", id_hash)
+            events.emit("session.undecryptable", id_hash)
             return self._empty(dead_cookie=True)
         plaintext, current_data_key = opened
         session = self._loaded(id_hash, plaintext, row["created"], row["version"], row["absolute_deadline"])
@@ -236,8 +277,8 @@ class PostgresStorage(AbstractStorage):
             )
         return session
 
-    def _empty(self, *, dead_cookie: bool = False) -> PgSession:
-        session = PgSession(user_id_key=self._user_id_key)
+    def _empty(self, *, dead_cookie: bool = False) -> PostgresSession:
+        session = PostgresSession(user_id_key=self._user_id_key)
         # A cookie that names no live session: expire it, so the browser stops sending it (and
         # costing a lookup) on every request.
         session.clear_cookie = dead_cookie
@@ -245,8 +286,8 @@ class PostgresStorage(AbstractStorage):
 
     def _loaded(
         self, id_hash: bytes, plaintext: bytes, created: int, version: int, absolute_deadline: float
-    ) -> PgSession:
-        return PgSession(
+    ) -> PostgresSession:
+        return PostgresSession(
             id_hash=id_hash,
             data=orjson.loads(plaintext),
             snapshot=orjson.loads(plaintext),  # a second decode is the cheapest deep copy
@@ -257,7 +298,7 @@ class PostgresStorage(AbstractStorage):
         )
 
     async def save_session(self, request: web.Request, response: web.StreamResponse, session: Session) -> None:
-        if not isinstance(session, PgSession):
+        if not isinstance(session, PostgresSession):
             raise TypeError("PostgresStorage saves only the sessions it hands out")
         if session.empty and session.clear_cookie:
             self._expire_cookie(request, response)  # nothing to delete: the cookie named no live row
@@ -270,20 +311,20 @@ class PostgresStorage(AbstractStorage):
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def _create(self, request: web.Request, response: web.StreamResponse, session: PgSession) -> None:
+    async def _create(self, request: web.Request, response: web.StreamResponse, session: PostgresSession) -> None:
         renewing = session.renews is not None
         if renewing:
             replaced = session.renews
         else:
-            previous = self.verified_id_hash(request)
+            previous = self._verified(request)
             replaced = previous.id_hash if previous else None
         cookie, id_hash = self._signer.new()
         mapping = dict(session)
         plaintext = _encode(mapping)
         generation = self._cache.generation if self._cache else 0
-        async with connection(self._pool, self._db_timeout) as conn:
+        async with self.connection() as conn:
             absolute_deadline = await conn.fetchval(
-                INSERT_SQL,
+                self._sql.insert,
                 id_hash,
                 self._user_id(mapping),
                 self._cipher.seal(plaintext, id_hash),
@@ -293,11 +334,11 @@ class PostgresStorage(AbstractStorage):
                 renewing,
                 *_client(request),
             )
-        if replaced is not None:
-            self.forget([replaced])
+        if replaced is not None and self._cache is not None:
+            self._cache.evict(replaced)
         if absolute_deadline is None:
             # Renewing a session that ended meanwhile: it stays ended.
-            events.emit(request, "session.ended_during_request", replaced)
+            events.emit("session.ended_during_request", replaced)
             self._expire_cookie(request, response)
             return
         session.id_hash = id_hash
@@ -306,24 +347,25 @@ class PostgresStorage(AbstractStorage):
         self._set_cookie(request, response, cookie, math.ceil(absolute_deadline - time.time()))
         self._remember(id_hash, plaintext, session, generation)
         if renewing:
-            events.emit(request, "session.renewed", id_hash, previous=_fp(replaced))
+            events.emit("session.renewed", id_hash, previous=events.fingerprint(replaced))
         else:
-            events.emit(request, "session.created", id_hash, user_id=mapping.get(self._user_id_key, "-"))
+            events.emit("session.created", id_hash, user_id=mapping.get(self._user_id_key, "-"))
 
-    async def _update(self, request: web.Request, response: web.StreamResponse, session: PgSession) -> None:
+    async def _update(self, request: web.Request, response: web.StreamResponse, session: PostgresSession) -> None:
         id_hash = session.id_hash
         assert id_hash is not None
         mapping = dict(session)
         plaintext = _encode(mapping)
         generation = self._cache.generation if self._cache else 0
-        async with connection(self._pool, self._db_timeout) as conn:
+        async with self.connection() as conn:
             version = await self._write(conn, id_hash, mapping, plaintext, session.version)
             if version is None:
                 version, plaintext = await self._merge(conn, session)
         if version is None:
             # Ended while this request ran (logout in another tab): do not bring it back.
-            self.forget([id_hash])
-            events.emit(request, "session.ended_during_request", id_hash)
+            if self._cache is not None:
+                self._cache.evict(id_hash)
+            events.emit("session.ended_during_request", id_hash)
             self._expire_cookie(request, response)
             return
         session.version = version
@@ -333,21 +375,23 @@ class PostgresStorage(AbstractStorage):
             self._set_cookie(request, response, session.resigned_cookie, max_age)
             session.resigned_cookie = None
 
-    async def _merge(self, conn: asyncpg.Connection, session: PgSession) -> tuple[int | None, bytes | None]:
+    async def _merge(self, conn: asyncpg.Connection, session: PostgresSession) -> tuple[int | None, bytes | None]:
         """Someone saved since we loaded: re-apply only this request's changes to the latest data,
         holding the row lock for just this merge. (None, _) when the session is gone."""
         id_hash = session.id_hash
         assert id_hash is not None
         updated, deleted = session.changes()
         async with conn.transaction():
-            row = await conn.fetchrow(LOCK_SQL, id_hash)
+            row = await conn.fetchrow(self._sql.lock, id_hash)
             if row is None:
                 return None, b""
             opened = self._cipher.open(row["data"], id_hash)
             if opened is None:
                 # Re-written under a key this process does not have (a rotation rolling out):
                 # leave it alone rather than replace data we cannot read.
-                log.warning("session %s: newer data under an unknown key; this change is dropped", _fp(id_hash))
+                log.warning(
+                    "session %s: newer data under an unknown key; this change is dropped", events.fingerprint(id_hash)
+                )
                 return row["version"], None
             latest: dict[str, Any] = orjson.loads(opened[0])
             for key in deleted:
@@ -361,33 +405,121 @@ class PostgresStorage(AbstractStorage):
     ) -> int | None:
         """UPDATE_SQL: the new version, or None if the row is gone or no longer at `version`."""
         return await conn.fetchval(
-            UPDATE_SQL, id_hash, self._cipher.seal(plaintext, id_hash), self._user_id(mapping), self._idle, version
+            self._sql.update,
+            id_hash,
+            self._cipher.seal(plaintext, id_hash),
+            self._user_id(mapping),
+            self._idle,
+            version,
         )
 
-    async def _end(self, request: web.Request, response: web.StreamResponse, session: PgSession) -> None:
+    async def _end(self, request: web.Request, response: web.StreamResponse, session: PostgresSession) -> None:
         id_hash = session.id_hash
         if id_hash is None:
             # A new, empty session: end whatever the request's cookie named.
-            previous = self.verified_id_hash(request)
+            previous = self._verified(request)
             id_hash = previous.id_hash if previous else None
         if id_hash is not None:
-            async with connection(self._pool, self._db_timeout) as conn:
-                await conn.execute(DELETE_SQL, id_hash)
-            self.forget([id_hash])
-            events.emit(request, "session.ended", id_hash)
+            async with self.connection() as conn:
+                await conn.execute(self._sql.delete, id_hash)
+            if self._cache is not None:
+                self._cache.evict(id_hash)
+            events.emit("session.ended", id_hash)
         if self.load_cookie(request) is not None:
             self._expire_cookie(request, response)
 
-    # -- cache -----------------------------------------------------------------------------
+    # -- a user's sessions ------------------------------------------------------------------
 
-    def forget(self, id_hashes: Iterable[bytes]) -> None:
-        """Evict sessions this process ended by other means (revocation) at once, without
-        waiting for their notification."""
-        if self._cache is not None:
-            for id_hash in id_hashes:
+    async def list_sessions(
+        self, user_id: int, *, limit: int = 100, conn: asyncpg.Connection | None = None
+    ) -> list[SessionInfo]:
+        """The user's live sessions, most recently active first, at most `limit` of them.
+        `conn`: run on this connection (inside the caller's transaction) instead of the pool.
+        Raises DatabaseUnavailable."""
+        async with self._connection(conn) as c:
+            rows = await c.fetch(self._sql.list, user_id, limit)
+        return [info_of(dict(row)) for row in rows]
+
+    async def end_session(self, user_id: int, handle: str, *, conn: asyncpg.Connection | None = None) -> bool:
+        """End the user's live session named `handle` (a SessionInfo.handle). False when the
+        user has no such session: another user's handle, a malformed one, or one already ended.
+        Raises DatabaseUnavailable."""
+        prefix = handle_prefix(handle)
+        if prefix is None:
+            return False
+        async with self._connection(conn) as c:
+            ended = [row["id_hash"] for row in await c.fetch(self._sql.end_one, user_id, prefix)]
+        self._ended(ended, "session.revoked")
+        return bool(ended)
+
+    async def end_other_sessions(
+        self, user_id: int, keep: PostgresSession, *, conn: asyncpg.Connection | None = None
+    ) -> int:
+        """End every session of the user but `keep` (the request's own session): "sign out
+        everywhere else". The number ended. Raises DatabaseUnavailable."""
+        if keep.id_hash is None:
+            raise ValueError("keep must be a saved session (the request's own)")
+        async with self._connection(conn) as c:
+            ended = [row["id_hash"] for row in await c.fetch(self._sql.end_others, user_id, keep.id_hash)]
+        self._ended(ended, "session.revoked")
+        return len(ended)
+
+    async def end_all_sessions(self, user_id: int, *, conn: asyncpg.Connection | None = None) -> int:
+        """End every session of the user (OWASP: after a password change or when disabling the
+        account). The number ended. Pass `conn` to make it part of the caller's transaction (the
+        password change itself). Raises DatabaseUnavailable."""
+        async with self._connection(conn) as c:
+            ended = [row["id_hash"] for row in await c.fetch(self._sql.end_all, user_id)]
+        self._ended(ended, "session.revoked")
+        return len(ended)
+
+    def _ended(self, id_hashes: Iterable[bytes], event: str) -> None:
+        # This process's cache drops them at once; the others when the notification arrives.
+        for id_hash in id_hashes:
+            if self._cache is not None:
                 self._cache.evict(id_hash)
+            events.emit(event, id_hash)
 
-    def _remember(self, id_hash: bytes, plaintext: bytes | None, session: PgSession, generation: int) -> None:
+    # -- database access and background work ---------------------------------------------
+
+    def connection(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
+        """`async with storage.connection() as conn:` a connection from the storage's pool under
+        the storage's deadline (database_timeout): for the app's own queries, which then answer
+        503 (DatabaseUnavailable) on an outage, as the session's do."""
+        return bounded_connection(self._pool, self._db_timeout)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, conn: asyncpg.Connection | None) -> AsyncIterator[asyncpg.Connection]:
+        if conn is not None:
+            yield conn
+            return
+        async with self.connection() as pooled:
+            yield pooled
+
+    async def sweep(self, *, batch_size: int = 1000, timeout: float = 10.0) -> int | None:
+        """Delete expired sessions now, in transactions of `batch_size` rows, each statement
+        bounded by `timeout` seconds. The number deleted, or None when another process is
+        sweeping (a PostgreSQL advisory lock: one sweeper at a time across all processes)."""
+        return await sweep(self._pool, self._names, batch_size=batch_size, timeout=timeout)
+
+    def sweeper(self, *, interval: float = 300, batch_size: int = 1000, timeout: float = 10.0) -> CleanupContext:
+        """For `app.cleanup_ctx.append(...)`: sweep every `interval` seconds (jittered +/-20%)
+        while the app runs. Reads already refuse expired rows; sweeping reclaims their space."""
+        return while_running(
+            lambda: sweep_forever(self._pool, self._names, interval=interval, batch_size=batch_size, timeout=timeout)
+        )
+
+    def cache_listener(self, connect: Callable[[], Awaitable[asyncpg.Connection]]) -> CleanupContext:
+        """For `app.cleanup_ctx.append(...)`: keep the cache's LISTEN connection while the app
+        runs. `connect()` opens a new connection outside the pool, for example
+        `lambda: asyncpg.connect(dsn)` (not through PgBouncer's transaction pooling, which cannot
+        carry LISTEN). Raises ValueError when the storage has no cache."""
+        cache = self._cache
+        if cache is None:
+            raise ValueError("this storage was made without a cache")
+        return while_running(lambda: cache.listen(connect, self._names.channel))
+
+    def _remember(self, id_hash: bytes, plaintext: bytes | None, session: PostgresSession, generation: int) -> None:
         """Cache what this process just wrote (its own notification then leaves it alone)."""
         if self._cache is None or plaintext is None or session.absolute_deadline is None:
             return
@@ -415,13 +547,19 @@ class PostgresStorage(AbstractStorage):
         return value
 
 
-async def renew_session(request: web.Request) -> PgSession:
-    """Give the request's session a new ID, keeping its data and deadlines; the old ID stops
-    working when the response is saved. Call on every privilege change."""
+async def renew_session(request: web.Request) -> PostgresSession:
+    """Give the request's session a new ID, keeping its data, creation time and absolute deadline
+    (OWASP: renew the session ID on any privilege change, against fixation). The old ID stops
+    working when the response is saved, in the same statement that creates the new one; if the
+    session ended meanwhile, nothing is created. Returns the new session, to change further.
+
+    Raises TypeError when the app's storage is not a PostgresStorage, DatabaseUnavailable as any
+    session access may.
+    """
     old = await get_session(request)
     fresh = await new_session(request)
-    assert isinstance(old, PgSession)
-    assert isinstance(fresh, PgSession)
+    if not isinstance(old, PostgresSession) or not isinstance(fresh, PostgresSession):
+        raise TypeError("renew_session needs aiohttp_session.setup(app, PostgresStorage(...))")
     fresh.update(old)
     fresh.renews = old.id_hash
     return fresh
@@ -449,7 +587,3 @@ def _find_cookie(header: str | None, name: str) -> str | None:
 
 def _client(request: web.BaseRequest) -> tuple[str, str]:
     return (request.remote or "")[:_MAX_IP_CHARS], request.headers.get("User-Agent", "")[:_MAX_USER_AGENT_CHARS]
-
-
-def _fp(id_hash: bytes | None) -> str:
-    return fingerprint_of(id_hash) if id_hash else "-"

@@ -1,10 +1,11 @@
 """An in-process cache of validated sessions, kept coherent across processes by LISTEN/NOTIFY.
 
-Off by default (SESSION_CACHE=on). With it, a read that hits the cache asks no database; the
-price is that a logout or revocation made by *another* process takes effect here when its
-notification arrives (milliseconds, normally), not at once. What keeps it honest:
-- every data change and every deletion of a live session notifies (a trigger, migration 0003),
-  and every process evicts that entry; a change made by this process updates its own entry;
+With it, a read that hits the cache asks no database; the price is that a logout or revocation
+made by *another* process takes effect here when its notification arrives (milliseconds,
+normally), not at once. What keeps it honest:
+- every data change and every deletion of a live session notifies (the table's triggers,
+  schema.sql), and every process evicts that entry; a change made by this process updates its
+  own entry; a TRUNCATE empties every cache;
 - a lost listener connection empties and disables the cache until the listener is back;
 - a load that raced with a notification is not cached;
 - each entry honours its idle and absolute deadlines and a short maximum age;
@@ -21,9 +22,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-log = logging.getLogger(__name__)
-
-CHANNEL = "session_events"
+log = logging.getLogger("aiohttp_session_postgres")
 
 
 @dataclass(slots=True)
@@ -38,7 +37,20 @@ class Entry:
 
 
 class SessionCache:
+    """Sessions this process validated, kept in memory: pass one to PostgresStorage(cache=...)
+    and run its listener (`storage.cache_listener(connect)` in `app.cleanup_ctx`). Until the
+    listener is connected, and whenever it is lost, the cache is empty and every read asks the
+    database.
+
+    max_entries: sessions kept (the oldest insertion is dropped first).
+    max_age: seconds an entry is trusted at most before the database is asked again, whatever
+        the notifications say (bounds what a notification lost without the connection noticing
+        could cost).
+    """
+
     def __init__(self, *, max_entries: int = 10_000, max_age: float = 10.0) -> None:
+        if max_entries < 1 or max_age <= 0:
+            raise ValueError("max_entries must be at least 1 and max_age positive")
         self._entries: dict[bytes, Entry] = {}
         self._max_entries = max_entries
         self._max_age = max_age
@@ -93,8 +105,12 @@ class SessionCache:
         self._entries.pop(id_hash, None)
 
     def notified(self, payload: str) -> None:
-        """`<hex>` (deleted) or `<hex>:<version>` (data changed)."""
+        """`<hex>` (deleted), `<hex>:<version>` (data changed) or `*` (table truncated)."""
         self.generation += 1
+        if payload == "*":
+            self._entries.clear()
+            self._floor = self.generation  # and no load in flight may refill it
+            return
         hex_id, _, version = payload.partition(":")
         try:
             id_hash = bytes.fromhex(hex_id)
@@ -120,15 +136,19 @@ class SessionCache:
         self.generation += 1
         self._floor = self.generation
 
-    async def listen(self, connect: Callable[[], Awaitable[asyncpg.Connection]], *, check_every: float = 2.0) -> None:
-        """Keep a LISTEN connection for as long as the app runs. Cancel to stop."""
+    async def listen(
+        self, connect: Callable[[], Awaitable[asyncpg.Connection]], channel: str, *, check_every: float = 2.0
+    ) -> None:
+        """Keep a LISTEN connection on `channel` for as long as the app runs, reconnecting with
+        backoff; ask it something every `check_every` seconds, so a connection that died
+        silently is noticed. Cancel to stop."""
         backoff = 0.5
         while True:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await connect()
                 conn.add_termination_listener(lambda _conn: self._disable("listener connection closed"))
-                await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, payload: self.notified(payload))
+                await conn.add_listener(channel, lambda _c, _pid, _ch, payload: self.notified(payload))
                 self._entries.clear()
                 self.generation += 1
                 self._floor = self.generation

@@ -19,6 +19,9 @@ class DataCipher:
     def __init__(self, keys: tuple[bytes, ...]) -> None:
         if not keys:
             raise ValueError("at least one encryption key is required")
+        for i, key in enumerate(keys, 1):
+            if not isinstance(key, bytes) or len(key) not in (16, 24, 32):
+                raise ValueError(f"encryption key {i} must be bytes, 16, 24 or 32 long (AES-128, -192, -256)")
         self._aeads = tuple(AESGCM(k) for k in keys)
 
     def seal(self, plaintext: bytes, id_hash: bytes) -> bytes:

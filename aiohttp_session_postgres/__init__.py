@@ -1,0 +1,40 @@
+"""aiohttp-session storage on PostgreSQL (asyncpg): the cookie carries only a signed, opaque
+session ID; the session lives in a table, encrypted, with its idle and absolute timeouts enforced
+by the database's clock.
+
+    import aiohttp_session
+    from aiohttp_session_postgres import PostgresStorage, create_schema, renew_session
+
+    storage = PostgresStorage(pool, authentication_keys=[...], encryption_keys=[...])
+    aiohttp_session.setup(app, storage)
+    app.cleanup_ctx.append(storage.sweeper())
+
+Public names: PostgresStorage, PostgresSession, SessionCache, SessionInfo, renew_session,
+DatabaseUnavailable, UNAVAILABLE_ERRORS, create_schema, schema_sql, schema_statements,
+schema_version, SCHEMA_VERSION. Everything else is internal and may change.
+"""
+
+from .cache import SessionCache
+from .deadline import UNAVAILABLE_ERRORS, DatabaseUnavailable
+from .schema import SCHEMA_VERSION, create_schema, schema_sql, schema_statements, schema_version
+from .session import PostgresSession
+from .storage import PostgresStorage, renew_session
+from .user_sessions import SessionInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "UNAVAILABLE_ERRORS",
+    "DatabaseUnavailable",
+    "PostgresSession",
+    "PostgresStorage",
+    "SessionCache",
+    "SessionInfo",
+    "__version__",
+    "create_schema",
+    "renew_session",
+    "schema_sql",
+    "schema_statements",
+    "schema_version",
+]

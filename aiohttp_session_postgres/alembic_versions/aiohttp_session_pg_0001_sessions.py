@@ -1,0 +1,40 @@
+"""aiohttp-session-postgres: the sessions table, its indexes and triggers (schema version 1)
+
+Revision ID: aiohttp_session_pg_0001
+Revises:
+Create Date: 2026-11-30
+"""
+
+from aiohttp_session_postgres.schema import schema_statements
+from alembic import op
+
+revision = "aiohttp_session_pg_0001"
+down_revision = None
+branch_labels = ("aiohttp_session_postgres",)
+depends_on = None
+
+SECTION = "aiohttp_session_postgres"
+
+
+def _names() -> tuple[str, str]:
+    """table and schema from the `[aiohttp_session_postgres]` section of alembic.ini, if any."""
+    config = op.get_context().config
+    if config is None or not config.file_config.has_section(SECTION):
+        return "sessions", "public"
+    return (
+        config.get_section_option(SECTION, "table", "sessions") or "sessions",
+        config.get_section_option(SECTION, "schema", "public") or "public",
+    )
+
+
+def upgrade() -> None:
+    table, schema = _names()
+    for statement in schema_statements(table, schema):
+        op.execute(statement)
+
+
+def downgrade() -> None:
+    table, schema = _names()
+    qualified = f'"{schema}"."{table}"'
+    op.execute(f"DROP TABLE {qualified}")
+    op.execute(f'DROP FUNCTION "{schema}"."{table}_notify"()')

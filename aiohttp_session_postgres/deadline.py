@@ -1,0 +1,67 @@
+"""One deadline for each database operation: an outage becomes an HTTP 503, never a hang.
+
+Waiting for a pool connection, connecting and the statements all count against the same
+deadline. asyncpg's own defaults (60 s to connect, no statement timeout) would hold a request far
+past the 30 s a router such as Heroku's waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+from aiohttp import web
+
+log = logging.getLogger("aiohttp_session_postgres")
+
+# Errors that mean "the database cannot be reached or cannot answer now", not "the SQL is wrong".
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,  # connection closed under us, pool closing
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, starting up, query canceled
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections
+    asyncpg.exceptions.LockNotAvailableError,
+    # The server ended the connection (a restart) while it sat in the pool: the next statement
+    # meets the half-read error ("cannot switch to state ...") before asyncpg sees it closed.
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+class DatabaseUnavailable(web.HTTPServiceUnavailable):
+    """HTTP 503 with `Retry-After: 2`, raised when the database does not answer within the
+    storage's `database_timeout`. A subclass of aiohttp's HTTPServiceUnavailable: unhandled, it is
+    the response; a middleware may catch it to render its own page."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            text="The service is briefly unavailable. Please try again in a moment.\n",
+            headers={"Retry-After": "2"},
+        )
+
+
+@asynccontextmanager
+async def bounded_connection(pool: asyncpg.Pool, timeout: float) -> AsyncIterator[asyncpg.Connection]:
+    """A connection from `pool` whose whole use (acquire, statements, release) ends within
+    `timeout` seconds; otherwise DatabaseUnavailable is raised (the statement cut short is
+    cancelled in the database too)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        async with asyncio.timeout_at(deadline):
+            conn = await pool.acquire(timeout=timeout)
+        try:
+            async with asyncio.timeout_at(deadline):
+                yield conn
+        finally:
+            # Releasing a connection whose statement was cut short waits for the server to
+            # acknowledge the cancel (asyncpg would wait the whole `timeout` again): give it only
+            # what is left of the deadline; past that asyncpg terminates the connection.
+            await pool.release(conn, timeout=max(deadline - loop.time(), 0.01))
+    except UNAVAILABLE_ERRORS as exc:
+        log.warning("database unavailable: %s", type(exc).__name__)
+        raise DatabaseUnavailable() from exc

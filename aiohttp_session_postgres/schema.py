@@ -1,0 +1,164 @@
+"""The sessions table: its names, its SQL (schema.sql, beside this file), and creating it.
+
+Three ways to get the table, whichever fits the project (test_schema_ways.py runs each):
+- the SQL: `schema_sql()`, or `python -m aiohttp_session_postgres schema | psql "$DATABASE_URL"`;
+- at start-up: `await create_schema(conn)`, idempotent and safe when several processes call it;
+- Alembic: add `aiohttp_session_postgres:alembic_versions` to `version_locations`, then
+  `alembic upgrade heads` (branch label `aiohttp_session_postgres`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+
+import asyncpg
+
+# Bumped whenever schema.sql changes what it creates. The table's comment records the version a
+# database has, so create_schema() on an up-to-date database takes no lock on the table.
+SCHEMA_VERSION = 1
+_VERSION_COMMENT = f"aiohttp-session-postgres schema {SCHEMA_VERSION}"
+
+# Plain identifiers only: quoting then is only a formality, and no name can carry SQL or a
+# character that needs thought in a LISTEN channel. PostgreSQL cuts identifiers at 63 bytes, so
+# the longest derived name must fit whole.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MAX_IDENTIFIER_BYTES = 63
+_LONGEST_SUFFIX = "_notify_truncate"
+
+# Serialises create_schema() across processes (pg_advisory_xact_lock): two concurrent
+# CREATE TABLE IF NOT EXISTS can still collide in the catalog.
+SCHEMA_LOCK_KEY = 0x5E5510_5C4E
+# A schema change that waits for a lock on a busy table must not queue every request behind it.
+_LOCK_TIMEOUT = "5s"
+
+
+@dataclass(frozen=True)
+class TableNames:
+    """Where the sessions live: `table` in the PostgreSQL `schema`, and the names derived from it
+    (indexes, trigger function, triggers, the NOTIFY channel). Raises ValueError for a name that is
+    not a plain identifier (letters, digits, underscore; not starting with a digit) or is too long
+    for its derived names to fit PostgreSQL's 63 bytes."""
+
+    table: str = "sessions"
+    schema: str = "public"
+
+    def __post_init__(self) -> None:
+        for what, name in (("table", self.table), ("schema", self.schema)):
+            if not _IDENTIFIER.fullmatch(name):
+                raise ValueError(f"{what} name {name!r} must be a plain identifier: letters, digits and _")
+        if len(self.table) + len(_LONGEST_SUFFIX) > _MAX_IDENTIFIER_BYTES:
+            raise ValueError(f"table name {self.table!r} is too long: at most 47 characters")
+        if len(self.channel) > _MAX_IDENTIFIER_BYTES:
+            raise ValueError(f"schema and table names {self.channel!r} are too long together: at most 63")
+
+    @cached_property
+    def qualified(self) -> str:
+        """The table as SQL: "schema"."table"."""
+        return f"{_quote(self.schema)}.{_quote(self.table)}"
+
+    @property
+    def channel(self) -> str:
+        """The LISTEN/NOTIFY channel the table's triggers notify: "schema.table"."""
+        return f"{self.schema}.{self.table}"
+
+    def derived(self, suffix: str) -> str:
+        """A name derived from the table's (an index, a trigger), quoted."""
+        return _quote(f"{self.table}_{suffix}")
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def schema_sql(table: str = "sessions", schema: str = "public", *, partitions: int | None = None) -> str:
+    """The SQL that creates (or brings up to date) the sessions table, its indexes and its
+    triggers: schema.sql with the names filled in. Idempotent. The PostgreSQL `schema` must exist.
+
+    partitions: None for an ordinary table; N (2 to 1024) for a table hash-partitioned by id_hash
+        into N partitions, as a sharded cluster (Citus) distributes it. Only a new table can be
+        partitioned; an existing one keeps its layout.
+
+    Raises ValueError for bad names or a bad partition count.
+    """
+    names = TableNames(table, schema)
+    partition_clause, partition_sql = "", ""
+    if partitions is not None:
+        if not 2 <= partitions <= 1024:
+            raise ValueError("partitions must be between 2 and 1024")
+        partition_clause = " PARTITION BY HASH (id_hash)"
+        partition_sql = "".join(
+            f"CREATE TABLE IF NOT EXISTS {_quote(schema)}.{names.derived(f'p{i}')} PARTITION OF {names.qualified}"
+            f" FOR VALUES WITH (MODULUS {partitions}, REMAINDER {i});\n"
+            for i in range(partitions)
+        )
+    template = resources.files(__package__).joinpath("schema.sql").read_text(encoding="utf-8")
+    return template.format(
+        table=names.qualified,
+        schema=_quote(schema),
+        partition_clause=partition_clause,
+        partitions=partition_sql,
+        idle_index=names.derived("idle_expires_at_idx"),
+        user_index=names.derived("user_id_idx"),
+        notify_function=f"{_quote(schema)}.{names.derived('notify')}",
+        channel=_literal(names.channel),
+        update_trigger=names.derived("notify_update"),
+        delete_trigger=names.derived("notify_delete"),
+        truncate_trigger=names.derived("notify_truncate"),
+        version_comment=_literal(_VERSION_COMMENT),
+    )
+
+
+def schema_statements(table: str = "sessions", schema: str = "public", *, partitions: int | None = None) -> list[str]:
+    """`schema_sql` as single statements, for drivers that run one at a time (Alembic's `op.execute`)."""
+    statements, current, in_body = [], [], False
+    for line in schema_sql(table, schema, partitions=partitions).splitlines():
+        if line.startswith("--") and not in_body:
+            continue
+        current.append(line)
+        if line.count("$$") % 2:
+            in_body = not in_body
+        if line.rstrip().endswith(";") and not in_body:
+            statement = "\n".join(current).strip()
+            if statement != ";":
+                statements.append(statement.removesuffix(";"))
+            current = []
+    return statements
+
+
+async def create_schema(
+    conn: asyncpg.Connection, *, table: str = "sessions", schema: str = "public", partitions: int | None = None
+) -> bool:
+    """Create the sessions table (or bring it up to date) on `conn`, in one transaction under an
+    advisory lock, so any number of processes may call it at once (for example at every start).
+    True when it changed something; False when the table was already at this version, in which
+    case no lock on the table is taken.
+
+    Raises ValueError for bad names, asyncpg.PostgresError from the database (for example
+    LockNotAvailableError when the table stays locked by others for more than 5 seconds).
+    """
+    sql = schema_sql(table, schema, partitions=partitions)  # ValueError before touching the database
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK_KEY)
+        if await schema_version(conn, table=table, schema=schema) == SCHEMA_VERSION:
+            return False
+        await conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
+        await conn.execute(sql)
+    return True
+
+
+async def schema_version(conn: asyncpg.Connection, *, table: str = "sessions", schema: str = "public") -> int | None:
+    """The schema version the table's comment records; None when there is no such table or no
+    version of ours on it."""
+    names = TableNames(table, schema)
+    comment = await conn.fetchval("SELECT obj_description(to_regclass($1), 'pg_class')", names.qualified)
+    prefix = _VERSION_COMMENT.rsplit(" ", 1)[0] + " "
+    if not comment or not comment.startswith(prefix) or not comment[len(prefix) :].isdigit():
+        return None
+    return int(comment[len(prefix) :])

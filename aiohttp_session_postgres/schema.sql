@@ -1,0 +1,73 @@
+-- aiohttp-session-postgres: the sessions table, its indexes, and the change notifications that
+-- keep the optional in-process cache coherent across processes.
+--
+-- This is a template: {table}, {schema} and the other names in braces are filled in by
+-- schema_sql() (defaults: table "sessions" in schema "public"). Print it ready to run with
+--     python -m aiohttp_session_postgres schema [--table NAME] [--schema NAME] | psql "$DATABASE_URL"
+--
+-- Every statement creates only what is missing or replaces a function or trigger in place, so
+-- running it again on an up-to-date database changes nothing. create_schema() runs it under an
+-- advisory lock, and only when the table's comment does not already name this version.
+
+-- A logged (ordinary) table: an UNLOGGED one is emptied by crash recovery, logging everyone out.
+CREATE TABLE IF NOT EXISTS {table} (
+    -- SHA-256 of the token in the cookie. The token itself is never stored, so a leaked table
+    -- yields no cookie that works.
+    id_hash bytea PRIMARY KEY CHECK (octet_length(id_hash) = 32),
+    -- session["user_id"], mirrored so that a user's sessions can be listed and ended. No foreign
+    -- key: add one to your own users table (ON DELETE CASCADE) if deleting a user should end
+    -- their sessions.
+    user_id bigint,
+    -- AES-GCM: a 12-byte nonce, then ciphertext and tag; id_hash is the associated data.
+    data bytea NOT NULL,
+    -- Bumped by every change of data: optimistic saves compare it, notifications carry it.
+    version bigint NOT NULL DEFAULT 1,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    last_seen_at timestamptz NOT NULL DEFAULT now(),
+    idle_expires_at timestamptz NOT NULL,
+    absolute_expires_at timestamptz NOT NULL,
+    -- What the sessions page shows: the client address and User-Agent of the last touch.
+    client_ip text NOT NULL DEFAULT '',
+    user_agent text NOT NULL DEFAULT '',
+    -- So the idle deadline alone decides expiry, and one index serves the sweeper.
+    CHECK (idle_expires_at <= absolute_expires_at)
+){partition_clause};
+{partitions}
+-- The sweeper's scan, oldest deadline first.
+CREATE INDEX IF NOT EXISTS {idle_index} ON {table} (idle_expires_at);
+
+-- Listing and ending one user's sessions.
+CREATE INDEX IF NOT EXISTS {user_index} ON {table} (user_id) WHERE user_id IS NOT NULL;
+
+-- Payload: the id hash in hex, then ':' and the new version, for a change of data; the hex
+-- alone for a deletion; '*' when the table is truncated. Touches (version unchanged) and the
+-- sweeper's deletions of rows already expired notify nothing: every cache checks deadlines
+-- itself, and a sweep of a million rows must not become a million notifications.
+CREATE OR REPLACE FUNCTION {notify_function}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        PERFORM pg_notify({channel}, '*');
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify({channel}, encode(OLD.id_hash, 'hex'));
+    ELSE
+        PERFORM pg_notify({channel}, encode(NEW.id_hash, 'hex') || ':' || NEW.version);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS {update_trigger} ON {table};
+CREATE TRIGGER {update_trigger} AFTER UPDATE ON {table}
+    FOR EACH ROW WHEN (OLD.version IS DISTINCT FROM NEW.version)
+    EXECUTE FUNCTION {notify_function}();
+
+DROP TRIGGER IF EXISTS {delete_trigger} ON {table};
+CREATE TRIGGER {delete_trigger} AFTER DELETE ON {table}
+    FOR EACH ROW WHEN (OLD.idle_expires_at > now() AND OLD.absolute_expires_at > now())
+    EXECUTE FUNCTION {notify_function}();
+
+DROP TRIGGER IF EXISTS {truncate_trigger} ON {table};
+CREATE TRIGGER {truncate_trigger} AFTER TRUNCATE ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION {notify_function}();
+
+COMMENT ON TABLE {table} IS {version_comment};

@@ -1,0 +1,73 @@
+"""The app's logging: one format for every logger, with the request ID on every line logged while
+a request is handled.
+
+    INFO aiohttp_session_postgres: event=session.created fp=1a2b3c4d user_id=7 request_id=6f1c...
+
+The request ID is Heroku's `X-Request-ID` when it is a plausible one, else one made up, and only
+when a line is actually logged (most requests log nothing).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import uuid
+from typing import TextIO
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+# Heroku's router sends a UUID; accept any short token-like value, else make our own.
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+
+
+class _RequestId:
+    """The request's ID, decided the first time a line asks for it."""
+
+    __slots__ = ("_given", "_value")
+
+    def __init__(self, given: str | None) -> None:
+        self._given = given
+        self._value: str | None = None
+
+    def __str__(self) -> str:
+        if self._value is None:
+            given = self._given or ""
+            self._value = given if _REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+        return self._value
+
+
+# Set per request by the middleware below: each request runs in a task of its own, which has
+# its own copy of the context.
+_CURRENT: contextvars.ContextVar[_RequestId | None] = contextvars.ContextVar("request_id", default=None)
+
+
+@web.middleware
+async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
+    _CURRENT.set(_RequestId(request.headers.get("X-Request-ID")))
+    return await handler(request)
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = _CURRENT.get()
+        record.request = f" request_id={current}" if current is not None else ""
+        return True
+
+
+def handler(stream: TextIO | None = None) -> logging.Handler:
+    """A handler writing the app's format to `stream` (default stderr)."""
+    out = logging.StreamHandler(stream)
+    out.addFilter(_RequestIdFilter())
+    out.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s%(request)s"))
+    return out
+
+
+def configure(level: str, *, quiet_library: bool = False) -> None:
+    """Log to stderr at `level`, every line in one format, tagged with the request ID.
+    `quiet_library`: the session library's INFO events off (one-off commands, which print their
+    own outcome)."""
+    logging.basicConfig(level=level, handlers=[handler()], force=True)
+    if quiet_library:
+        logging.getLogger("aiohttp_session_postgres").setLevel(logging.WARNING)
