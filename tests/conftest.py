@@ -124,6 +124,12 @@ def migrated_url(create_database: Callable[..., str]) -> str:
 
 
 @pytest.fixture
+def empty_url(create_database: Callable[..., str]) -> str:
+    """A new, empty database of the test's own (no tables at all)."""
+    return create_database(migrate=False)
+
+
+@pytest.fixture
 async def db_url(migrated_url: str) -> str:
     """The suite's migrated database, with every table emptied."""
     conn = await asyncpg.connect(migrated_url)
@@ -293,3 +299,31 @@ async def run_app_command(
         raise
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+# -- the library as installed by others (library_envs.py) -----------------------------------
+
+
+@pytest.fixture(scope="session")
+def library_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from library_envs import build_wheel
+
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="session")
+def wheel_python(tmp_path_factory: pytest.TempPathFactory, library_wheel: Path) -> Path:
+    """The python of a fresh virtual environment with only the library's wheel (and what it
+    depends on) installed."""
+    from library_envs import fresh_venv
+
+    return fresh_venv(tmp_path_factory.mktemp("venv-wheel") / "venv", str(library_wheel))
+
+
+@pytest.fixture(scope="session")
+def checkout_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The python of a fresh virtual environment after `pip install '<checkout>[alembic]'` (and
+    SQLAlchemy's asyncio extra, which the other project of test_schema_ways.py uses itself)."""
+    from library_envs import fresh_venv
+
+    return fresh_venv(tmp_path_factory.mktemp("venv-checkout") / "venv", f"{REPO_ROOT}[alembic]", "sqlalchemy[asyncio]")

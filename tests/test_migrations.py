@@ -13,7 +13,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from conftest import REPO_ROOT, app_env
+from aiohttp_session_postgres.cipher import DataCipher
+from aiohttp_session_postgres.tokens import TokenSigner
+from conftest import AUTH_KEY, ENC_KEY, REPO_ROOT, add_user, app_env, make_settings
 
 from app import schema
 
@@ -228,3 +230,46 @@ async def test_session_rows_are_constrained(pg: asyncpg.Connection) -> None:
             " VALUES ($1, '\\x00', now() + interval '2 hours', now() + interval '1 hour')",
             os.urandom(32),
         )
+
+
+async def test_the_move_to_the_library_keeps_a_deployed_databases_sessions(
+    fresh_url: str, make_client: Callable[..., Any]
+) -> None:
+    """A database at 0003 (before the library existed) with a live session: after `alembic upgrade
+    head` the session still signs its user in, deleting the user still ends it (the demo's foreign
+    key), and the triggers notify the library's channel; `downgrade 0003` gives 0003's back."""
+    assert alembic("upgrade", "0003", database_url=fresh_url).returncode == 0
+    conn = await asyncpg.connect(fresh_url)
+    try:
+        user_id = await add_user(conn, "dora", "pw-dora-1")
+        cookie, id_hash = TokenSigner((AUTH_KEY,)).new()
+        sealed = DataCipher((ENC_KEY,)).seal(b'{"user_id": %d, "username": "dora"}' % user_id, id_hash)
+        await conn.execute(
+            "INSERT INTO sessions (id_hash, user_id, data, idle_expires_at, absolute_expires_at)"
+            " VALUES ($1, $2, $3, now() + interval '1 hour', now() + interval '2 hours')",
+            id_hash,
+            user_id,
+            sealed,
+        )
+        assert alembic("upgrade", "head", database_url=fresh_url).returncode == 0
+        await asyncio.to_thread(assert_migrated, fresh_url)
+
+        client = await make_client(make_settings(fresh_url))
+        client.session.cookie_jar.update_cookies({"session": cookie})
+        response = await client.get("/", allow_redirects=False)
+        assert response.status == 200
+        assert "Hello dora" in await response.text()
+
+        received: list[str] = []
+        await conn.add_listener("public.sessions", lambda *args: received.append(args[3]))
+        await conn.execute("DELETE FROM users WHERE id = $1", user_id)  # the demo's foreign key cascades
+        await asyncio.sleep(0.2)
+        assert received == [id_hash.hex()]
+        assert await conn.fetchval("SELECT count(*) FROM sessions") == 0
+
+        down = alembic("downgrade", "0003", database_url=fresh_url)
+        assert down.returncode == 0, down.stderr
+        assert "session_events" in await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'sessions_notify'")
+        assert alembic("upgrade", "head", database_url=fresh_url).returncode == 0
+    finally:
+        await conn.close()
