@@ -28,6 +28,10 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_IDENTIFIER_BYTES = 63
 _LONGEST_SUFFIX = "_notify_truncate"
 
+# How long the row of a session whose cookie a login or renewal used stays as a tombstone, during
+# which that cookie cannot start another session (storage.py); the sweeper leaves it until then.
+TOMBSTONE_SECONDS = 10.0
+
 # Serialises create_schema() across processes (pg_advisory_xact_lock): two concurrent
 # CREATE TABLE IF NOT EXISTS can still collide in the catalog.
 SCHEMA_LOCK_KEY = 0x5E5510_5C4E

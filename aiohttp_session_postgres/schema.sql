@@ -29,10 +29,17 @@ CREATE TABLE IF NOT EXISTS {table} (
     -- What the sessions page shows: the client address and User-Agent of the last touch.
     client_ip text NOT NULL DEFAULT '',
     user_agent text NOT NULL DEFAULT '',
+    -- Set when a login or renew_session used this session's cookie: the row is then a
+    -- tombstone (expired, no data), kept a little while so that the same cookie cannot start a
+    -- second session (a double-submitted login form, two concurrent renewals).
+    replaced_at timestamptz,
     -- So the idle deadline alone decides expiry, and one index serves the sweeper.
     CHECK (idle_expires_at <= absolute_expires_at)
 ){partition_clause};
 {partitions}
+-- Brings a table made by an earlier layout up to date.
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS replaced_at timestamptz;
+
 -- The sweeper's scan, oldest deadline first.
 CREATE INDEX IF NOT EXISTS {idle_index} ON {table} (idle_expires_at);
 

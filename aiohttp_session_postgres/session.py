@@ -12,8 +12,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
+from aiohttp import web
 from aiohttp_session import Session
 
 from .tokens import handle_of
@@ -104,8 +107,8 @@ class PostgresSession(Session):
         self.absolute_deadline = absolute_deadline
         # Read under an old key: save it again (re-encrypted, cookie re-signed) even if unchanged.
         self.needs_rewrite = False
-        # Came with a cookie that names no live session: the response should expire it.
-        self.clear_cookie = False
+        # Set by require(): checked in the transaction that creates the session.
+        self.precondition: tuple[Callable[[asyncpg.Connection], Awaitable[bool]], web.HTTPException] | None = None
         self.resigned_cookie: str | None = None
         # Set by renew_session: the row this one replaces, whose deadlines it keeps.
         self.renews: bytes | None = None
@@ -119,7 +122,7 @@ class PostgresSession(Session):
     # aiohttp-session's middleware saves when `_changed` is true; base methods assign it.
     @property  # type: ignore[override]
     def _changed(self) -> bool:
-        return self._flagged or self.needs_rewrite or self.clear_cookie or self._mapping != self._snapshot
+        return self._flagged or self.needs_rewrite or self._mapping != self._snapshot
 
     @_changed.setter
     def _changed(self, value: bool) -> None:
@@ -131,6 +134,20 @@ class PostgresSession(Session):
             raise TypeError(f"session[{key!r}] ties the session to a users row: it must be an int id or None")
         super().__setitem__(key, value)
         self._assigned.add(key)
+
+    def require(self, check: Callable[[asyncpg.Connection], Awaitable[bool]], *, otherwise: web.HTTPException) -> None:
+        """Create this new session only if `await check(conn)` returns True, run on the connection
+        and in the transaction that creates it. If it returns False, nothing is created and
+        `otherwise` is raised from the save (it becomes the response). For a login: check, and
+        lock with FOR SHARE, that the credentials just verified are still the user's, so a
+        password reset or an account deletion that commits meanwhile cannot leave a session
+        created by the old password behind.
+
+        Raises RuntimeError on a session that is already saved (only creation is guarded).
+        """
+        if self.id_hash is not None:
+            raise RuntimeError("require() guards the creation of a new session; this one exists")
+        self.precondition = (check, otherwise)
 
     def changes(self) -> tuple[dict[str, Any], set[str]]:
         """(keys set or changed since load with their values, keys deleted since load)."""

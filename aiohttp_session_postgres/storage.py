@@ -27,7 +27,8 @@ from .background import CleanupContext, while_running
 from .cache import Entry, SessionCache
 from .cipher import DataCipher
 from .deadline import bounded_connection
-from .schema import TableNames
+from .request_data import MAX_CANDIDATES, MAX_IP_CHARS, MAX_USER_AGENT_CHARS, cookie_values, valid_text
+from .schema import TOMBSTONE_SECONDS, TableNames
 from .session import PostgresSession, check_json_value
 from .sweeper import sweep, sweep_forever
 from .tokens import TokenSigner, VerifiedToken
@@ -35,7 +36,8 @@ from .user_sessions import END_ALL_SQL, END_ONE_SQL, END_OTHERS_SQL, LIST_SQL, S
 
 log = logging.getLogger("aiohttp_session_postgres")
 
-_MAX_IP_CHARS, _MAX_USER_AGENT_CHARS = 64, 512
+# The ID hash of the session the request's cookie named, once loaded.
+_LOADED = web.RequestKey("aiohttp_session_postgres.loaded", bytes)
 
 # One statement per read: load the live row and, only when the last touch is older than the
 # touch interval, slide its idle deadline (never past the absolute one) and note the client.
@@ -62,25 +64,56 @@ SELECT data, version,
 FROM live
 """
 
-# A new session replaces the one the request came with, in the same statement: login never
-# keeps a pre-login ID (no fixation) and leaves no orphan row. A renewal ($7) keeps the replaced
-# row's creation time and absolute deadline, and creates nothing if that row is already gone.
-INSERT_SQL = """
-WITH replaced AS (
-    DELETE FROM {table}
-    WHERE id_hash = $6 AND idle_expires_at > now() AND absolute_expires_at > now()
+# A login: the new session uses up the one the request came with ($6, any validly signed cookie,
+# live or not, known or not), in the same statement. That session's row becomes a tombstone (no
+# data, expired; a row is made for an unknown one), so its ID is dead at once (no fixation), and
+# a second login from the same cookie within TOMBSTONE_SECONDS ($9) creates nothing: at most one
+# live session results from one pre-login session, however many times the form is submitted.
+CREATE_SQL = """
+WITH used AS (
+    INSERT INTO {table} AS s (id_hash, data, idle_expires_at, absolute_expires_at, replaced_at)
+    SELECT $6, '\\x'::bytea, now(), now(), now() WHERE $6::bytea IS NOT NULL
+    ON CONFLICT (id_hash) DO UPDATE
+        SET data = '\\x'::bytea, user_id = NULL, version = s.version + 1, replaced_at = now(),
+            idle_expires_at = least(now(), s.absolute_expires_at)
+        WHERE s.replaced_at IS NULL OR s.replaced_at <= now() - make_interval(secs => $9)
+    RETURNING 1
+)
+INSERT INTO {table} (id_hash, user_id, data, idle_expires_at, absolute_expires_at, client_ip, user_agent)
+SELECT $1, $2, $3, now() + make_interval(secs => $4), now() + make_interval(secs => $5), $7, $8
+WHERE $6::bytea IS NULL OR EXISTS (SELECT FROM used)
+RETURNING extract(epoch FROM absolute_expires_at)::float8 AS absolute_deadline
+"""
+
+# renew_session: the same, for a live session only ($5), keeping its creation time and absolute
+# deadline. Of two concurrent renewals one wins; the other, and a renewal of a session that ended
+# meanwhile, creates nothing.
+RENEW_SQL = """
+WITH used AS (
+    UPDATE {table}
+    SET data = '\\x'::bytea, user_id = NULL, version = version + 1, replaced_at = now(), idle_expires_at = now()
+    WHERE id_hash = $5 AND replaced_at IS NULL AND idle_expires_at > now() AND absolute_expires_at > now()
     RETURNING created_at, absolute_expires_at
-), deadline AS (
-    SELECT coalesce(max(r.created_at), now()) AS created_at,
-           coalesce(max(r.absolute_expires_at), now() + make_interval(secs => $5)) AS absolute_at,
-           count(r.*) AS replaced
-    FROM replaced AS r WHERE $7
 )
 INSERT INTO {table} (id_hash, user_id, data, created_at, idle_expires_at, absolute_expires_at, client_ip, user_agent)
-SELECT $1, $2, $3, d.created_at, least(now() + make_interval(secs => $4), d.absolute_at), d.absolute_at, $8, $9
-FROM deadline AS d
-WHERE NOT $7 OR d.replaced > 0
+SELECT $1, $2, $3, u.created_at, least(now() + make_interval(secs => $4), u.absolute_expires_at),
+       u.absolute_expires_at, $6, $7
+FROM used AS u
 RETURNING extract(epoch FROM absolute_expires_at)::float8 AS absolute_deadline
+"""
+
+# max_sessions_per_user: after a login, end the user's least recently used live sessions beyond
+# the cap. A statement of its own, after the login's commit: of concurrent logins, the last to
+# trim sees every one committed before it, so once they are all answered the cap holds.
+TRIM_SQL = """
+DELETE FROM {table}
+WHERE id_hash IN (
+    SELECT id_hash FROM {table}
+    WHERE user_id = $1 AND idle_expires_at > now() AND absolute_expires_at > now()
+    ORDER BY last_seen_at DESC, created_at DESC
+    OFFSET $2
+)
+RETURNING id_hash
 """
 
 # Optimistic: only if nobody saved since we loaded. Never an upsert: an ended session stays ended.
@@ -99,7 +132,8 @@ WHERE id_hash = $1 AND idle_expires_at > now() AND absolute_expires_at > now()
 FOR UPDATE
 """
 
-DELETE_SQL = "DELETE FROM {table} WHERE id_hash = $1"
+# Logout. A tombstone stays (its cookie was used by a login, whose cookie the browser now has).
+END_SQL = "DELETE FROM {table} WHERE id_hash = $1 AND replaced_at IS NULL RETURNING 1"
 
 
 class _Statements:
@@ -108,10 +142,12 @@ class _Statements:
     def __init__(self, names: TableNames) -> None:
         table = names.qualified
         self.load = LOAD_SQL.format(table=table)
-        self.insert = INSERT_SQL.format(table=table)
+        self.create = CREATE_SQL.format(table=table)
+        self.renew = RENEW_SQL.format(table=table)
+        self.trim = TRIM_SQL.format(table=table)
         self.update = UPDATE_SQL.format(table=table)
         self.lock = LOCK_SQL.format(table=table)
-        self.delete = DELETE_SQL.format(table=table)
+        self.end = END_SQL.format(table=table)
         self.list = LIST_SQL.format(table=table)
         self.end_one = END_ONE_SQL.format(table=table)
         self.end_others = END_OTHERS_SQL.format(table=table)
@@ -145,6 +181,9 @@ class PostgresStorage(AbstractStorage):
     user_id_key: the session key whose integer value is mirrored into the user_id column, so a
         user's sessions can be listed and ended (list_sessions, end_all_sessions, ...).
     table, schema: where the sessions live (defaults "sessions" in "public"): plain identifiers.
+    max_sessions_per_user: at most this many live sessions per user_id; a login beyond it ends
+        that user's least recently used sessions (as Spring Security's maximumSessions). None:
+        no cap.
     cache: a SessionCache to serve repeated reads from memory; run its listener with
         `app.cleanup_ctx.append(storage.cache_listener(connect))`. None: every read asks the
         database.
@@ -164,12 +203,15 @@ class PostgresStorage(AbstractStorage):
         user_id_key: str = "user_id",
         table: str = "sessions",
         schema: str = "public",
+        max_sessions_per_user: int | None = None,
         cache: SessionCache | None = None,
     ) -> None:
         if not 0 <= touch_interval < idle_timeout <= absolute_timeout:
             raise ValueError("need 0 <= touch_interval < idle_timeout <= absolute_timeout")
         if database_timeout <= 0:
             raise ValueError("database_timeout must be positive")
+        if max_sessions_per_user is not None and max_sessions_per_user < 1:
+            raise ValueError("max_sessions_per_user must be at least 1 (or None)")
         super().__init__(cookie_name=cookie_name, max_age=absolute_timeout, httponly=True, samesite="Lax")
         self._pool = pool
         self._signer = TokenSigner(tuple(authentication_keys))
@@ -181,6 +223,7 @@ class PostgresStorage(AbstractStorage):
         self._user_id_key = user_id_key
         self._names = TableNames(table, schema)
         self._sql = _Statements(self._names)
+        self._max_per_user = max_sessions_per_user
         self._cache = cache
 
     # -- cookie ----------------------------------------------------------------------------
@@ -190,19 +233,34 @@ class PostgresStorage(AbstractStorage):
         return f"__Host-{self.cookie_name}" if request.secure else self.cookie_name
 
     def load_cookie(self, request: web.Request) -> str | None:
-        # Only our cookie, found in the raw header: request.cookies builds a Morsel for every
-        # cookie the browser sends, which was a measurable share of a cache hit.
-        return _find_cookie(request.headers.get(hdrs.COOKIE), self._cookie_name_for(request))
+        """The first value of the request's session cookie (aiohttp-session's API); the storage
+        itself considers every cookie of that name (`_candidates`)."""
+        values = cookie_values(request.headers.get(hdrs.COOKIE), self._cookie_name_for(request))
+        return values[0] if values else None
 
-    def _verified(self, request: web.Request) -> VerifiedToken | None:
-        """The request's cookie, if present and validly signed (no database access)."""
-        cookie = self.load_cookie(request)
-        if cookie is None:
-            return None
-        verified = self._signer.verify(cookie)
-        if verified is None:
-            events.emit("session.bad_signature")
-        return verified
+    def _candidates(self, request: web.Request) -> list[tuple[str, VerifiedToken]]:
+        """Every cookie of our name whose signature verifies, in the order sent (at most
+        MAX_CANDIDATES). A cookie that does not verify (another app's, a tampered one) is passed
+        over: it neither ends the session nor is ever expired by us."""
+        found = []
+        for value in cookie_values(request.headers.get(hdrs.COOKIE), self._cookie_name_for(request)):
+            verified = self._signer.verify(value)
+            if verified is None:
+                events.emit("session.bad_signature")
+                continue
+            found.append((value, verified))
+            if len(found) == MAX_CANDIDATES:
+                break
+        return found
+
+    def _request_session(self, request: web.Request) -> bytes | None:
+        """The ID hash of the session the request came with: the one loaded, else the first
+        validly signed cookie (live or not)."""
+        loaded = request.get(_LOADED)
+        if loaded is not None:
+            return loaded
+        candidates = self._candidates(request)
+        return candidates[0][1].id_hash if candidates else None
 
     def _set_cookie(self, request: web.Request, response: web.StreamResponse, value: str, max_age: int) -> None:
         response.set_cookie(
@@ -216,6 +274,8 @@ class PostgresStorage(AbstractStorage):
         )
 
     def _expire_cookie(self, request: web.Request, response: web.StreamResponse) -> None:
+        # Only for a session this very request ended: a browser may already hold a newer cookie
+        # (a login from another tab) that an expiry sent for an older one would delete.
         # Same attributes as when set: browsers ignore a deletion of a __Host- cookie without them.
         response.del_cookie(
             self._cookie_name_for(request),
@@ -228,12 +288,19 @@ class PostgresStorage(AbstractStorage):
     # -- aiohttp-session API ---------------------------------------------------------------
 
     async def new_session(self) -> PostgresSession:
-        return self._empty()
+        return PostgresSession(user_id_key=self._user_id_key)
 
     async def load_session(self, request: web.Request) -> PostgresSession:
-        verified = self._verified(request)
-        if verified is None:
-            return self._empty(dead_cookie=self.load_cookie(request) is not None)
+        """The live session the request's cookie names, or a new empty one. A cookie that names no
+        live session is left alone (never expired: the browser may have replaced it already)."""
+        for cookie, verified in self._candidates(request):
+            session = await self._load(request, cookie, verified)
+            if session is not None:
+                request[_LOADED] = verified.id_hash
+                return session
+        return await self.new_session()
+
+    async def _load(self, request: web.Request, cookie: str, verified: VerifiedToken) -> PostgresSession | None:
         id_hash = verified.id_hash
         cache = self._cache
         if cache is not None:
@@ -247,19 +314,17 @@ class PostgresStorage(AbstractStorage):
             row = await conn.fetchrow(self._sql.load, id_hash, self._idle, self._touch, *_client(request))
         if row is None:
             events.emit("session.expired_or_unknown", id_hash)
-            return self._empty(dead_cookie=True)
+            return None
         opened = self._cipher.open(row["data"], id_hash)
         if opened is None:
             events.emit("session.undecryptable", id_hash)
-            return self._empty(dead_cookie=True)
+            return None
         plaintext, current_data_key = opened
         session = self._loaded(id_hash, plaintext, row["created"], row["version"], row["absolute_deadline"])
         if not (current_data_key and verified.current_key):
             # Read under an old key: save it again now, re-encrypted and re-signed.
             session.needs_rewrite = True
             if not verified.current_key:
-                cookie = self.load_cookie(request)
-                assert cookie is not None
                 session.resigned_cookie = self._signer.resign(cookie)
         elif cache is not None:
             cache.put(
@@ -275,13 +340,6 @@ class PostgresStorage(AbstractStorage):
                 ),
                 generation=generation,
             )
-        return session
-
-    def _empty(self, *, dead_cookie: bool = False) -> PostgresSession:
-        session = PostgresSession(user_id_key=self._user_id_key)
-        # A cookie that names no live session: expire it, so the browser stops sending it (and
-        # costing a lookup) on every request.
-        session.clear_cookie = dead_cookie
         return session
 
     def _loaded(
@@ -300,9 +358,7 @@ class PostgresStorage(AbstractStorage):
     async def save_session(self, request: web.Request, response: web.StreamResponse, session: Session) -> None:
         if not isinstance(session, PostgresSession):
             raise TypeError("PostgresStorage saves only the sessions it hands out")
-        if session.empty and session.clear_cookie:
-            self._expire_cookie(request, response)  # nothing to delete: the cookie named no live row
-        elif session.empty:
+        if session.empty:
             await self._end(request, response, session)
         elif session.id_hash is None:
             await self._create(request, response, session)
@@ -313,33 +369,42 @@ class PostgresStorage(AbstractStorage):
 
     async def _create(self, request: web.Request, response: web.StreamResponse, session: PostgresSession) -> None:
         renewing = session.renews is not None
-        if renewing:
-            replaced = session.renews
-        else:
-            previous = self._verified(request)
-            replaced = previous.id_hash if previous else None
+        replaced = session.renews if renewing else self._request_session(request)
         cookie, id_hash = self._signer.new()
         mapping = dict(session)
         plaintext = _encode(mapping)
+        user_id = self._user_id(mapping)
+        sealed = self._cipher.seal(plaintext, id_hash)
+        client = _client(request)
         generation = self._cache.generation if self._cache else 0
+        if renewing:
+            sql, args = self._sql.renew, (id_hash, user_id, sealed, self._idle, replaced, *client)
+        else:
+            sql = self._sql.create
+            args = (id_hash, user_id, sealed, self._idle, self._absolute, replaced, *client, TOMBSTONE_SECONDS)
+        trimmed: list[bytes] = []
         async with self.connection() as conn:
-            absolute_deadline = await conn.fetchval(
-                self._sql.insert,
-                id_hash,
-                self._user_id(mapping),
-                self._cipher.seal(plaintext, id_hash),
-                self._idle,
-                self._absolute,
-                replaced,
-                renewing,
-                *_client(request),
-            )
+            if session.precondition is None:
+                absolute_deadline = await conn.fetchval(sql, *args)
+            else:
+                # The check and the write in one transaction: what the check reads (and locks,
+                # FOR SHARE) cannot change before the session exists.
+                check, otherwise = session.precondition
+                async with conn.transaction():
+                    if not await check(conn):
+                        events.emit("session.not_created", replaced, reason="precondition")
+                        raise otherwise
+                    absolute_deadline = await conn.fetchval(sql, *args)
+            if absolute_deadline is not None and user_id is not None and self._max_per_user is not None:
+                trimmed = [row["id_hash"] for row in await conn.fetch(self._sql.trim, user_id, self._max_per_user)]
         if replaced is not None and self._cache is not None:
             self._cache.evict(replaced)
+        self._ended(trimmed, "session.ended", reason="max_sessions_per_user")
         if absolute_deadline is None:
-            # Renewing a session that ended meanwhile: it stays ended.
-            events.emit("session.ended_during_request", replaced)
-            self._expire_cookie(request, response)
+            # The session it would replace was already used by another login or renewal (a
+            # double submit, two tabs), or ended meanwhile: nothing is created, and the cookie is
+            # left as it is (the browser may hold the winner's by now).
+            events.emit("session.not_created", replaced, reason="replaced_or_ended")
             return
         session.id_hash = id_hash
         session.version = 1
@@ -349,7 +414,7 @@ class PostgresStorage(AbstractStorage):
         if renewing:
             events.emit("session.renewed", id_hash, previous=events.fingerprint(replaced))
         else:
-            events.emit("session.created", id_hash, user_id=mapping.get(self._user_id_key, "-"))
+            events.emit("session.created", id_hash, user_id=user_id if user_id is not None else "-")
 
     async def _update(self, request: web.Request, response: web.StreamResponse, session: PostgresSession) -> None:
         id_hash = session.id_hash
@@ -362,11 +427,11 @@ class PostgresStorage(AbstractStorage):
             if version is None:
                 version, plaintext = await self._merge(conn, session)
         if version is None:
-            # Ended while this request ran (logout in another tab): do not bring it back.
+            # Ended while this request ran (logout in another tab): do not bring it back, and
+            # leave the cookie alone (the browser may hold a newer one).
             if self._cache is not None:
                 self._cache.evict(id_hash)
             events.emit("session.ended_during_request", id_hash)
-            self._expire_cookie(request, response)
             return
         session.version = version
         self._remember(id_hash, plaintext, session, generation)
@@ -414,18 +479,17 @@ class PostgresStorage(AbstractStorage):
         )
 
     async def _end(self, request: web.Request, response: web.StreamResponse, session: PostgresSession) -> None:
-        id_hash = session.id_hash
+        """Logout (an invalidated session). Expires the cookie only when this request ended a
+        session, and only that session's: never one whose cookie a login already used."""
+        id_hash = session.id_hash if session.id_hash is not None else self._request_session(request)
         if id_hash is None:
-            # A new, empty session: end whatever the request's cookie named.
-            previous = self._verified(request)
-            id_hash = previous.id_hash if previous else None
-        if id_hash is not None:
-            async with self.connection() as conn:
-                await conn.execute(self._sql.delete, id_hash)
-            if self._cache is not None:
-                self._cache.evict(id_hash)
+            return
+        async with self.connection() as conn:
+            ended = await conn.fetchval(self._sql.end, id_hash)
+        if self._cache is not None:
+            self._cache.evict(id_hash)
+        if ended:
             events.emit("session.ended", id_hash)
-        if self.load_cookie(request) is not None:
             self._expire_cookie(request, response)
 
     # -- a user's sessions ------------------------------------------------------------------
@@ -473,12 +537,12 @@ class PostgresStorage(AbstractStorage):
         self._ended(ended, "session.revoked")
         return len(ended)
 
-    def _ended(self, id_hashes: Iterable[bytes], event: str) -> None:
+    def _ended(self, id_hashes: Iterable[bytes], event: str, **fields: object) -> None:
         # This process's cache drops them at once; the others when the notification arrives.
         for id_hash in id_hashes:
             if self._cache is not None:
                 self._cache.evict(id_hash)
-            events.emit(event, id_hash)
+            events.emit(event, id_hash, **fields)
 
     # -- database access and background work ---------------------------------------------
 
@@ -573,17 +637,8 @@ def _encode(mapping: dict[str, Any]) -> bytes:
     return orjson.dumps(mapping)
 
 
-def _find_cookie(header: str | None, name: str) -> str | None:
-    """The value of the first cookie called `name` in a Cookie header (browsers send the most
-    specific path first). Quotes are kept: a quoted value is no token of ours and fails verify."""
-    if not header or name not in header:
-        return None
-    for part in header.split(";"):
-        key, sep, value = part.partition("=")
-        if sep and key.strip() == name:
-            return value.strip()
-    return None
-
-
 def _client(request: web.BaseRequest) -> tuple[str, str]:
-    return (request.remote or "")[:_MAX_IP_CHARS], request.headers.get("User-Agent", "")[:_MAX_USER_AGENT_CHARS]
+    return (
+        valid_text(request.remote or "", MAX_IP_CHARS),
+        valid_text(request.headers.get(hdrs.USER_AGENT, ""), MAX_USER_AGENT_CHARS),
+    )

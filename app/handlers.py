@@ -97,9 +97,11 @@ async def revoke(request: web.Request) -> web.Response:
     except FormError as exc:
         return pages.error(400, "Bad request", str(exc))
     handle = form["handle"]
-    # Scoped to this user: another user's handle, or a made-up one, matches nothing.
-    if await request.app[STORAGE].end_session(session["user_id"], handle) and handle == session.handle:
-        session.invalidate()  # revoked this very session: expire its cookie too
+    if handle == session.handle:
+        session.invalidate()  # this very session: a logout (the row goes, the cookie expires)
+    else:
+        # Scoped to this user: another user's handle, or a made-up one, matches nothing.
+        await request.app[STORAGE].end_session(session["user_id"], handle)
     raise web.HTTPSeeOther("/sessions")
 
 

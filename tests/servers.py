@@ -329,7 +329,10 @@ def is_greeting(status: int, text: str, username: str) -> bool:
 
 
 async def row_exists(conn: asyncpg.Connection, cookie: str) -> bool:
-    return bool(await conn.fetchval("SELECT count(*) FROM sessions WHERE id_hash = $1", id_hash(cookie)))
+    """A session row (a tombstone, left by a login that used the cookie up, does not count)."""
+    return bool(
+        await conn.fetchval("SELECT count(*) FROM sessions WHERE id_hash = $1 AND replaced_at IS NULL", id_hash(cookie))
+    )
 
 
 async def connections(conn: asyncpg.Connection, database: str) -> int:

@@ -25,6 +25,7 @@ EXPECTED_COLUMNS = {
     "absolute_expires_at": "timestamp with time zone",
     "client_ip": "text",
     "user_agent": "text",
+    "replaced_at": "timestamp with time zone",
 }
 
 
