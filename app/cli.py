@@ -18,7 +18,8 @@ from aiohttp_session_postgres import DatabaseUnavailable, PostgresStorage
 from . import embedded, logs, schema, throttle, users, workers
 from .config import ConfigError, Settings, load_settings
 from .passwords import MAX_PASSWORD_BYTES, hash_once
-from .server import StartupError, build_storage, open_pool, serve
+from .runner import serve
+from .server import StartupError, build_storage, open_pool
 
 log = logging.getLogger("app")
 

@@ -70,7 +70,9 @@ class Settings:
     # Worker processes on one port (Heroku's buildpack sets WEB_CONCURRENCY per dyno size). Above 1,
     # `serve` runs gunicorn with that many workers, each with its own pool (workers.py).
     web_concurrency: int = 1
-    # Failed logins counted per window before 429 (see throttle.py for the three counts).
+    # Live sessions one user may hold; a login beyond it ends their least recently used one.
+    max_sessions_per_user: int = 10
+    # Failed logins counted per window before 429 (see throttle.py for the four counts).
     login_limits: Limits = field(default_factory=Limits)
     # Embedded mode keeps its PostgreSQL data and generated keys here (git-ignored).
     embedded_dir: Path = DEFAULT_EMBEDDED_DIR
@@ -158,7 +160,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             per_username_ip=_int(env, "LOGIN_MAX_FAILURES_PER_USERNAME_IP", 5, minimum=1),
             per_ip=_int(env, "LOGIN_MAX_FAILURES_PER_IP", 20, minimum=1),
             per_username=_int(env, "LOGIN_MAX_FAILURES_PER_USERNAME", 100, minimum=1),
+            per_device=_int(env, "LOGIN_MAX_FAILURES_PER_DEVICE", 5, minimum=1),
         ),
+        max_sessions_per_user=_int(env, "SESSION_MAX_PER_USER", 10, minimum=1, maximum=10_000),
         embedded_dir=Path(env.get("EMBEDDED_DATA_DIR") or DEFAULT_EMBEDDED_DIR).resolve(),
     )
 

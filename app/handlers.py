@@ -9,7 +9,7 @@ from aiohttp_session import get_session, new_session
 from aiohttp_session_postgres import PostgresSession
 
 from . import pages, throttle, users
-from .appkeys import HASHER, SETTINGS, STORAGE
+from .appkeys import DEVICES, HASHER, SETTINGS, STORAGE
 from .forms import FormError, read_form
 from .passwords import MAX_PASSWORD_BYTES
 
@@ -43,30 +43,36 @@ async def login(request: web.Request) -> web.Response:
         return pages.error(400, "Bad request", str(exc))
     username, password = form["username"], form["password"]
     settings = request.app[SETTINGS]
-    ip = request.remote or ""
+    storage = request.app[STORAGE]
     # Input that cannot belong to any user is still hashed (against a dummy), so a wrong guess
     # costs the same whatever made it wrong, and whether or not the user exists.
     plausible = users.username_problem(username) is None and len(password.encode()) <= MAX_PASSWORD_BYTES
-    storage = request.app[STORAGE]
+    device = request.app[DEVICES].read(request)
     async with storage.connection() as conn:
-        refusal = await throttle.check(conn, username, ip, settings.login_limits)
-        user = await users.find(conn, username) if plausible and refusal is None else None
-    if refusal is not None:
-        log.info("event=login.throttled limit=%s ip=%r", refusal.limit, ip)
-        return pages.too_many_attempts(refusal.retry_after)
+        user = await users.find(conn, username) if plausible else None
+        # A browser that signed in as this very user before is exempt from the username's lock.
+        trusted = device is not None and user is not None and device.user_id == user.id
+        attempt = await throttle.begin(
+            conn, username, request.remote or "", device.device_id if trusted else None, settings.login_limits
+        )
+    if isinstance(attempt, throttle.Refusal):
+        log.info("event=login.throttled limit=%s ip=%s", attempt.limit, throttle.address_key(request.remote or ""))
+        return pages.too_many_attempts(attempt.retry_after)
     ok = await request.app[HASHER].verify(password if plausible else "", user.password_hash if user else None)
-    async with storage.connection() as conn:
-        if ok and user:
-            await throttle.clear(conn, username, ip)
-        else:
-            await throttle.record_failure(conn, username, ip, settings.login_limits)
     if not (ok and user):
-        raise web.HTTPSeeOther(LOGIN_FAILED)
-    # A fresh session: new ID, and the row of the one the browser came with is deleted.
+        raise web.HTTPSeeOther(LOGIN_FAILED)  # the attempt stays recorded as a failure
+    async with storage.connection() as conn:
+        await throttle.succeeded(conn, attempt)
+    # A fresh session: new ID; the session the browser came with is used up. It is created only
+    # if the password just verified is still the user's (not reset or deleted meanwhile).
     session = await new_session(request)
+    assert isinstance(session, PostgresSession)
     session["user_id"] = user.id
     session["username"] = user.username
-    raise web.HTTPSeeOther("/")
+    session.require(users.credentials_unchanged(user), otherwise=web.HTTPSeeOther(LOGIN_FAILED))
+    response = web.HTTPSeeOther("/")
+    request.app[DEVICES].issue(request, response, user.id)
+    raise response
 
 
 @routes.get("/logout")

@@ -1,10 +1,15 @@
-"""The app's logging: one format for every logger, with the request ID on every line logged while
-a request is handled.
+"""The app's logging: one format for every logger, one line per record, with the request ID on
+every line logged while a request is handled.
 
     INFO aiohttp_session_postgres: event=session.created fp=1a2b3c4d user_id=7 request_id=6f1c...
 
 The request ID is Heroku's `X-Request-ID` when it is a plausible one, else one made up, and only
 when a line is actually logged (most requests log nothing).
+
+Whatever a request sent can reach a message (a path, which aiohttp percent-decodes, so `%0d%0a`
+is a real line break there; a header; a username): every character that is not printable is
+written as an escape (`\r`, `\x1b`, `\u202e`), so no message can start a line of its own or move
+a terminal's cursor. A traceback keeps its lines, each indented, and escaped likewise.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import contextvars
 import logging
 import re
 import uuid
-from typing import TextIO
+from typing import Any, TextIO
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -56,11 +61,29 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+def escape(text: str) -> str:
+    """`text` with every character that is not printable escaped (Python's escapes)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+class _Formatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return "\n".join("    " + escape(line) for line in super().formatException(ei).splitlines())
+
+    def formatStack(self, stack_info: str) -> str:
+        return "\n".join("    " + escape(line) for line in stack_info.splitlines())
+
+
 def handler(stream: TextIO | None = None) -> logging.Handler:
     """A handler writing the app's format to `stream` (default stderr)."""
     out = logging.StreamHandler(stream)
     out.addFilter(_RequestIdFilter())
-    out.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s%(request)s"))
+    out.setFormatter(_Formatter("%(levelname)s %(name)s: %(message)s%(request)s"))
     return out
 
 

@@ -1,8 +1,10 @@
-"""Request middlewares, outermost first: proxy headers, security headers, error pages, and the
-cross-origin check. The session middleware comes after all of them."""
+"""Request middlewares, outermost first: proxy headers, error pages, and the cross-origin check.
+The session middleware comes after all of them. (Security headers are added to every response
+by headers.py, as it is prepared.)"""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from urllib.parse import urlsplit
 
@@ -14,17 +16,16 @@ from . import pages
 
 log = logging.getLogger(__name__)
 
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
+# Whether the client's request came over HTTPS, as the trusted proxy says.
+HTTPS = web.RequestKey("https", bool)
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def proxy(trust: bool) -> Middleware:
     """With `trust`, take the client address and scheme from the last X-Forwarded-For /
     X-Forwarded-Proto entries (the ones Heroku's router appended; earlier ones come from the
-    client) and redirect plain HTTP to HTTPS. Without it, use the connection's own."""
+    client) and redirect plain HTTP to HTTPS. A last entry that is not an IP address is ignored
+    (the connection's own address stands). Without `trust`, use the connection's own."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -34,14 +35,19 @@ def proxy(trust: bool) -> Middleware:
         proto = _last(request, "X-Forwarded-Proto").lower()
         if proto in ("http", "https"):
             changes["scheme"] = proto
-        forwarded_for = _last(request, "X-Forwarded-For")
-        if forwarded_for:
+        forwarded_for = _address(_last(request, "X-Forwarded-For"))
+        if forwarded_for is not None:
             changes["remote"] = forwarded_for
+        # Noted on the request itself too: the response is prepared with it, not with the clone.
+        request[HTTPS] = changes.get("scheme", request.scheme) == "https"
         if changes:
             # Cloned before the session middleware runs, so it sees (and saves on) this request.
             request = request.clone(**changes)
         if request.scheme != "https":
-            raise web.HTTPPermanentRedirect(request.url.with_scheme("https").with_port(None))
+            # Built from the request's Host: no shared cache may keep it for another.
+            raise web.HTTPPermanentRedirect(
+                request.url.with_scheme("https").with_port(None), headers={"Cache-Control": "no-store"}
+            )
         return await handler(request)
 
     return middleware
@@ -52,25 +58,12 @@ def _last(request: web.Request, header: str) -> str:
     return values.rsplit(",", 1)[-1].strip()
 
 
-@web.middleware
-async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _address(text: str) -> str | None:
+    """`text` as a canonical IP address, or None when it is not one."""
     try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        _secure(request, exc)
-        raise
-    _secure(request, response)
-    return response
-
-
-def _secure(request: web.Request, response: web.StreamResponse) -> None:
-    headers = response.headers
-    headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("Referrer-Policy", "same-origin")
-    headers.setdefault("X-Frame-Options", "DENY")
-    if request.secure:
-        headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 @web.middleware

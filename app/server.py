@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import warnings
 from functools import partial
@@ -13,10 +12,11 @@ from aiohttp import web
 from aiohttp.web_exceptions import NotAppKeyWarning
 from aiohttp_session_postgres import UNAVAILABLE_ERRORS, PostgresStorage, SessionCache
 
-from . import db, handlers, logs, schema
-from .appkeys import HASHER, POOL, SETTINGS, STORAGE
+from . import db, handlers, headers, logs, schema
+from .appkeys import DEVICES, HASHER, POOL, SETTINGS, STORAGE
 from .config import Settings
-from .middlewares import cross_origin, error_pages, proxy, security_headers
+from .devices import DeviceCookies
+from .middlewares import cross_origin, error_pages, proxy
 from .passwords import PasswordHasher
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ def build_storage(settings: Settings, pool: asyncpg.Pool) -> PostgresStorage:
         touch_interval=settings.touch_interval,
         cookie_name=settings.cookie_name,
         database_timeout=settings.database_timeout,
+        max_sessions_per_user=settings.max_sessions_per_user,
         cache=cache,
     )
 
@@ -96,12 +97,14 @@ async def create_app(settings: Settings) -> web.Application:
     pool = await open_pool(settings)
     storage = build_storage(settings, pool)
     app = web.Application(
-        middlewares=[proxy(settings.trust_proxy), logs.request_id, security_headers, error_pages, cross_origin],
+        middlewares=[proxy(settings.trust_proxy), logs.request_id, error_pages, cross_origin],
     )
+    app.on_response_prepare.append(headers.on_response_prepare)
     app[SETTINGS] = settings
     app[POOL] = pool
     app[HASHER] = PasswordHasher(settings.password_cost)
     app[STORAGE] = storage
+    app[DEVICES] = DeviceCookies(settings.authentication_keys)
     aiohttp_session.setup(app, storage)  # innermost middleware: after the proxy clone
     app.router.add_routes(handlers.routes)
     app.router.add_static("/public", PUBLIC_DIR)
@@ -128,24 +131,3 @@ async def _close(app: web.Application) -> None:
     app[HASHER].close()
     await app[POOL].close()
     log.info("stopped: database pool closed")
-
-
-def serve(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM. Startup problems surface as StartupError."""
-    try:
-        import uvloop
-
-        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    except ImportError:
-        loop = asyncio.new_event_loop()
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop=loop,
-        # Heroku sends SIGTERM and kills 30 s later: finish in-flight requests before that.
-        shutdown_timeout=25,
-        # Heroku's router keeps idle connections 90 s; close ours later than it does.
-        keepalive_timeout=95,
-        print=lambda text: log.info("%s", text.strip()),
-    )

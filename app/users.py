@@ -7,6 +7,7 @@ as they were first written.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -22,6 +23,9 @@ INSERT INTO users (username, password_hash) VALUES ($1, $2)
 ON CONFLICT ((lower(username))) DO UPDATE SET password_hash = EXCLUDED.password_hash
 RETURNING id, (xmax = 0) AS inserted
 """
+
+# Locks the row against a concurrent reset or delete until the transaction ends (FOR SHARE).
+UNCHANGED_SQL = "SELECT true FROM users WHERE id = $1 AND password_hash = $2 FOR SHARE"
 
 # Sessions go with the user (ON DELETE CASCADE).
 DELETE_SQL = "DELETE FROM users WHERE lower(username) = lower($1)"
@@ -46,6 +50,18 @@ def username_problem(username: str) -> str | None:
 async def find(conn: asyncpg.Connection, username: str) -> User | None:
     row = await conn.fetchrow(FIND_SQL, username)
     return User(row["id"], row["username"], row["password_hash"]) if row else None
+
+
+def credentials_unchanged(user: User) -> Callable[[asyncpg.Connection], Awaitable[bool]]:
+    """A check for PostgresSession.require: the user still exists with the password hash the
+    login verified. Run in the transaction that creates the session, it locks the user's row, so
+    a password reset or a deletion either commits before (and the check fails) or waits for the
+    session to exist (and then ends it)."""
+
+    async def check(conn: asyncpg.Connection) -> bool:
+        return bool(await conn.fetchval(UNCHANGED_SQL, user.id, user.password_hash))
+
+    return check
 
 
 async def set_password(storage: PostgresStorage, username: str, password_hash: str) -> bool:

@@ -23,13 +23,12 @@ from aiohttp import web
 
 from . import logs
 from .config import ConfigError, Settings, load_settings
+from .runner import KEEPALIVE_TIMEOUT, SHUTDOWN_TIMEOUT, runner
 from .schema import ROOT
 from .server import StartupError, create_app, open_pool
 
-# Heroku sends SIGTERM and kills 30 s later.
-GRACEFUL_TIMEOUT = 25
-# Heroku's router keeps idle connections 90 s: close ours later than it does.
-KEEPALIVE_TIMEOUT = 95
+# gunicorn's own wait for its workers after SIGTERM (theirs is SHUTDOWN_TIMEOUT, within it).
+GRACEFUL_TIMEOUT = SHUTDOWN_TIMEOUT + 2
 # gunicorn's exit status for "a worker failed to boot": its master stops instead of respawning.
 WORKER_BOOT_ERROR = 3
 
@@ -56,8 +55,6 @@ def gunicorn_argv(settings: Settings) -> list[str]:
         str(ROOT),
         "--log-level",
         settings.log_level.lower(),
-        "--access-logfile",
-        "-",
         # gunicorn's runtime control socket: not used, and one fixed path for every instance.
         "--no-control-socket",
     ]
@@ -79,12 +76,14 @@ async def _check_database(settings: Settings) -> None:
     await pool.close()
 
 
-async def create() -> web.Application:
-    """gunicorn's app factory, called in each worker process after the fork."""
+async def create() -> web.AppRunner:
+    """gunicorn's app factory, called in each worker process after the fork. A runner (not the
+    app): aiohttp's worker then serves it as it is, so protocol-level errors are answered as in one
+    process (runner.py), and the timeouts are the same."""
     try:
         settings = load_settings()
         logs.configure(settings.log_level)
-        return await create_app(settings)
+        return runner(await create_app(settings), access_log=True)
     except (ConfigError, StartupError) as exc:
         # Checked before gunicorn started, so only a change since then (the database went away)
         # lands here: one line, and gunicorn stops rather than respawning workers forever.

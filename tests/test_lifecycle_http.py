@@ -128,11 +128,14 @@ async def live_handles(pg: asyncpg.Connection, username: str) -> set[str]:
 
 
 def set_cookies(response: ClientResponse) -> list[tuple[str, str, dict[str, str]]]:
-    """Each Set-Cookie header as (name, value, {lowercased attribute: value})."""
+    """Each Set-Cookie header of the session cookie as (name, value, {lowercased attribute: value});
+    the device cookie a login also sets (test_throttle.py's) is left out."""
     parsed = []
     for header in response.headers.getall("Set-Cookie", []):
         first, *attributes = (part.strip() for part in header.split(";"))
         name, _, value = first.partition("=")
+        if name in ("device", "__Host-device"):
+            continue
         attrs = {}
         for attribute in attributes:
             key, _, val = attribute.partition("=")

@@ -23,7 +23,7 @@ from conftest import AUTH_KEY, add_user, login, make_settings, session_cookie
 from yarl import URL
 
 from app.config import Settings
-from app.middlewares import CONTENT_SECURITY_POLICY
+from app.headers import CONTENT_SECURITY_POLICY
 
 MakeClient = Callable[..., Awaitable[TestClient]]
 
@@ -59,8 +59,9 @@ def is_anonymous(response: ClientResponse) -> bool:
 
 
 def the_set_cookie(response: ClientResponse) -> tuple[str, str, dict[str, str]]:
-    """(name, value, attributes with lower-cased names) of the response's one Set-Cookie."""
-    headers = response.headers.getall("Set-Cookie", [])
+    """(name, value, attributes with lower-cased names) of the response's one Set-Cookie of the
+    session (a login's device cookie, test_throttle.py's, is left out)."""
+    headers = [h for h in response.headers.getall("Set-Cookie", []) if not h.startswith(("device=", "__Host-device="))]
     assert len(headers) == 1, headers
     first, *rest = (part.strip() for part in headers[0].split(";"))
     name, _, value = first.partition("=")
