@@ -20,6 +20,7 @@ from .config import ConfigError, Settings, load_settings
 from .passwords import MAX_PASSWORD_BYTES, hash_once
 from .runner import serve
 from .server import StartupError, build_storage, open_pool
+from .text import escape, plural
 
 log = logging.getLogger("app")
 
@@ -58,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     add = user.add_parser("add", help="create a user or reset their password (password on stdin or prompt)")
     add.add_argument("name")
     add.set_defaults(run=_user_add)
+    first = user.add_parser(
+        "add-first",
+        help="create FIRST_USER_NAME with FIRST_USER_PASSWORD unless that user exists (app.json postdeploy)",
+    )
+    first.set_defaults(run=_user_add_first)
     delete = user.add_parser("delete", help="delete a user and end their sessions")
     delete.add_argument("name")
     delete.set_defaults(run=_user_delete)
@@ -153,8 +159,33 @@ def _user_add(settings: Settings, args: argparse.Namespace) -> int:
 
     async def work(storage: PostgresStorage) -> int:
         password_hash = await hash_once(password, settings.password_cost)
-        created = await users.set_password(storage, name, password_hash)
-        print(f"created user {name}" if created else f"reset the password of {name}")
+        created, stored = await users.set_password(storage, name, password_hash)
+        print(f"created user {stored}" if created else f"reset the password of {stored} and ended their sessions")
+        return 0
+
+    return _with_storage(settings, work)
+
+
+def _user_add_first(settings: Settings, args: argparse.Namespace) -> int:
+    """The Deploy button's first user: created once, never reset (running it again changes
+    nothing, so a password changed since is kept)."""
+    name, password = settings.first_user_name, settings.first_user_password
+    problem = users.username_problem(name)
+    if problem:
+        raise CommandError(f"invalid FIRST_USER_NAME: {problem}")
+    if password is None:
+        raise CommandError("FIRST_USER_PASSWORD is not set: set it to the first user's password")
+    if len(password.encode()) > MAX_PASSWORD_BYTES:
+        raise CommandError(f"FIRST_USER_PASSWORD is longer than {MAX_PASSWORD_BYTES} bytes")
+
+    async def work(storage: PostgresStorage) -> int:
+        async with storage.connection() as conn:
+            existing = await users.find(conn, name)
+        if existing is not None:
+            print(f"user {existing.username} exists: left as it is")
+            return 0
+        await users.set_password(storage, name, await hash_once(password, settings.password_cost))
+        print(f"created user {name}")
         return 0
 
     return _with_storage(settings, work)
@@ -184,11 +215,16 @@ async def _user_id(storage: PostgresStorage, name: str) -> int:
 def _sessions_list(settings: Settings, args: argparse.Namespace) -> int:
     async def work(storage: PostgresStorage) -> int:
         live = await storage.list_sessions(await _user_id(storage, args.name), limit=10_000)
+        if not live:
+            print(f"{args.name} has no live sessions", file=sys.stderr)
         for info in live:
             created = info.created_at.isoformat(timespec="seconds")
             seen = info.last_seen_at.isoformat(timespec="seconds")
-            ua = info.user_agent.replace("\t", " ") or "-"
-            print(f"{info.handle}\t{created}\t{seen}\t{info.client_ip or '-'}\t{ua}")
+            # Escaped: a User-Agent could hold tabs (shifting the columns), terminal escapes,
+            # or bidirectional overrides.
+            print(
+                f"{info.handle}\t{created}\t{seen}\t{escape(info.client_ip) or '-'}\t{escape(info.user_agent) or '-'}"
+            )
         return 0
 
     return _with_storage(settings, work)
@@ -199,7 +235,7 @@ def _sessions_revoke(settings: Settings, args: argparse.Namespace) -> int:
         user_id = await _user_id(storage, args.name)
         if args.all:
             ended = await storage.end_all_sessions(user_id)
-            print(f"ended {ended} sessions of {args.name}")
+            print(f"ended {plural(ended, 'session')} of {args.name}")
             return 0
         if not await storage.end_session(user_id, args.handle):
             raise CommandError(f"{args.name} has no live session with handle {args.handle!r}")

@@ -76,6 +76,10 @@ class Settings:
     login_limits: Limits = field(default_factory=Limits)
     # Embedded mode keeps its PostgreSQL data and generated keys here (git-ignored).
     embedded_dir: Path = DEFAULT_EMBEDDED_DIR
+    # The user `python -m app user add-first` creates (the Deploy button's postdeploy script); the
+    # password comes from app.json's generated FIRST_USER_PASSWORD. Read by that command only.
+    first_user_name: str = "admin"
+    first_user_password: str | None = field(default=None, repr=False)
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -164,6 +168,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         max_sessions_per_user=_int(env, "SESSION_MAX_PER_USER", 10, minimum=1, maximum=10_000),
         embedded_dir=Path(env.get("EMBEDDED_DATA_DIR") or DEFAULT_EMBEDDED_DIR).resolve(),
+        first_user_name=env.get("FIRST_USER_NAME") or "admin",
+        first_user_password=env.get("FIRST_USER_PASSWORD") or None,
     )
 
 

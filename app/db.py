@@ -25,6 +25,16 @@ def connect_kwargs(url: str, *, on_heroku: bool) -> dict[str, Any]:
     return kwargs
 
 
+def reason(exc: BaseException) -> str:
+    """Why a connection failed, in a few words for an `error:` line: a PostgreSQL error's primary
+    message (str() would add its DETAIL and HINT lines), never a password (asyncpg's messages do
+    not carry it; the URL is never quoted)."""
+    if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):
+        return "the server does not offer TLS, which a dyno requires"
+    text = getattr(exc, "message", None) or str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
 def describe(url: str) -> str:
     """host:port/database of a URL, for messages: never the password."""
     parts = urlsplit(url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from aiohttp import web
 from aiohttp_session import get_session, new_session
@@ -12,11 +13,16 @@ from . import pages, throttle, users
 from .appkeys import DEVICES, HASHER, SETTINGS, STORAGE
 from .forms import FormError, read_form
 from .passwords import MAX_PASSWORD_BYTES
+from .text import plural
 
 log = logging.getLogger(__name__)
 
 LOGIN_PAGE = "/public/login.html"
 LOGIN_FAILED = "/public/login.html?error=1"
+SIGNED_OUT = "/public/login.html?signed-out=1"
+# A message for the next page this session shows (the sessions page), then gone.
+NOTICE = "notice"
+_HANDLE_RE = re.compile(r"[0-9a-f]{16}")
 
 routes = web.RouteTableDef()
 
@@ -85,14 +91,21 @@ async def logout_page(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     session = await get_session(request)
     session.invalidate()
-    raise web.HTTPSeeOther("/")
+    raise web.HTTPSeeOther(SIGNED_OUT)
 
 
 @routes.get("/sessions")
 async def sessions_page(request: web.Request) -> web.Response:
     session = await _signed_in(request)
     live = await request.app[STORAGE].list_sessions(session["user_id"])
-    return pages.html(pages.sessions(session["username"], live, current=session.handle), private=True)
+    notice = session.pop(NOTICE, None)
+    page = pages.sessions(session["username"], live, current=session.handle, notice=notice)
+    return pages.html(page, private=True)
+
+
+def valid_handle(handle: str) -> bool:
+    """A session handle's shape (SessionInfo.handle: 16 lower-case hex digits)."""
+    return bool(_HANDLE_RE.fullmatch(handle))
 
 
 @routes.post("/sessions/revoke")
@@ -105,14 +118,20 @@ async def revoke(request: web.Request) -> web.Response:
     handle = form["handle"]
     if handle == session.handle:
         session.invalidate()  # this very session: a logout (the row goes, the cookie expires)
-    else:
-        # Scoped to this user: another user's handle, or a made-up one, matches nothing.
-        await request.app[STORAGE].end_session(session["user_id"], handle)
+        raise web.HTTPSeeOther(SIGNED_OUT)
+    if not valid_handle(handle):
+        return pages.error(400, "Bad request", "That is not a session's handle.")
+    # Scoped to this user: another user's handle, or a made-up one, matches nothing (and nothing
+    # is said: the page lists what is live).
+    if await request.app[STORAGE].end_session(session["user_id"], handle):
+        session[NOTICE] = "Signed out 1 session."
     raise web.HTTPSeeOther("/sessions")
 
 
 @routes.post("/sessions/revoke-others")
 async def revoke_others(request: web.Request) -> web.Response:
     session = await _signed_in(request)
-    await request.app[STORAGE].end_other_sessions(session["user_id"], session)
+    ended = await request.app[STORAGE].end_other_sessions(session["user_id"], session)
+    if ended:
+        session[NOTICE] = f"Signed out {plural(ended, 'other session')}."
     raise web.HTTPSeeOther("/sessions")

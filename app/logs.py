@@ -23,6 +23,8 @@ from typing import Any, TextIO
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .text import escape
+
 # Heroku's router sends a UUID; accept any short token-like value, else make our own.
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 
@@ -59,13 +61,6 @@ class _RequestIdFilter(logging.Filter):
         current = _CURRENT.get()
         record.request = f" request_id={current}" if current is not None else ""
         return True
-
-
-def escape(text: str) -> str:
-    """`text` with every character that is not printable escaped (Python's escapes)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class _Formatter(logging.Formatter):

@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp_session_postgres import SessionInfo
 
 from . import useragent
+from .text import plural
 
 
 def _layout(title: str, body: str, *, wide: bool = False, private: bool = False) -> str:
@@ -80,21 +81,31 @@ def too_many_attempts(retry_after: int) -> web.Response:
     response = error(
         429,
         "Too many attempts",
-        f"Too many failed logins. Please wait about {minutes} minute{'s' if minutes != 1 else ''} and try again.",
+        f"Too many failed logins. Please wait about {plural(minutes, 'minute')} and try again.",
         link=("/public/login.html", "Back to the login form"),
     )
     response.headers["Retry-After"] = str(retry_after)
     return response
 
 
-def sessions(username: str, live: list[SessionInfo], *, current: str | None, now: datetime | None = None) -> str:
+def sessions(
+    username: str,
+    live: list[SessionInfo],
+    *,
+    current: str | None,
+    notice: str | None = None,
+    now: datetime | None = None,
+) -> str:
     now = now or datetime.now(UTC)
+    # This device first, then the others, most recently active first (as listed).
+    live = sorted(live, key=lambda info: info.handle != current)
     rows = []
     for info in live:
         this = info.handle == current
-        device = escape(useragent.describe(info.user_agent))
+        described = useragent.describe(info.user_agent)
+        device = escape(described.name)
         badge = ' <span class="badge">this device</span>' if this else ""
-        icon = _PHONE_ICON if any(m in info.user_agent for m in _PHONE_MARKERS) else _COMPUTER_ICON
+        icon = _PHONE_ICON if described.handheld else _COMPUTER_ICON
         signed_in = f'<time datetime="{info.created_at.isoformat()}">{escape(_date(info.created_at, now))}</time>'
         rows.append(
             f"""<tr>
@@ -120,8 +131,9 @@ def sessions(username: str, live: list[SessionInfo], *, current: str | None, now
         if others
         else ""
     )
+    message = f'<p class="notice" role="status">{escape(notice)}</p>\n' if notice else ""
     body = f"""<h1>Your sessions</h1>
-<p class="lead">Signed in as {escape(username)}. These are the devices signed in to your account;
+{message}<p class="lead">Signed in as {escape(username)}. These are the devices signed in to your account;
 revoke any you do not recognise.</p>
 <table class="sessions">
 <thead class="visually-hidden"><tr><th>Device</th><th>Action</th></tr></thead>
@@ -135,7 +147,6 @@ revoke any you do not recognise.</p>
     return _layout("Your sessions", body, wide=True, private=True)
 
 
-_PHONE_MARKERS = ("Android", "iPhone", "iPad", "Mobile")
 _SVG = (
     'viewBox="0 0 24 24" fill="none" stroke="currentColor" stroke-width="1.8"'
     ' stroke-linecap="round" stroke-linejoin="round"'
@@ -149,7 +160,7 @@ def ago(then: datetime, now: datetime) -> str:
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= size:
             n = seconds // size
-            return f"{n} {unit}{'s' if n != 1 else ''} ago"
+            return f"{plural(n, unit)} ago"
     return "just now"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import warnings
 from functools import partial
@@ -12,7 +13,7 @@ from aiohttp import web
 from aiohttp.web_exceptions import NotAppKeyWarning
 from aiohttp_session_postgres import UNAVAILABLE_ERRORS, PostgresStorage, SessionCache
 
-from . import db, handlers, headers, logs, schema
+from . import db, handlers, headers, logs, schema, useragent
 from .appkeys import DEVICES, HASHER, POOL, SETTINGS, STORAGE
 from .config import Settings
 from .devices import DeviceCookies
@@ -44,8 +45,9 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
             pgbouncer=settings.pgbouncer,
         )
     except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError, ValueError) as exc:
-        reason = _one_line(exc)
-        raise StartupError(f"cannot connect to the database at {where} ({reason}): check DATABASE_URL") from None
+        raise StartupError(
+            f"cannot connect to the database at {where} ({db.reason(exc)}): check DATABASE_URL"
+        ) from None
     try:
         async with pool.acquire() as conn:
             await schema.check(conn)
@@ -55,18 +57,12 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
     except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
         # Connected, then failed: the server went away, or (prepared statements) PgBouncer.
         pool.terminate()
-        reason = _one_line(exc)
+        reason = db.reason(exc)
         hint = "check DATABASE_URL"
         if isinstance(exc, _PREPARED_STATEMENT_ERRORS) and not settings.pgbouncer:
             hint = "behind PgBouncer in transaction pooling, set DATABASE_PGBOUNCER=on"
         raise StartupError(f"cannot use the database at {where} ({reason}): {hint}") from None
     return pool
-
-
-def _one_line(exc: BaseException) -> str:
-    # A PostgreSQL error's primary message; str() would add its DETAIL and HINT lines.
-    text = getattr(exc, "message", None) or str(exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 # What asyncpg's named prepared statements run into behind PgBouncer in transaction pooling.
@@ -117,8 +113,13 @@ async def create_app(settings: Settings) -> web.Application:
     )
     if settings.cache:
         app.cleanup_ctx.append(storage.cache_listener(partial(_listener_connection, settings)))
+    app.on_startup.append(_warm_up)
     app.on_cleanup.append(_close)
     return app
+
+
+async def _warm_up(app: web.Application) -> None:
+    await asyncio.to_thread(useragent.warm_up)
 
 
 async def _listener_connection(settings: Settings) -> asyncpg.Connection:

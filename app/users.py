@@ -21,7 +21,7 @@ FIND_SQL = "SELECT id, username, password_hash FROM users WHERE lower(username) 
 UPSERT_SQL = """
 INSERT INTO users (username, password_hash) VALUES ($1, $2)
 ON CONFLICT ((lower(username))) DO UPDATE SET password_hash = EXCLUDED.password_hash
-RETURNING id, (xmax = 0) AS inserted
+RETURNING id, username, (xmax = 0) AS inserted
 """
 
 # Locks the row against a concurrent reset or delete until the transaction ends (FOR SHARE).
@@ -64,14 +64,15 @@ def credentials_unchanged(user: User) -> Callable[[asyncpg.Connection], Awaitabl
     return check
 
 
-async def set_password(storage: PostgresStorage, username: str, password_hash: str) -> bool:
+async def set_password(storage: PostgresStorage, username: str, password_hash: str) -> tuple[bool, str]:
     """Create the user, or reset their password and, in the same transaction, end every session
-    of theirs (whoever knew the old password is out). True when created."""
+    of theirs (whoever knew the old password is out). (True when created, the username as stored:
+    a reset keeps the spelling first written.)"""
     async with storage.connection() as conn, conn.transaction():
         row = await conn.fetchrow(UPSERT_SQL, username, password_hash)
         if not row["inserted"]:
             await storage.end_all_sessions(row["id"], conn=conn)
-    return bool(row["inserted"])
+    return bool(row["inserted"]), row["username"]
 
 
 async def delete(conn: asyncpg.Connection, username: str) -> bool:

@@ -10,12 +10,13 @@ import asyncio
 import os
 
 import asyncpg
+from aiohttp_session_postgres import UNAVAILABLE_ERRORS
 from alembic import context
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from app.db import connect_kwargs
+from app.db import connect_kwargs, describe, reason
 
 # Two release phases (or a release phase and a `heroku run`) must not migrate at once.
 MIGRATION_LOCK_KEY = 0x5E5510_A1E8
@@ -36,8 +37,20 @@ def _connect_kwargs() -> dict:
         return given
     url = os.environ.get("DATABASE_URL")
     if not url:
-        raise SystemExit("DATABASE_URL is not set: point it at the database to migrate")
+        raise SystemExit("error: DATABASE_URL is not set: point it at the database to migrate")
     return connect_kwargs(url, on_heroku=bool(os.environ.get("DYNO")))
+
+
+async def _connect(kwargs: dict) -> asyncpg.Connection:
+    """The one connection the migrations run on; a failure is one `error:` line, never a
+    traceback or the URL's password (the process exits 1)."""
+    try:
+        return await asyncpg.connect(**kwargs, timeout=10)
+    except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError, ValueError) as exc:
+        where = describe(kwargs["dsn"])
+        raise SystemExit(
+            f"error: cannot connect to the database at {where} ({reason(exc)}): check DATABASE_URL"
+        ) from None
 
 
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
@@ -48,12 +61,12 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
 
 
 async def run_migrations_online() -> None:
-    kwargs = _connect_kwargs()
-    engine = create_async_engine(
-        "postgresql+asyncpg://",
-        async_creator=lambda: asyncpg.connect(**kwargs, timeout=10),
-        poolclass=NullPool,
-    )
+    connection = await _connect(_connect_kwargs())
+
+    async def the_connection() -> asyncpg.Connection:
+        return connection
+
+    engine = create_async_engine("postgresql+asyncpg://", async_creator=the_connection, poolclass=NullPool)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

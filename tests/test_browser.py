@@ -211,9 +211,12 @@ async def expect_greeting(page: Page, app: Served, username: str) -> None:
     await expect(page.get_by_role("heading", level=1)).to_have_text(f"Hello {username}")
 
 
-async def expect_login_form(page: Page, app: Served) -> None:
-    await expect(page).to_have_url(app.url(LOGIN_PAGE))
+async def expect_login_form(page: Page, app: Served, *, signed_out: bool = False) -> None:
+    """The login form; `signed_out`: reached by logging out, which it says."""
+    await expect(page).to_have_url(app.url(LOGIN_PAGE + ("?signed-out=1" if signed_out else "")))
     await expect(page.get_by_role("heading", level=1)).to_have_text("Log in")
+    signed_out_notice = page.get_by_text("You have signed out.")
+    await (expect(signed_out_notice).to_be_visible() if signed_out else expect(signed_out_notice).to_be_hidden())
     await expect(page.get_by_role("button", name="Log in")).to_be_visible()
     await expect(page.get_by_text("Hello")).to_have_count(0)
 
@@ -283,7 +286,11 @@ async def test_wrong_password_shows_the_error_and_sets_no_session(
         alert = page.get_by_role("alert")
         await expect(alert).to_be_visible()
         await expect(alert).to_have_text("Invalid username or password")
-        await expect(page.get_by_label("Username")).to_be_visible()
+        # The username is kept (so only the password is typed again); the password never is.
+        await expect(page.get_by_label("Username")).to_have_value("alice")
+        await expect(page.get_by_label("Password")).to_have_value("")
+        await expect(page.get_by_label("Password")).to_be_focused()
+        assert "alice" not in page.url
         await screenshot(page, f"login-error-{device}")
         assert await session_cookies(context) == []
         assert await session_count(pg) == 0
@@ -307,7 +314,7 @@ async def test_logout_returns_to_the_form_and_back_does_not_show_private_pages(
     await log_in(page, app, *user)
     await expect_greeting(page, app, "alice")
     await page.get_by_role("button", name="Log out").click()
-    await expect_login_form(page, app)
+    await expect_login_form(page, app, signed_out=True)
     assert await session_count(pg) == 0
     assert await session_cookies(context) == []
     await page.go_back(wait_until="commit")
@@ -330,7 +337,7 @@ async def test_logout_returns_to_the_form_and_back_does_not_show_private_pages(
     await expect_greeting(page, app, "alice")
 
     await page.get_by_role("button", name="Log out").click()
-    await expect_login_form(page, app)
+    await expect_login_form(page, app, signed_out=True)
     assert await session_count(pg) == 0
     assert await session_cookies(context) == []
 
@@ -364,7 +371,7 @@ async def test_sessions_page_on_one_device_revokes_the_other(
     await expect(phone.get_by_role("heading", level=1)).to_have_text("Your sessions")
     rows = phone.locator("tbody tr")
     await expect(rows).to_have_count(2)
-    await expect(rows.nth(0)).to_contain_text("Chrome on Android")
+    await expect(rows.nth(0)).to_contain_text("Chrome Mobile on Android")
     await expect(rows.nth(0)).to_contain_text("this device")
     await expect(rows.nth(0)).to_contain_text("127.0.0.1")
     await expect(rows.nth(0)).to_contain_text("last active just now")
@@ -373,25 +380,41 @@ async def test_sessions_page_on_one_device_revokes_the_other(
     await expect(rows.nth(1)).not_to_contain_text("this device")
     await screenshot(phone, "sessions-phone")
 
-    # From the laptop, end the phone's session (whose last request was three minutes ago, now).
+    # From the laptop. The phone was used more recently than the laptop (whose last request,
+    # within the touch interval, is not rewritten by this visit): by recency the phone would come
+    # first; this device is listed first all the same, marked.
     await pg.execute(
-        "UPDATE sessions SET last_seen_at = now() - interval '3 minutes 10 seconds' WHERE user_agent LIKE '%Android%'"
+        "UPDATE sessions SET last_seen_at = now() - interval '5 seconds' WHERE user_agent LIKE '%Android%'"
+    )
+    await pg.execute(
+        "UPDATE sessions SET last_seen_at = now() - interval '30 seconds' WHERE user_agent NOT LIKE '%Android%'"
     )
     await laptop.get_by_role("link", name="Your sessions").click()
     rows = laptop.locator("tbody tr")
     await expect(rows).to_have_count(2)
-    mine = rows.filter(has_text="this device")
-    other = rows.filter(has_text="Chrome on Android")
-    await expect(mine).to_contain_text("Chrome on Linux")
-    await expect(mine).to_contain_text("last active just now")
-    await expect(other).not_to_contain_text("this device")
-    await expect(other).to_contain_text("last active 3 minutes ago")
+    await expect(rows.nth(0)).to_contain_text("this device")
+    await expect(rows.nth(0)).to_contain_text("Chrome on Linux")
+    await expect(rows.nth(1)).to_contain_text("Chrome Mobile on Android")
+    await expect(rows.nth(1)).not_to_contain_text("this device")
     await screenshot(laptop, "sessions-desktop")
-    await other.get_by_role("button", name="Revoke").click()
+    await rows.nth(1).get_by_role("button", name="Revoke").click()
     await expect(laptop).to_have_url(app.url("/sessions"))
+    await expect(laptop.get_by_role("status")).to_have_text("Signed out 1 session.")
     await expect(rows).to_have_count(1)
     await expect(rows.nth(0)).to_contain_text("this device")
     assert await session_count(pg) == 1
+    # The notice is shown once.
+    await laptop.reload()
+    await expect(laptop.get_by_role("status")).to_have_count(0)
+
+    # A third device, then "sign out all other sessions" from the laptop: it says how many.
+    tablet = await (await chromium.context("phone")).new_page()
+    await log_in(tablet, app, *user)
+    await expect_greeting(tablet, app, "alice")
+    await laptop.reload()
+    await laptop.get_by_role("button", name="Sign out all other sessions").click()
+    await expect(laptop.get_by_role("status")).to_have_text("Signed out 1 other session.")
+    await expect(rows).to_have_count(1)
 
     # The phone's next navigation lands on the login form; the laptop is still signed in.
     await phone.goto(app.url("/"))

@@ -96,7 +96,7 @@ async def test_user_add_again_resets_password_and_keeps_id(
     assert (await before.get("/", allow_redirects=False)).status == 200
 
     result = await run_app("user", "add", "bob", database_url=db_url, stdin=b"new\n")
-    assert result.one_output_line() == "reset the password of bob"
+    assert result.one_output_line() == "reset the password of bob and ended their sessions"
     assert await pg.fetchval("SELECT id FROM users") == user_id
     assert await user_count(pg) == 1
     assert await password_ok(pg, "bob", "new")

@@ -37,7 +37,7 @@ async def test_login_greets_user_then_logout_ends_session(
 
     out = await client.post("/logout", allow_redirects=False)
     assert out.status == 303
-    assert out.headers["Location"] == "/"
+    assert out.headers["Location"] == "/public/login.html?signed-out=1"
     assert "session=" in out.headers["Set-Cookie"]
     assert "Max-Age=0" in out.headers["Set-Cookie"]
     assert await pg.fetchval("SELECT count(*) FROM sessions") == 0

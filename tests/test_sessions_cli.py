@@ -28,9 +28,10 @@ class Result:
     stdout: str
     stderr: str
 
-    def ok_lines(self) -> list[str]:
+    def ok_lines(self, note: str = "") -> list[str]:
+        """stdout's lines of a successful run; stderr must be empty, or exactly `note`."""
         assert self.returncode == 0, self
-        assert self.stderr == "", self.stderr
+        assert self.stderr == (f"{note}\n" if note else ""), self.stderr
         return self.stdout.splitlines()
 
     def one_error_line(self) -> str:
@@ -111,7 +112,7 @@ async def test_list_prints_one_line_per_live_session(
             assert abs(parsed - now) < timedelta(minutes=2)
         assert ip == "127.0.0.1"
     assert by_handle[handle_of(chrome)][4] == CHROME_LINUX
-    assert by_handle[handle_of(odd)][4] == "Odd Agent/1.0"  # a tab cannot break the columns
+    assert by_handle[handle_of(odd)][4] == "Odd\\tAgent/1.0"  # escaped: a tab cannot break the columns
 
     # Bob's own listing (the name in any case), and a user with no sessions.
     await add_user(pg, "carol", "pw")
@@ -119,7 +120,7 @@ async def test_list_prints_one_line_per_live_session(
         sessions_cli("list", "BOB", database_url=db_url), sessions_cli("list", "carol", database_url=db_url)
     )
     assert [line.split("\t")[0] for line in bobs_list.ok_lines()] == [handle_of(bobs)]
-    assert carols_list.ok_lines() == []
+    assert carols_list.ok_lines(note="carol has no live sessions") == []
 
 
 async def test_revoke_one_handle_ends_exactly_that_session(
@@ -163,7 +164,7 @@ async def test_revoke_all_ends_every_session_of_that_user_only(
     assert not await is_anonymous(bobs)
     user_ids = await pg.fetch("SELECT u.username FROM sessions s JOIN users u ON u.id = s.user_id")
     assert [r["username"] for r in user_ids] == ["bob"]
-    assert (await sessions_cli("list", "alice", database_url=db_url)).ok_lines() == []
+    assert (await sessions_cli("list", "alice", database_url=db_url)).ok_lines(note="alice has no live sessions") == []
 
 
 async def test_unknown_user_is_one_error_line(user: tuple[str, str], db_url: str) -> None:
