@@ -9,16 +9,18 @@ by the database's clock.
     aiohttp_session.setup(app, storage)
     app.cleanup_ctx.append(storage.sweeper())
 
-Public names: PostgresStorage, PostgresSession, SessionCache, SessionInfo, renew_session,
-DatabaseUnavailable, UNAVAILABLE_ERRORS, create_schema, schema_sql, schema_statements,
-schema_version, SCHEMA_VERSION. Everything else is internal and may change.
+Public names: PostgresStorage, PostgresSession, SessionCache, SessionInfo, get_session,
+new_session, renew_session, sweep, DatabaseUnavailable, UNAVAILABLE_ERRORS, create_schema,
+schema_sql, schema_statements, schema_version, SCHEMA_VERSION. Everything else is internal and
+may change.
 """
 
 from .cache import SessionCache
 from .deadline import UNAVAILABLE_ERRORS, DatabaseUnavailable
 from .schema import SCHEMA_VERSION, create_schema, schema_sql, schema_statements, schema_version
 from .session import PostgresSession
-from .storage import PostgresStorage, renew_session
+from .storage import PostgresStorage, get_session, new_session, renew_session
+from .sweeper import sweep
 from .user_sessions import SessionInfo
 
 __version__ = "0.1.0"
@@ -33,8 +35,11 @@ __all__ = [
     "SessionInfo",
     "__version__",
     "create_schema",
+    "get_session",
+    "new_session",
     "renew_session",
     "schema_sql",
     "schema_statements",
     "schema_version",
+    "sweep",
 ]

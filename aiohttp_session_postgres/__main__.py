@@ -1,29 +1,63 @@
-"""`python -m aiohttp_session_postgres schema [--table NAME] [--schema NAME] [--partitions N]`:
-print the SQL that creates the sessions table, ready for psql."""
+"""The library's commands, for set-up and scheduled jobs (no keys needed):
+
+    python -m aiohttp_session_postgres schema [--table NAME] [--schema NAME] [--partitions N]
+        print the SQL that creates (or updates) the sessions table, ready for psql
+    python -m aiohttp_session_postgres sweep --dsn URL [--table NAME] [--schema NAME]
+        delete the expired sessions once and print how many (cron, Heroku Scheduler)
+
+A failure prints one line starting `error:` and exits 1; a usage mistake exits 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
+import asyncpg
+
+from .deadline import DATABASE_ERRORS
 from .schema import schema_sql
+from .sweeper import sweep
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aiohttp_session_postgres", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m aiohttp_session_postgres", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     schema = commands.add_parser("schema", help="print the SQL that creates (or updates) the sessions table")
-    schema.add_argument("--table", default="sessions", help="table name (default: sessions)")
-    schema.add_argument("--schema", default="public", help="PostgreSQL schema, which must exist (default: public)")
+    cleanup = commands.add_parser("sweep", help="delete expired sessions once and print how many")
+    cleanup.add_argument("--dsn", required=True, help="the database, as a postgresql:// URL")
+    for command in (schema, cleanup):
+        command.add_argument("--table", default="sessions", help="table name (default: sessions)")
+        command.add_argument("--schema", default="public", help="PostgreSQL schema, which must exist (default: public)")
     schema.add_argument("--partitions", type=int, help="hash-partition a new table by id_hash into N partitions")
     args = parser.parse_args(argv)
     try:
-        sql = schema_sql(args.table, args.schema, partitions=args.partitions)
+        if args.command == "schema":
+            sys.stdout.write(schema_sql(args.table, args.schema, partitions=args.partitions))
+        else:
+            deleted = asyncio.run(_sweep(args.dsn, args.table, args.schema))
+            print(
+                "another process is sweeping: nothing done"
+                if deleted is None
+                else f"removed {deleted} expired sessions"
+            )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    sys.stdout.write(sql)
+    except DATABASE_ERRORS as exc:
+        reason = (getattr(exc, "message", None) or str(exc) or type(exc).__name__).splitlines()[0]
+        print(f"error: the database refused or did not answer ({reason})", file=sys.stderr)
+        return 1
     return 0
+
+
+async def _sweep(dsn: str, table: str, schema: str) -> int | None:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1, timeout=10)
+    try:
+        return await sweep(pool, table=table, schema=schema)
+    finally:
+        await pool.close()
 
 
 if __name__ == "__main__":

@@ -11,9 +11,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import asyncpg
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from ._types import Connection
 
 log = logging.getLogger("aiohttp_session_postgres")
 
@@ -32,6 +36,11 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Everything a database operation may raise that is the database's doing: the above, or an error
+# PostgreSQL reports (a lock timeout, a table missing while a deploy creates it).
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+
+
 class DatabaseUnavailable(web.HTTPServiceUnavailable):
     """HTTP 503 with `Retry-After: 2`, raised when the database does not answer within the
     storage's `database_timeout`. A subclass of aiohttp's HTTPServiceUnavailable: unhandled, it is
@@ -45,23 +54,52 @@ class DatabaseUnavailable(web.HTTPServiceUnavailable):
 
 
 @asynccontextmanager
-async def bounded_connection(pool: asyncpg.Pool, timeout: float) -> AsyncIterator[asyncpg.Connection]:
+async def bounded_connection(pool: asyncpg.Pool, timeout: float) -> AsyncIterator[Connection]:
     """A connection from `pool` whose whole use (acquire, statements, release) ends within
     `timeout` seconds; otherwise DatabaseUnavailable is raised (the statement cut short is
-    cancelled in the database too)."""
+    cancelled in the database too). An error raised inside the block by anything but the
+    database (an OSError of another service's client, say) passes through unchanged."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     try:
         async with asyncio.timeout_at(deadline):
             conn = await pool.acquire(timeout=timeout)
-        try:
-            async with asyncio.timeout_at(deadline):
-                yield conn
-        finally:
-            # Releasing a connection whose statement was cut short waits for the server to
-            # acknowledge the cancel (asyncpg would wait the whole `timeout` again): give it only
-            # what is left of the deadline; past that asyncpg terminates the connection.
-            await pool.release(conn, timeout=max(deadline - loop.time(), 0.01))
     except UNAVAILABLE_ERRORS as exc:
-        log.warning("database unavailable: %s", type(exc).__name__)
-        raise DatabaseUnavailable() from exc
+        raise _unavailable(exc) from exc
+    try:
+        async with asyncio.timeout_at(deadline) as within:
+            yield conn
+    except UNAVAILABLE_ERRORS as exc:
+        if _from_database(exc) or within.expired() or _closed(conn):
+            raise _unavailable(exc) from exc
+        raise
+    finally:
+        # Releasing a connection whose statement was cut short waits for the server to
+        # acknowledge the cancel (asyncpg would wait the whole `timeout` again): give it only
+        # what is left of the deadline; past that asyncpg terminates the connection.
+        try:
+            await pool.release(conn, timeout=max(deadline - loop.time(), 0.01))
+        except UNAVAILABLE_ERRORS as exc:
+            raise _unavailable(exc) from exc
+
+
+def _unavailable(exc: BaseException) -> DatabaseUnavailable:
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return DatabaseUnavailable()
+
+
+def _closed(conn: Connection) -> bool:
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:  # the pool already took back a connection that broke
+        return True
+
+
+def _from_database(exc: BaseException) -> bool:
+    """Raised by asyncpg (its own classes, or an OSError / TimeoutError from its code)."""
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | asyncpg.exceptions.InternalClientError):
+        return True
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("asyncpg")

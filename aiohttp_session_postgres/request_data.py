@@ -8,6 +8,8 @@ MAX_IP_CHARS, MAX_USER_AGENT_CHARS = 64, 512
 # A request may carry several cookies of one name (one set for a sub-path, one by a sibling app on
 # the same host over plain HTTP); each verified one may cost a lookup, so only so many are tried.
 MAX_CANDIDATES = 4
+# Cookies of that name looked at at all (each costs an HMAC): a header can carry hundreds.
+MAX_VALUES = 16
 
 
 def cookie_values(header: str | None, name: str) -> list[str]:

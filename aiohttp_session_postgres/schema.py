@@ -13,8 +13,10 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
+from typing import TYPE_CHECKING
 
-import asyncpg
+if TYPE_CHECKING:
+    from ._types import Connection
 
 # Bumped whenever schema.sql changes what it creates. The table's comment records the version a
 # database has, so create_schema() on an up-to-date database takes no lock on the table.
@@ -137,7 +139,7 @@ def schema_statements(table: str = "sessions", schema: str = "public", *, partit
 
 
 async def create_schema(
-    conn: asyncpg.Connection, *, table: str = "sessions", schema: str = "public", partitions: int | None = None
+    conn: Connection, *, table: str = "sessions", schema: str = "public", partitions: int | None = None
 ) -> bool:
     """Create the sessions table (or bring it up to date) on `conn`, in one transaction under an
     advisory lock, so any number of processes may call it at once (for example at every start).
@@ -157,7 +159,7 @@ async def create_schema(
     return True
 
 
-async def schema_version(conn: asyncpg.Connection, *, table: str = "sessions", schema: str = "public") -> int | None:
+async def schema_version(conn: Connection, *, table: str = "sessions", schema: str = "public") -> int | None:
     """The schema version the table's comment records; None when there is no such table or no
     version of ours on it."""
     names = TableNames(table, schema)

@@ -1,8 +1,9 @@
 -- aiohttp-session-postgres: the sessions table, its indexes, and the change notifications that
 -- keep the optional in-process cache coherent across processes.
 --
--- This is a template: {table}, {schema} and the other names in braces are filled in by
--- schema_sql() (defaults: table "sessions" in schema "public"). Print it ready to run with
+-- The names of the table, its schema, indexes, trigger function, triggers and notification
+-- channel are filled in by schema_sql() (defaults: table "sessions" in schema "public"). Print
+-- it ready to run with
 --     python -m aiohttp_session_postgres schema [--table NAME] [--schema NAME] | psql "$DATABASE_URL"
 --
 -- Every statement creates only what is missing or replaces a function or trigger in place, so

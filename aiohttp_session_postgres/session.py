@@ -12,14 +12,17 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
 from aiohttp import web
-from aiohttp_session import Session
+from aiohttp_session import Session, SessionData
 
 from .tokens import handle_of
+
+if TYPE_CHECKING:
+    from ._types import Connection
 
 _MISSING = object()
 
@@ -33,11 +36,14 @@ def check_json_value(key: object, value: object) -> None:
         raise TypeError(f"session[{key!r}]: {problem}")
 
 
-# What the JSON codec (orjson) round-trips exactly: 64-bit integers, strings without lone surrogates.
+# What the JSON codec (orjson) round-trips exactly: 64-bit integers, strings without lone surrogates,
+# and nesting it can encode (it stops at 254 levels); deeper values, and a list or dict that
+# contains itself, are refused at assignment, before they could fail the save.
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+MAX_DEPTH = 64  # lists and dicts within each other
 
 
-def _json_problem(value: object) -> str | None:
+def _json_problem(value: object, depth: int = 0) -> str | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, str):
@@ -46,9 +52,11 @@ def _json_problem(value: object) -> str | None:
         return None if _INT_MIN <= value <= _INT_MAX else f"{value} is outside the 64-bit integer range"
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{value} is not a JSON number"
+    if isinstance(value, (list, dict)) and depth >= MAX_DEPTH:
+        return f"lists and dicts may be nested {MAX_DEPTH} deep at most (or it contains itself)"
     if isinstance(value, list):
         for item in value:
-            problem = _json_problem(item)
+            problem = _json_problem(item, depth + 1)
             if problem:
                 return problem
         return None
@@ -58,7 +66,7 @@ def _json_problem(value: object) -> str | None:
                 return f"dict keys must be str, got {type(k).__name__}"
             if not (k.isascii() or _utf8(k)):
                 return "a dict key with unpaired surrogates is not valid UTF-8"
-            problem = _json_problem(v)
+            problem = _json_problem(v, depth + 1)
             if problem:
                 return problem
         return None
@@ -108,11 +116,13 @@ class PostgresSession(Session):
         # Read under an old key: save it again (re-encrypted, cookie re-signed) even if unchanged.
         self.needs_rewrite = False
         # Set by require(): checked in the transaction that creates the session.
-        self.precondition: tuple[Callable[[asyncpg.Connection], Awaitable[bool]], web.HTTPException] | None = None
+        self.precondition: tuple[Callable[[Connection], Awaitable[bool]], web.HTTPException] | None = None
         self.resigned_cookie: str | None = None
         # Set by renew_session: the row this one replaces, whose deadlines it keeps.
         self.renews: bytes | None = None
-        payload = {"created": created, "session": data} if data is not None else None
+        payload: SessionData | None = None
+        if data is not None:
+            payload = {"created": created if created is not None else int(time.time()), "session": data}
         super().__init__(None if id_hash is None else id_hash.hex(), data=payload, new=id_hash is None)
 
     @property
@@ -120,7 +130,7 @@ class PostgresSession(Session):
         return handle_of(self.id_hash) if self.id_hash is not None else None
 
     # aiohttp-session's middleware saves when `_changed` is true; base methods assign it.
-    @property  # type: ignore[override]
+    @property
     def _changed(self) -> bool:
         return self._flagged or self.needs_rewrite or self._mapping != self._snapshot
 
@@ -135,7 +145,7 @@ class PostgresSession(Session):
         super().__setitem__(key, value)
         self._assigned.add(key)
 
-    def require(self, check: Callable[[asyncpg.Connection], Awaitable[bool]], *, otherwise: web.HTTPException) -> None:
+    def require(self, check: Callable[[Connection], Awaitable[bool]], *, otherwise: web.HTTPException) -> None:
         """Create this new session only if `await check(conn)` returns True, run on the connection
         and in the transaction that creates it. If it returns False, nothing is created and
         `otherwise` is raised from the save (it becomes the response). For a login: check, and

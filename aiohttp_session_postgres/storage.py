@@ -14,27 +14,35 @@ import contextlib
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import aiohttp_session
 import asyncpg
 import orjson
 from aiohttp import hdrs, web
-from aiohttp_session import AbstractStorage, Session, get_session, new_session
+from aiohttp_session import AbstractStorage, Session
 
 from . import events
 from .background import CleanupContext, while_running
 from .cache import Entry, SessionCache
 from .cipher import DataCipher
 from .deadline import bounded_connection
-from .request_data import MAX_CANDIDATES, MAX_IP_CHARS, MAX_USER_AGENT_CHARS, cookie_values, valid_text
+from .request_data import MAX_CANDIDATES, MAX_IP_CHARS, MAX_USER_AGENT_CHARS, MAX_VALUES, cookie_values, valid_text
 from .schema import TOMBSTONE_SECONDS, TableNames
 from .session import PostgresSession, check_json_value
 from .sweeper import sweep, sweep_forever
 from .tokens import TokenSigner, VerifiedToken
 from .user_sessions import END_ALL_SQL, END_ONE_SQL, END_OTHERS_SQL, LIST_SQL, SessionInfo, handle_prefix, info_of
 
+if TYPE_CHECKING:
+    from ._types import Connection
+
 log = logging.getLogger("aiohttp_session_postgres")
+
+# Dead session IDs remembered per process (32 bytes each and a dict slot: about 2 MB).
+_MAX_DEAD = 10_000
 
 # The ID hash of the session the request's cookie named, once loaded.
 _LOADED = web.RequestKey("aiohttp_session_postgres.loaded", bytes)
@@ -174,8 +182,11 @@ class PostgresStorage(AbstractStorage):
     touch_interval: a read slides the idle deadline at most this often (seconds), so most reads
         write nothing; a session may end after idle_timeout - touch_interval seconds without
         requests. Needs 0 <= touch_interval < idle_timeout <= absolute_timeout (ValueError).
-    cookie_name: the cookie's name; "__Host-" is put in front of it when the request came over
-        HTTPS (the cookie is then Secure, Path=/ and has no Domain: RFC 6265bis).
+    cookie_name: the cookie's name; "__Host-" is put in front of it when the cookie is Secure (it
+        then has Path=/ and no Domain: RFC 6265bis), and never read without it.
+    secure: None (the default): the cookie is Secure when `request.secure` (the request came over
+        HTTPS; behind a TLS-terminating proxy, make aiohttp see the forwarded scheme, e.g. with
+        aiohttp-remotes). True: always Secure; False: never (plain-HTTP development only).
     database_timeout: seconds one database operation may take (pool wait, connect, statements)
         before the request answers 503 (DatabaseUnavailable).
     user_id_key: the session key whose integer value is mirrored into the user_id column, so a
@@ -199,6 +210,7 @@ class PostgresStorage(AbstractStorage):
         absolute_timeout: int = 43200,
         touch_interval: int = 60,
         cookie_name: str = "session",
+        secure: bool | None = None,
         database_timeout: float = 1.5,
         user_id_key: str = "user_id",
         table: str = "sessions",
@@ -225,12 +237,20 @@ class PostgresStorage(AbstractStorage):
         self._sql = _Statements(self._names)
         self._max_per_user = max_sessions_per_user
         self._cache = cache
+        self._secure = secure
+        # ID hashes this process found dead (unknown, expired, used up): an ID never comes back
+        # to life, so a browser that keeps sending a dead cookie (it is never expired for it: see
+        # _expire_cookie) costs a lookup and a log line once, not on every request.
+        self._dead: OrderedDict[bytes, None] = OrderedDict()
 
     # -- cookie ----------------------------------------------------------------------------
 
+    def _is_secure(self, request: web.BaseRequest) -> bool:
+        return request.secure if self._secure is None else self._secure
+
     def _cookie_name_for(self, request: web.BaseRequest) -> str:
         # __Host- pins the cookie to this host, HTTPS and Path=/; browsers refuse it without Secure.
-        return f"__Host-{self.cookie_name}" if request.secure else self.cookie_name
+        return f"__Host-{self.cookie_name}" if self._is_secure(request) else self.cookie_name
 
     def load_cookie(self, request: web.Request) -> str | None:
         """The first value of the request's session cookie (aiohttp-session's API); the storage
@@ -242,21 +262,24 @@ class PostgresStorage(AbstractStorage):
         """Every cookie of our name whose signature verifies, in the order sent (at most
         MAX_CANDIDATES). A cookie that does not verify (another app's, a tampered one) is passed
         over: it neither ends the session nor is ever expired by us."""
-        found = []
-        for value in cookie_values(request.headers.get(hdrs.COOKIE), self._cookie_name_for(request)):
+        found, bad = [], 0
+        values = cookie_values(request.headers.get(hdrs.COOKIE), self._cookie_name_for(request))
+        for value in values[:MAX_VALUES]:
             verified = self._signer.verify(value)
             if verified is None:
-                events.emit("session.bad_signature")
+                bad += 1
                 continue
             found.append((value, verified))
             if len(found) == MAX_CANDIDATES:
                 break
+        if bad:  # one line per request, however many cookies it sent
+            events.emit("session.bad_signature", cookies=bad)
         return found
 
     def _request_session(self, request: web.Request) -> bytes | None:
         """The ID hash of the session the request came with: the one loaded, else the first
         validly signed cookie (live or not)."""
-        loaded = request.get(_LOADED)
+        loaded: bytes | None = request.get(_LOADED)
         if loaded is not None:
             return loaded
         candidates = self._candidates(request)
@@ -268,7 +291,7 @@ class PostgresStorage(AbstractStorage):
             value,
             max_age=max(max_age, 0),
             path="/",
-            secure=request.secure or None,
+            secure=self._is_secure(request) or None,
             httponly=True,
             samesite="Lax",
         )
@@ -280,7 +303,7 @@ class PostgresStorage(AbstractStorage):
         response.del_cookie(
             self._cookie_name_for(request),
             path="/",
-            secure=request.secure or None,
+            secure=self._is_secure(request) or None,
             httponly=True,
             samesite="Lax",
         )
@@ -302,6 +325,8 @@ class PostgresStorage(AbstractStorage):
 
     async def _load(self, request: web.Request, cookie: str, verified: VerifiedToken) -> PostgresSession | None:
         id_hash = verified.id_hash
+        if id_hash in self._dead:
+            return None
         cache = self._cache
         if cache is not None:
             now = time.time()
@@ -314,10 +339,12 @@ class PostgresStorage(AbstractStorage):
             row = await conn.fetchrow(self._sql.load, id_hash, self._idle, self._touch, *_client(request))
         if row is None:
             events.emit("session.expired_or_unknown", id_hash)
+            self._remember_dead(id_hash)
             return None
         opened = self._cipher.open(row["data"], id_hash)
         if opened is None:
             events.emit("session.undecryptable", id_hash)
+            self._remember_dead(id_hash)
             return None
         plaintext, current_data_key = opened
         session = self._loaded(id_hash, plaintext, row["created"], row["version"], row["absolute_deadline"])
@@ -341,6 +368,11 @@ class PostgresStorage(AbstractStorage):
                 generation=generation,
             )
         return session
+
+    def _remember_dead(self, id_hash: bytes) -> None:
+        self._dead[id_hash] = None
+        if len(self._dead) > _MAX_DEAD:
+            self._dead.popitem(last=False)
 
     def _loaded(
         self, id_hash: bytes, plaintext: bytes, created: int, version: int, absolute_deadline: float
@@ -377,6 +409,7 @@ class PostgresStorage(AbstractStorage):
         sealed = self._cipher.seal(plaintext, id_hash)
         client = _client(request)
         generation = self._cache.generation if self._cache else 0
+        args: tuple[object, ...]
         if renewing:
             sql, args = self._sql.renew, (id_hash, user_id, sealed, self._idle, replaced, *client)
         else:
@@ -420,7 +453,8 @@ class PostgresStorage(AbstractStorage):
         id_hash = session.id_hash
         assert id_hash is not None
         mapping = dict(session)
-        plaintext = _encode(mapping)
+        plaintext: bytes | None = _encode(mapping)
+        assert plaintext is not None
         generation = self._cache.generation if self._cache else 0
         async with self.connection() as conn:
             version = await self._write(conn, id_hash, mapping, plaintext, session.version)
@@ -440,7 +474,7 @@ class PostgresStorage(AbstractStorage):
             self._set_cookie(request, response, session.resigned_cookie, max_age)
             session.resigned_cookie = None
 
-    async def _merge(self, conn: asyncpg.Connection, session: PostgresSession) -> tuple[int | None, bytes | None]:
+    async def _merge(self, conn: Connection, session: PostgresSession) -> tuple[int | None, bytes | None]:
         """Someone saved since we loaded: re-apply only this request's changes to the latest data,
         holding the row lock for just this merge. (None, _) when the session is gone."""
         id_hash = session.id_hash
@@ -466,10 +500,10 @@ class PostgresStorage(AbstractStorage):
             return await self._write(conn, id_hash, latest, plaintext, row["version"]), plaintext
 
     async def _write(
-        self, conn: asyncpg.Connection, id_hash: bytes, mapping: dict[str, Any], plaintext: bytes, version: int
+        self, conn: Connection, id_hash: bytes, mapping: dict[str, Any], plaintext: bytes, version: int
     ) -> int | None:
         """UPDATE_SQL: the new version, or None if the row is gone or no longer at `version`."""
-        return await conn.fetchval(
+        new_version: int | None = await conn.fetchval(
             self._sql.update,
             id_hash,
             self._cipher.seal(plaintext, id_hash),
@@ -477,6 +511,7 @@ class PostgresStorage(AbstractStorage):
             self._idle,
             version,
         )
+        return new_version
 
     async def _end(self, request: web.Request, response: web.StreamResponse, session: PostgresSession) -> None:
         """Logout (an invalidated session). Expires the cookie only when this request ended a
@@ -495,7 +530,7 @@ class PostgresStorage(AbstractStorage):
     # -- a user's sessions ------------------------------------------------------------------
 
     async def list_sessions(
-        self, user_id: int, *, limit: int = 100, conn: asyncpg.Connection | None = None
+        self, user_id: int, *, limit: int = 100, conn: Connection | None = None
     ) -> list[SessionInfo]:
         """The user's live sessions, most recently active first, at most `limit` of them.
         `conn`: run on this connection (inside the caller's transaction) instead of the pool.
@@ -504,7 +539,7 @@ class PostgresStorage(AbstractStorage):
             rows = await c.fetch(self._sql.list, user_id, limit)
         return [info_of(dict(row)) for row in rows]
 
-    async def end_session(self, user_id: int, handle: str, *, conn: asyncpg.Connection | None = None) -> bool:
+    async def end_session(self, user_id: int, handle: str, *, conn: Connection | None = None) -> bool:
         """End the user's live session named `handle` (a SessionInfo.handle). False when the
         user has no such session: another user's handle, a malformed one, or one already ended.
         Raises DatabaseUnavailable."""
@@ -516,9 +551,7 @@ class PostgresStorage(AbstractStorage):
         self._ended(ended, "session.revoked")
         return bool(ended)
 
-    async def end_other_sessions(
-        self, user_id: int, keep: PostgresSession, *, conn: asyncpg.Connection | None = None
-    ) -> int:
+    async def end_other_sessions(self, user_id: int, keep: PostgresSession, *, conn: Connection | None = None) -> int:
         """End every session of the user but `keep` (the request's own session): "sign out
         everywhere else". The number ended. Raises DatabaseUnavailable."""
         if keep.id_hash is None:
@@ -528,7 +561,7 @@ class PostgresStorage(AbstractStorage):
         self._ended(ended, "session.revoked")
         return len(ended)
 
-    async def end_all_sessions(self, user_id: int, *, conn: asyncpg.Connection | None = None) -> int:
+    async def end_all_sessions(self, user_id: int, *, conn: Connection | None = None) -> int:
         """End every session of the user (OWASP: after a password change or when disabling the
         account). The number ended. Pass `conn` to make it part of the caller's transaction (the
         password change itself). Raises DatabaseUnavailable."""
@@ -546,14 +579,14 @@ class PostgresStorage(AbstractStorage):
 
     # -- database access and background work ---------------------------------------------
 
-    def connection(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
+    def connection(self) -> contextlib.AbstractAsyncContextManager[Connection]:
         """`async with storage.connection() as conn:` a connection from the storage's pool under
         the storage's deadline (database_timeout): for the app's own queries, which then answer
         503 (DatabaseUnavailable) on an outage, as the session's do."""
         return bounded_connection(self._pool, self._db_timeout)
 
     @contextlib.asynccontextmanager
-    async def _connection(self, conn: asyncpg.Connection | None) -> AsyncIterator[asyncpg.Connection]:
+    async def _connection(self, conn: Connection | None) -> AsyncIterator[Connection]:
         if conn is not None:
             yield conn
             return
@@ -564,7 +597,9 @@ class PostgresStorage(AbstractStorage):
         """Delete expired sessions now, in transactions of `batch_size` rows, each statement
         bounded by `timeout` seconds. The number deleted, or None when another process is
         sweeping (a PostgreSQL advisory lock: one sweeper at a time across all processes)."""
-        return await sweep(self._pool, self._names, batch_size=batch_size, timeout=timeout)
+        return await sweep(
+            self._pool, table=self._names.table, schema=self._names.schema, batch_size=batch_size, timeout=timeout
+        )
 
     def sweeper(self, *, interval: float = 300, batch_size: int = 1000, timeout: float = 10.0) -> CleanupContext:
         """For `app.cleanup_ctx.append(...)`: sweep every `interval` seconds (jittered +/-20%)
@@ -611,19 +646,38 @@ class PostgresStorage(AbstractStorage):
         return value
 
 
+async def get_session(request: web.Request) -> PostgresSession:
+    """aiohttp_session.get_session, typed: the request's session (loaded on the first call), a
+    PostgresSession. Raises TypeError when the app's storage is not a PostgresStorage."""
+    session = await aiohttp_session.get_session(request)
+    if not isinstance(session, PostgresSession):
+        raise TypeError("get_session needs aiohttp_session.setup(app, PostgresStorage(...))")
+    return session
+
+
+async def new_session(request: web.Request) -> PostgresSession:
+    """aiohttp_session.new_session, typed: a fresh session for a login, replacing the request's
+    (which the save then uses up, in the statement that creates this one). Raises TypeError
+    when the app's storage is not a PostgresStorage."""
+    session = await aiohttp_session.new_session(request)
+    if not isinstance(session, PostgresSession):
+        raise TypeError("new_session needs aiohttp_session.setup(app, PostgresStorage(...))")
+    return session
+
+
 async def renew_session(request: web.Request) -> PostgresSession:
     """Give the request's session a new ID, keeping its data, creation time and absolute deadline
     (OWASP: renew the session ID on any privilege change, against fixation). The old ID stops
     working when the response is saved, in the same statement that creates the new one; if the
     session ended meanwhile, nothing is created. Returns the new session, to change further.
+    On a request without a saved session (anonymous) it is new_session with the data copied:
+    check that the user is signed in before granting anything.
 
     Raises TypeError when the app's storage is not a PostgresStorage, DatabaseUnavailable as any
     session access may.
     """
     old = await get_session(request)
     fresh = await new_session(request)
-    if not isinstance(old, PostgresSession) or not isinstance(fresh, PostgresSession):
-        raise TypeError("renew_session needs aiohttp_session.setup(app, PostgresStorage(...))")
     fresh.update(old)
     fresh.renews = old.id_hash
     return fresh

@@ -14,7 +14,7 @@ import random
 
 import asyncpg
 
-from .deadline import UNAVAILABLE_ERRORS
+from .deadline import DATABASE_ERRORS
 from .schema import TOMBSTONE_SECONDS, TableNames
 
 log = logging.getLogger("aiohttp_session_postgres")
@@ -38,9 +38,20 @@ WHERE ctid = ANY (ARRAY(
 """
 
 
-async def sweep(pool: asyncpg.Pool, names: TableNames, *, batch_size: int, timeout: float) -> int | None:
-    """Delete expired sessions, batch by batch, until none is left. The number deleted, or None
-    when another process holds the sweep lock. Each statement may take `timeout` seconds."""
+async def sweep(
+    pool: asyncpg.Pool,
+    *,
+    table: str = "sessions",
+    schema: str = "public",
+    batch_size: int = 1000,
+    timeout: float = 10.0,
+) -> int | None:
+    """Delete expired sessions (and tombstones past their time) from `schema`.`table`, in
+    transactions of `batch_size` rows, until none is left. The number deleted, or None when
+    another process holds the sweep lock (one sweeper at a time across all processes: a
+    PostgreSQL advisory lock). Each statement may take `timeout` seconds. For a scheduled job:
+    no keys needed. Raises ValueError for bad names, asyncpg errors from the database."""
+    names = TableNames(table, schema)
     sql = DELETE_BATCH_SQL.format(table=names.qualified)
     total = 0
     while True:
@@ -63,9 +74,9 @@ async def sweep_forever(
     while True:
         await asyncio.sleep(interval * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not secrecy
         try:
-            deleted = await sweep(pool, names, batch_size=batch_size, timeout=timeout)
-        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
-            log.warning("sweep failed, will retry next interval: %s", type(exc).__name__)
+            deleted = await sweep(pool, table=names.table, schema=names.schema, batch_size=batch_size, timeout=timeout)
+        except DATABASE_ERRORS as exc:  # survived until the next pass
+            log.warning("sweep of %s failed, will retry next interval: %s", names.qualified, type(exc).__name__)
             continue
         if deleted is None:
             log.info("sweep skipped: another process is sweeping")

@@ -4,8 +4,10 @@ in while that username is locked for everyone else (throttle.py), so an attacker
 owner out of their own devices. The device's own failures are counted and limited instead.
 
 Cookie value: ``<user id>.<device id>.<signature>``; the device ID is 16 random bytes (base64url),
-the signature HMAC-SHA256 of ``device:<user id>.<device id>`` under the session authentication
-key (the prefix keeps it from ever verifying as, or being forged from, a session cookie's).
+the signature HMAC-SHA256, under the session authentication key, of ``device:<user id>.<device
+id>`` and the user's current password hash. So a password reset revokes every device cookie of
+that user (whoever knew the old password loses the exemption with it), and the prefix keeps a
+device signature from ever verifying as, or being forged from, a session cookie's.
 """
 
 from __future__ import annotations
@@ -15,19 +17,15 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import hdrs, web
+
+from .users import User
 
 COOKIE_NAME = "device"
 MAX_AGE = 180 * 24 * 3600  # seconds: a device is remembered half a year after its last sign-in
 _VALUE_RE = re.compile(r"([0-9]{1,19})\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})")
-
-
-@dataclass(frozen=True)
-class Device:
-    user_id: int
-    device_id: str
+_MAX_VALUES = 4  # device cookies of our name looked at per request
 
 
 class DeviceCookies:
@@ -35,10 +33,10 @@ class DeviceCookies:
         """keys: the session authentication keys, newest first (the first signs, all verify)."""
         self._keys = keys
 
-    def issue(self, request: web.BaseRequest, response: web.StreamResponse, user_id: int) -> None:
-        """Remember this browser as one of `user_id`'s devices."""
+    def issue(self, request: web.BaseRequest, response: web.StreamResponse, user: User) -> None:
+        """Remember this browser as one of `user`'s devices (a new device ID each sign-in)."""
         device_id = base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
-        value = f"{user_id}.{device_id}.{self._sign(self._keys[0], user_id, device_id)}"
+        value = f"{user.id}.{device_id}.{self._sign(self._keys[0], user, device_id)}"
         response.set_cookie(
             _name(request),
             value,
@@ -49,22 +47,24 @@ class DeviceCookies:
             samesite="Lax",
         )
 
-    def read(self, request: web.BaseRequest) -> Device | None:
-        """The device this browser proves to be, or None (no cookie, or one that does not verify)."""
-        value = request.cookies.get(_name(request))
-        match = _VALUE_RE.fullmatch(value) if value else None
-        if match is None:
-            return None
-        user_id, device_id, signature = int(match[1]), match[2], match[3]
-        for key in self._keys:
-            if hmac.compare_digest(self._sign(key, user_id, device_id), signature):
-                return Device(user_id, device_id)
+    def trusted(self, request: web.BaseRequest, user: User) -> str | None:
+        """The device ID this browser proves for `user` (as of their current password), or None.
+        Every cookie of the name is tried (another one, planted or stale, cannot hide it)."""
+        name, parts = _name(request), request.headers.get(hdrs.COOKIE, "").split(";")
+        values = [value.strip() for key, sep, value in (p.partition("=") for p in parts) if sep and key.strip() == name]
+        for value in values[:_MAX_VALUES]:
+            match = _VALUE_RE.fullmatch(value)
+            if match is None or int(match[1]) != user.id:
+                continue
+            for key in self._keys:
+                if hmac.compare_digest(self._sign(key, user, match[2]), match[3]):
+                    return match[2]
         return None
 
     @staticmethod
-    def _sign(key: bytes, user_id: int, device_id: str) -> str:
-        digest = hmac.new(key, f"device:{user_id}.{device_id}".encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    def _sign(key: bytes, user: User, device_id: str) -> str:
+        message = f"device:{user.id}.{device_id}\x00{user.password_hash}".encode()
+        return base64.urlsafe_b64encode(hmac.new(key, message, hashlib.sha256).digest()).rstrip(b"=").decode()
 
 
 def _name(request: web.BaseRequest) -> str:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
 MAX_FORM_BYTES = 8 * 1024
 _MAX_FIELDS = 16
+# A client may take this long to send its whole form; a slower one is answered 408 (a body sent
+# a byte at a time must not hold a connection and a handler open forever).
+BODY_TIMEOUT = 10.0
 
 
 class FormError(Exception):
-    """The body is not a valid form; the message says why, for a 400 page."""
+    """The body is not a valid form; the message says why, `status` is the answer (400, 408)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 async def read_form(request: web.Request, fields: tuple[str, ...]) -> dict[str, str]:
@@ -21,10 +29,16 @@ async def read_form(request: web.Request, fields: tuple[str, ...]) -> dict[str, 
     if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
         raise FormError("form too large")
     body = bytearray()
-    async for chunk in request.content.iter_chunked(4096):
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            raise FormError("form too large")
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            async for chunk in request.content.iter_chunked(4096):
+                body += chunk  # counted after decompression: a small gzip cannot make a big form
+                if len(body) > MAX_FORM_BYTES:
+                    raise FormError("form too large")
+    except web.RequestPayloadError:  # a bad chunk, a body that does not decompress
+        raise FormError("malformed request body") from None
+    except TimeoutError:
+        raise FormError("the form took too long to arrive", status=408) from None
     try:
         # A urlencoded body is ASCII; anything beyond is percent-encoded UTF-8.
         pairs = parse_qsl(

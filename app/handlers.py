@@ -6,8 +6,7 @@ import logging
 import re
 
 from aiohttp import web
-from aiohttp_session import get_session, new_session
-from aiohttp_session_postgres import PostgresSession
+from aiohttp_session_postgres import PostgresSession, get_session, new_session
 
 from . import pages, throttle, users
 from .appkeys import DEVICES, HASHER, SETTINGS, STORAGE
@@ -30,7 +29,7 @@ routes = web.RouteTableDef()
 async def _signed_in(request: web.Request) -> PostgresSession:
     """The request's session if a user is signed in; otherwise off to the login form."""
     session = await get_session(request)
-    if not isinstance(session, PostgresSession) or session.get("user_id") is None:
+    if session.get("user_id") is None:
         raise web.HTTPSeeOther(LOGIN_PAGE)
     return session
 
@@ -46,20 +45,23 @@ async def login(request: web.Request) -> web.Response:
     try:
         form = await read_form(request, ("username", "password"))
     except FormError as exc:
-        return pages.error(400, "Bad request", str(exc))
+        return pages.bad_form(exc)
     username, password = form["username"], form["password"]
     settings = request.app[SETTINGS]
     storage = request.app[STORAGE]
     # Input that cannot belong to any user is still hashed (against a dummy), so a wrong guess
     # costs the same whatever made it wrong, and whether or not the user exists.
     plausible = users.username_problem(username) is None and len(password.encode()) <= MAX_PASSWORD_BYTES
-    device = request.app[DEVICES].read(request)
+    if request.app[HASHER].busy:
+        # Refused before the attempt is counted: a flood of logins costs nobody their tries.
+        return pages.busy()
     async with storage.connection() as conn:
         user = await users.find(conn, username) if plausible else None
-        # A browser that signed in as this very user before is exempt from the username's lock.
-        trusted = device is not None and user is not None and device.user_id == user.id
+        # A browser that signed in as this very user (with the current password) is exempt from
+        # the username's lock and its address's: only its own failures count.
+        device = request.app[DEVICES].trusted(request, user) if user is not None else None
         attempt = await throttle.begin(
-            conn, username, request.remote or "", device.device_id if trusted else None, settings.login_limits
+            conn, username, user.id if user else None, request.remote or "", device, settings.login_limits
         )
     if isinstance(attempt, throttle.Refusal):
         log.info("event=login.throttled limit=%s ip=%s", attempt.limit, throttle.address_key(request.remote or ""))
@@ -72,12 +74,11 @@ async def login(request: web.Request) -> web.Response:
     # A fresh session: new ID; the session the browser came with is used up. It is created only
     # if the password just verified is still the user's (not reset or deleted meanwhile).
     session = await new_session(request)
-    assert isinstance(session, PostgresSession)
     session["user_id"] = user.id
     session["username"] = user.username
     session.require(users.credentials_unchanged(user), otherwise=web.HTTPSeeOther(LOGIN_FAILED))
     response = web.HTTPSeeOther("/")
-    request.app[DEVICES].issue(request, response, user.id)
+    request.app[DEVICES].issue(request, response, user)
     raise response
 
 
@@ -114,7 +115,7 @@ async def revoke(request: web.Request) -> web.Response:
     try:
         form = await read_form(request, ("handle",))
     except FormError as exc:
-        return pages.error(400, "Bad request", str(exc))
+        return pages.bad_form(exc)
     handle = form["handle"]
     if handle == session.handle:
         session.invalidate()  # this very session: a logout (the row goes, the cookie expires)

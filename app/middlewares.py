@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -44,10 +45,12 @@ def proxy(trust: bool) -> Middleware:
             # Cloned before the session middleware runs, so it sees (and saves on) this request.
             request = request.clone(**changes)
         if request.scheme != "https":
+            host = _HOST_RE.fullmatch(request.host)
+            if host is None or int(host[2] or 0) > 65535:
+                return pages.error(400, "Bad request", "The Host header is not a host name.")
             # Built from the request's Host: no shared cache may keep it for another.
-            raise web.HTTPPermanentRedirect(
-                request.url.with_scheme("https").with_port(None), headers={"Cache-Control": "no-store"}
-            )
+            location = f"https://{host[1]}{request.raw_path}"
+            raise web.HTTPPermanentRedirect(location, headers={"Cache-Control": "no-store"})
         return await handler(request)
 
     return middleware
@@ -58,12 +61,20 @@ def _last(request: web.Request, header: str) -> str:
     return values.rsplit(",", 1)[-1].strip()
 
 
+# A host name or an IPv4 address, or an IPv6 one in brackets, and an optional port (dropped).
+_HOST_RE = re.compile(r"([A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::([0-9]{1,5}))?")
+
+
 def _address(text: str) -> str | None:
-    """`text` as a canonical IP address, or None when it is not one."""
+    """`text` as a canonical IP address, or None when it is not one (a scoped IPv6 address, whose
+    zone may be any text, is not an address a client on the internet can have)."""
     try:
-        return str(ipaddress.ip_address(text))
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        return None
+    return str(address)
 
 
 @web.middleware

@@ -76,6 +76,23 @@ def error(status: int, title: str, message: str, *, link: tuple[str, str] = ("/"
     return html(_layout(title, body), status=status)
 
 
+def bad_form(exc: Exception) -> web.Response:
+    """The answer to a form that could not be read (forms.FormError): 400, or 408 when it was
+    too slow to arrive (then the connection is closed: what is left of the body is not read)."""
+    status = getattr(exc, "status", 400)
+    response = error(status, "Request timeout" if status == 408 else "Bad request", str(exc))
+    if status == 408:
+        response.force_close()
+    return response
+
+
+def busy() -> web.Response:
+    """503: the process has as many logins in hand as it takes; try again in a moment."""
+    response = error(503, "Busy", "Too many sign-ins at once. Please try again in a moment.")
+    response.headers["Retry-After"] = "2"
+    return response
+
+
 def too_many_attempts(retry_after: int) -> web.Response:
     minutes = max(1, round(retry_after / 60))
     response = error(

@@ -21,11 +21,15 @@ MAX_PASSWORD_BYTES = 1024  # longer input is refused before hashing: hashing is 
 
 
 class PasswordHasher:
-    def __init__(self, cost: int = 15, concurrency: int = 2) -> None:
-        """cost: log2 of scrypt's N. concurrency: hashes running at once in this process."""
+    def __init__(self, cost: int = 15, concurrency: int = 2, max_waiting: int = 32) -> None:
+        """cost: log2 of scrypt's N. concurrency: hashes running at once in this process.
+        max_waiting: hashes queued beyond those, past which `busy` is true (a login flood must not
+        queue without bound: each queued hash is memory, and a wait of 70 ms at cost 15)."""
         self._cost = cost
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="scrypt")
         self._slots = asyncio.Semaphore(concurrency)
+        self._queued = 0
+        self._max_queued = concurrency + max_waiting
         # Verified against when the user does not exist, so a miss costs what a hit costs.
         self._dummy = _hash(os.urandom(16).hex(), cost)
 
@@ -37,9 +41,18 @@ class PasswordHasher:
         ok = await self._run(_verify, password, encoded or self._dummy)
         return ok and encoded is not None
 
+    @property
+    def busy(self) -> bool:
+        """So many hashes are running or waiting that a new one should be refused (503)."""
+        return self._queued >= self._max_queued
+
     async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
-        async with self._slots:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        self._queued += 1
+        try:
+            async with self._slots:
+                return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        finally:
+            self._queued -= 1
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from http import HTTPStatus
+from typing import Any
 
 from aiohttp import web
 
@@ -38,7 +39,10 @@ class _RequestHandler(web.RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        if status >= 500:
+        if isinstance(exc, ConnectionError):
+            # The client went away mid-request: no answer can reach it, and it is no bug of ours.
+            log.info("client closed the connection during %s %s", request.method, request.rel_url.path)
+        elif status >= 500:
             log.error("error handling %s %s", request.method, request.rel_url.path, exc_info=exc)
         else:
             # The exception's message quotes the request's bytes: only its kind is logged.
@@ -49,6 +53,16 @@ class _RequestHandler(web.RequestHandler):
         headers.secure(response, https=False)  # HSTS is sent on the app's own HTTPS responses
         response.force_close()
         return response
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # aiohttp reads what is left of a body after the response (to keep the connection), and
+        # logs a body that then fails to decode (a bad chunk, bad gzip) with a traceback quoting
+        # it. One line without the bytes is enough: the client sent garbage.
+        exc = kw.get("exc_info")
+        if isinstance(exc, (web.RequestPayloadError, ConnectionError)):
+            log.warning("bad request body: %s", type(exc).__name__)
+            return
+        super().log_exception(*args, **kw)
 
 
 class _Server(web.Server):

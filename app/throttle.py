@@ -11,9 +11,13 @@ attempt is refused (HTTP 429) once a count it belongs to has reached its limit:
 - one address, any usernames (20): spraying many accounts from one place;
 - one username, any addresses (100): a distributed attack on one account;
 - one device (5): a browser that holds a device cookie for the username (devices.py). Such a
-  browser has signed in as that user before, and is exempt from the two username counts, so an
-  attacker cannot lock the owner out of their own devices (OWASP, "Slow Down Online Guessing
-  Attacks with Device Cookies").
+  browser has signed in as that user before (with the current password), and this is its only
+  count: an attacker cannot lock the owner out of their own devices, neither through the
+  username nor through an address they share (OWASP, "Slow Down Online Guessing Attacks with
+  Device Cookies"). Its failures still count for the others.
+A username that belongs to a user is counted as that user (`user:<id>`): every spelling the
+database takes for it (`ALICE`, `alİce`, whatever its collation folds) is one count. Any other
+username is counted as its lower-cased text.
 Addresses are normalised first: IPv4-mapped IPv6 is IPv4, IPv6 is counted per /64 (what one
 customer of a provider gets), so the spellings of one address are one count.
 Refused attempts are not recorded, so waiting out the window always works. A success clears
@@ -61,7 +65,7 @@ WITH counted AS (
 ), recorded AS (
     INSERT INTO login_failures (username_key, client_ip, device)
     SELECT $1, $2, $3 FROM counted
-    WHERE ip < $6 AND CASE WHEN $3::text IS NULL THEN username_ip < $5 AND username < $7 ELSE device < $8 END
+    WHERE CASE WHEN $3::text IS NULL THEN username_ip < $5 AND ip < $6 AND username < $7 ELSE device < $8 END
     RETURNING id
 )
 SELECT counted.*, (SELECT id FROM recorded) AS attempt, now() AS now FROM counted
@@ -99,10 +103,13 @@ class Attempt:
     device: str | None
 
 
-def username_key(username: str) -> str:
-    # Case-insensitive like usernames themselves; bounded, since any string may be submitted.
-    # PostgreSQL text cannot hold NUL (a form can send %00): it would fail the query with a 500.
-    return username.lower().replace("\x00", "\ufffd")[:_MAX_KEY_CHARS]
+def username_key(username: str, user_id: int | None) -> str:
+    """What an attempt on `username` counts as: its user when there is one, else the text."""
+    if user_id is not None:
+        return f"user:{user_id}"
+    # Bounded, since any string may be submitted. PostgreSQL text cannot hold NUL (a form can
+    # send %00): it would fail the query with a 500.
+    return "name:" + username.lower().replace("\x00", "\ufffd")[:_MAX_KEY_CHARS]
 
 
 def address_key(address: str) -> str:
@@ -121,17 +128,17 @@ def address_key(address: str) -> str:
 
 
 async def begin(
-    conn: asyncpg.Connection, username: str, address: str, device: str | None, limits: Limits
+    conn: asyncpg.Connection, username: str, user_id: int | None, address: str, device: str | None, limits: Limits
 ) -> Attempt | Refusal:
-    """Record an attempt before its password is checked, or refuse it. `address` is the client's
-    address (normalised here); `device` the device ID when the browser holds a device cookie for
-    this username, else None."""
-    key, addr = username_key(username), address_key(address)
+    """Record an attempt before its password is checked, or refuse it. `user_id`: the user the
+    username names, if any; `address` the client's address (normalised here); `device` the
+    device ID when the browser holds a device cookie for this user, else None."""
+    key, addr = username_key(username, user_id), address_key(address)
     async with conn.transaction():
         if device is None:
             await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_USERNAME, key)
-        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_ADDRESS, addr)
-        if device is not None:
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_ADDRESS, addr)
+        else:
             await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_DEVICE, device)
         row = await conn.fetchrow(
             BEGIN_SQL,

@@ -1,6 +1,7 @@
-// The login page's messages (?error=1 after a failed attempt, ?signed-out=1 after a logout), and
-// the username kept after a failed attempt: remembered in this tab's sessionStorage when the form
-// is sent, never the password, and never in the URL (which logs and history keep).
+// The login page's messages (?error=1 after a failed attempt, ?signed-out=1 after a logout); the
+// username kept after a failed attempt (remembered in this tab's sessionStorage when the form is
+// sent, never the password, and never in the URL, which logs and history keep); one submit per
+// click.
 // A file, not inline script: the Content-Security-Policy allows only 'self' scripts.
 "use strict";
 const KEPT = "login-username";
@@ -25,4 +26,17 @@ if (params.get("error") === "1") {
   sessionStorage.removeItem(KEPT);
 }
 if (params.get("signed-out") === "1") show("signed-out");
-if (form && username) form.addEventListener("submit", () => sessionStorage.setItem(KEPT, username.value));
+if (form && username) {
+  form.addEventListener("submit", (event) => {
+    // One sign-in per click: a second submit while the first is on its way is dropped (a
+    // double-click would otherwise start two sessions, as the browser has no session to use up).
+    if (form.dataset.sent) {
+      event.preventDefault();
+      return;
+    }
+    form.dataset.sent = "1";
+    sessionStorage.setItem(KEPT, username.value);
+  });
+  // Back to this page from the back/forward cache: the form can be sent again.
+  window.addEventListener("pageshow", () => delete form.dataset.sent);
+}

@@ -19,17 +19,19 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from app import logs as app_logs
 from app import schema
 from app.config import Settings
 from app.embedded import forget_dead_holders, process_alive
 from app.passwords import hash_once
+from app.runner import Runner
 from app.server import create_app
 
 TEST_DB_PREFIX = "sessions_test_"
@@ -168,12 +170,21 @@ def settings(db_url: str) -> Settings:
     return make_settings(db_url)
 
 
+class AppTestServer(TestServer):
+    """aiohttp's TestServer serving through the app's own runner (app/runner.py), as `serve` and
+    the gunicorn workers do: protocol-level errors are answered and logged as in production."""
+
+    async def _make_runner(self, **kwargs: Any) -> Runner:
+        return Runner(self.app, **kwargs)
+
+
 @pytest.fixture
 def make_client(aiohttp_client: Callable[..., Awaitable[TestClient]]) -> Callable[..., Awaitable[TestClient]]:
-    """`await make_client(settings)`: a test client on the real app built from those settings."""
+    """`await make_client(settings)`: a test client on the real app built from those settings,
+    served by the app's own runner."""
 
     async def make(settings: Settings) -> TestClient:
-        return await aiohttp_client(await create_app(settings))
+        return await aiohttp_client(AppTestServer(await create_app(settings)))
 
     return make
 
@@ -318,6 +329,15 @@ def wheel_python(tmp_path_factory: pytest.TempPathFactory, library_wheel: Path) 
     from library_envs import fresh_venv
 
     return fresh_venv(tmp_path_factory.mktemp("venv-wheel") / "venv", str(library_wheel))
+
+
+@pytest.fixture(scope="session")
+def lowest_python(tmp_path_factory: pytest.TempPathFactory, library_wheel: Path) -> Path:
+    """The wheel with the lowest aiohttp and aiohttp-session it declares it supports."""
+    from library_envs import fresh_venv
+
+    lowest = ("aiohttp==3.14.0", "aiohttp-session==2.12.0")
+    return fresh_venv(tmp_path_factory.mktemp("venv-lowest") / "venv", str(library_wheel), *lowest)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,15 @@ import os
 import aiohttp_session
 import asyncpg
 from aiohttp import web
-from aiohttp_session_postgres import PostgresSession, PostgresStorage, SessionCache, create_schema, renew_session
+from aiohttp_session_postgres import (
+    PostgresSession,
+    PostgresStorage,
+    SessionCache,
+    create_schema,
+    get_session,
+    new_session,
+    renew_session,
+)
 
 DSN = os.environ["DATABASE_URL"]
 STORAGE = web.AppKey("storage", PostgresStorage)
@@ -25,18 +33,18 @@ routes = web.RouteTableDef()
 
 async def _account_number(pool: asyncpg.Pool, handle: str) -> int:
     async with pool.acquire() as conn:
-        return await conn.fetchval(
+        number: int = await conn.fetchval(
             "INSERT INTO shop.accounts (handle) VALUES ($1)"
             " ON CONFLICT (handle) DO UPDATE SET handle = EXCLUDED.handle RETURNING number",
             handle,
         )
+    return number
 
 
 async def _signed_in(request: web.Request) -> PostgresSession:
-    session = await aiohttp_session.get_session(request)
+    session = await get_session(request)
     if "user_id" not in session:
         raise web.HTTPUnauthorized(text='{"error": "not signed in"}', content_type="application/json")
-    assert isinstance(session, PostgresSession)
     return session
 
 
@@ -44,7 +52,7 @@ async def _signed_in(request: web.Request) -> PostgresSession:
 async def signin(request: web.Request) -> web.Response:
     handle = (await request.json())["handle"]
     number = await _account_number(request.app[POOL], handle)
-    session = await aiohttp_session.new_session(request)
+    session = await new_session(request)
     session["user_id"] = number
     session["handle"] = handle
     session["cart"] = []
@@ -74,7 +82,7 @@ async def elevate(request: web.Request) -> web.Response:
 
 @routes.post("/signout")
 async def signout(request: web.Request) -> web.Response:
-    session = await aiohttp_session.get_session(request)
+    session = await get_session(request)
     session.invalidate()
     return web.json_response({})
 

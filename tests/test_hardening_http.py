@@ -249,3 +249,116 @@ async def test_a_500_carries_the_headers_and_a_fixed_body(tmp_path: Path) -> Non
     assert status == 500
     assert body == b"500 Internal Server Error\n"
     assert_secured(headers)
+
+
+# -- found by a second attack: bodies, hosts, addresses, floods of cookies ---------------------
+
+
+@pytest.mark.parametrize("path", ["/login", "/logout"])
+async def test_a_body_that_does_not_decompress_is_a_400_and_one_log_line(
+    client: TestClient, app_log: AppLog, path: str
+) -> None:
+    port = client.server.port
+    assert port is not None
+    status, _, _ = await raw(
+        port,
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n".encode()
+        + b"Content-Encoding: gzip\r\nContent-Length: 8\r\nConnection: close\r\n\r\nnot gzip",
+    )
+    assert status == (400 if path == "/login" else 303)
+    await asyncio.sleep(0.1)
+    assert not any("Traceback" in line or line.startswith("    ") for line in app_log.lines()), app_log.lines()
+
+
+async def test_a_bad_chunk_after_the_form_began_is_answered(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp queues its 400 for a chunk that breaks after the handler began reading, and gives
+    the handler nothing more: the form's read deadline (BODY_TIMEOUT) answers, 408, and closes."""
+    import app.forms
+
+    monkeypatch.setattr(app.forms, "BODY_TIMEOUT", 1.0)
+    port = client.server.port
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n1a\r\nusername=alice&password=zz\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the handler is reading the form now
+        writer.write(b"ZZZZ\r\nmore\r\n")
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+    finally:
+        writer.close()
+    assert status_line.split()[1] == b"408"
+
+
+async def test_a_form_that_trickles_in_is_cut_off_with_a_408(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.forms
+
+    monkeypatch.setattr(app.forms, "BODY_TIMEOUT", 0.5)
+    port = client.server.port
+    assert port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 100\r\n\r\nusername=al"
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+    finally:
+        writer.close()
+    assert status_line.split()[1] == b"408"
+
+
+@pytest.mark.parametrize("host", ["x:99999", "a:b:c", "x:-1", "a@b", "evil.example/path", ""])
+async def test_a_bad_host_on_the_https_redirect_is_a_400(make_client: MakeClient, db_url: str, host: str) -> None:
+    client = await make_client(make_settings(db_url, trust_proxy=True))
+    port = client.server.port
+    assert port is not None
+    status, headers, _ = await raw(
+        port, f"GET /sessions HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert status == 400, (host, status)
+    assert "location" not in headers
+    assert_secured(headers)
+
+
+async def test_the_https_redirect_keeps_the_host_and_drops_the_port(make_client: MakeClient, db_url: str) -> None:
+    client = await make_client(make_settings(db_url, trust_proxy=True))
+    for host, location in (
+        ("example.com:80", "https://example.com/a?b=1"),
+        ("[2001:db8::1]:8080", "https://[2001:db8::1]/a?b=1"),
+    ):
+        response = await client.get("/a?b=1", headers={"Host": host}, allow_redirects=False)
+        assert response.status == 308
+        assert response.headers["Location"] == location
+
+
+async def test_a_scoped_ipv6_forwarded_for_is_no_address(
+    make_client: MakeClient, db_url: str, user: tuple[str, str], pg: asyncpg.Connection
+) -> None:
+    client = await make_client(make_settings(db_url, trust_proxy=True))
+    response = await client.post(
+        "/login",
+        data={"username": user[0], "password": user[1]},
+        headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "fe80::1%\u202e4.3.2.1 morf"},
+        allow_redirects=False,
+    )
+    assert response.status == 303
+    assert await pg.fetchval("SELECT client_ip FROM sessions WHERE replaced_at IS NULL") == "127.0.0.1"
+
+
+async def test_hundreds_of_bad_session_cookies_are_one_log_line(client: TestClient, app_log: AppLog) -> None:
+    header = "; ".join(["session=bad"] * 480)
+    response = await client.get("/", headers={"Cookie": header}, allow_redirects=False)
+    assert response.status == 303
+    bad = [line for line in app_log.events() if line.startswith("event=session.bad_signature")]
+    assert len(bad) == 1, bad
+    assert " cookies=16 " in bad[0] + " "  # only so many are even looked at

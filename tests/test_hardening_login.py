@@ -243,3 +243,84 @@ async def test_a_login_submitted_five_times_at_once_leaves_one_session(
     client.session.cookie_jar.clear()
     assert (await client.get("/", headers={"Cookie": f"session={new}"}, allow_redirects=False)).status == 200
     assert (await client.get("/", headers={"Cookie": f"session={pre_login}"}, allow_redirects=False)).status == 303
+
+
+# -- found by a second attack: spellings, device cookies after a reset, shared addresses -------
+
+
+async def test_no_spelling_that_signs_in_as_a_user_escapes_that_users_count(
+    client: TestClient, user: tuple[str, str], pg: asyncpg.Connection
+) -> None:
+    for _ in range(5):
+        assert (await attempt(client, user[0], "wrong")).status == 303
+    # Python lowers "İ" to "i̇", the database (libc collation) may lower it to "i": whatever the
+    # database takes for "alice" is counted as alice.
+    for variant in ("ALICE", "Alice", "alİce", "ALİCE"):
+        names_alice = await pg.fetchval("SELECT lower($1) = 'alice'", variant)
+        if names_alice:
+            assert (await attempt(client, variant, user[1])).status == 429, variant
+        else:  # another username altogether, which no user has: it signs nobody in
+            response = await attempt(client, variant, user[1])
+            assert response.headers.get("Location") == LOGIN_FAILED, variant
+
+
+async def test_a_password_reset_revokes_the_users_device_cookies(
+    proxied: TestClient, user: tuple[str, str], db_url: str
+) -> None:
+    device = device_cookie(await attempt(proxied, *user, ip="198.51.100.10"))
+    status, _, err = await run_app_command("user", "add", user[0], database_url=db_url, stdin=b"the new password\n")
+    assert status == 0, err
+    for n in range(20):  # lock the username for untrusted browsers: 100 failures
+        for i in range(5):
+            await attempt(proxied, user[0], f"guess-{n}-{i}", ip=f"203.0.113.{n}")
+    # The old device cookie (from the old password) is no longer an exemption.
+    assert (await attempt(proxied, user[0], "the new password", ip="198.51.100.11", cookies=device)).status == 429
+
+
+async def test_a_known_device_is_not_locked_out_by_others_at_its_address(
+    proxied: TestClient, user: tuple[str, str]
+) -> None:
+    device = device_cookie(await attempt(proxied, *user, ip="198.51.100.12"))
+    for i in range(Limits().per_ip):  # someone behind the same address sprays usernames
+        await attempt(proxied, f"spray{i}", "wrong", ip="198.51.100.12")
+    assert (await attempt(proxied, "someone-else", "wrong", ip="198.51.100.12")).status == 429
+    mine = await attempt(proxied, *user, ip="198.51.100.12", cookies=device)
+    assert mine.headers["Location"] == "/"
+
+
+@pytest.mark.parametrize("order", ["real first", "junk first"])
+async def test_a_second_device_cookie_of_the_name_cannot_hide_the_real_one(
+    proxied: TestClient, user: tuple[str, str], order: str
+) -> None:
+    device = device_cookie(await attempt(proxied, *user, ip="198.51.100.13"))
+    for n in range(20):
+        for i in range(5):
+            await attempt(proxied, user[0], f"guess-{n}-{i}", ip=f"203.0.113.{n}")
+    pair = [device, "__Host-device=1.AAAAAAAAAAAAAAAAAAAAAA." + "B" * 43]
+    header = "; ".join(pair if order == "real first" else reversed(pair))
+    assert (await attempt(proxied, *user, ip="198.51.100.14", cookies=header)).headers["Location"] == "/"
+
+
+async def test_a_flood_of_logins_is_refused_before_it_is_counted(
+    client: TestClient, user: tuple[str, str], pg: asyncpg.Connection
+) -> None:
+    """More logins at once than the process can hash: the excess is answered 503 at once, and
+    costs no attempt (the hasher's queue is bounded)."""
+    hasher = client.app[HASHER]
+    verify, go_on = hasher.verify, asyncio.Event()
+
+    async def held(password: str, encoded: str | None) -> bool:
+        await go_on.wait()
+        return await verify(password, encoded)
+
+    hasher.verify = held  # type: ignore[method-assign]
+    hasher._max_queued = 3  # what concurrency + max_waiting would allow, made small
+    hasher._queued = 3  # three sign-ins already in hand
+    try:
+        refused = await asyncio.gather(*(attempt(client, user[0], f"x{i}") for i in range(10)))
+    finally:
+        hasher._queued = 0
+        go_on.set()
+    assert {r.status for r in refused} == {503}
+    assert all(r.headers["Retry-After"] == "2" for r in refused)
+    assert await pg.fetchval("SELECT count(*) FROM login_failures") == 0

@@ -80,6 +80,7 @@ async def test_the_readme_app_runs_as_written(cache: str, wheel_python: Path, em
             assert (await get(first))[0] == 401  # renewed: the old ID is dead
             assert await get(second) == (200, "hello user 1\n")
 
+            assert (await post("/sudo", None)).status == 401  # nobody to elevate
             assert (await post("/logout", second)).status == 200
             assert (await get(second))[0] == 401
             # Only the tombstone of the renewed ID is left, until the sweeper takes it.

@@ -170,6 +170,11 @@ async def test_table_and_schema_names_are_options(empty_url: str, aiohttp_client
             await create_schema(conn, table='x"; DROP TABLE users; --')
         with pytest.raises(ValueError, match="too long"):
             schema_sql(table="t" * 48)
+        # The printed SQL carries its names only where they belong: no template braces, and the
+        # header does not turn into "auth.web_sessions and the other names ...".
+        printed = schema_sql("web_sessions", "auth")
+        assert "{" not in printed.replace("$$", "")
+        assert printed.splitlines()[0] == schema_sql().splitlines()[0]
     finally:
         await conn.close()
 
@@ -184,7 +189,7 @@ path_separator = space
 
 [aiohttp_session_postgres]
 table = {table}
-schema = public
+schema = {schema}
 
 [loggers]
 keys = root
@@ -251,10 +256,10 @@ def downgrade():
 '''
 
 
-def another_project(root: Path, table: str) -> Path:
+def another_project(root: Path, table: str, schema: str) -> Path:
     versions = root / "migrations" / "versions"
     versions.mkdir(parents=True)
-    (root / "alembic.ini").write_text(textwrap.dedent(ALEMBIC_INI.format(table=table)))
+    (root / "alembic.ini").write_text(textwrap.dedent(ALEMBIC_INI.format(table=table, schema=schema)))
     (root / "migrations" / "env.py").write_text(ENV_PY)
     (root / "migrations" / "script.py.mako").write_text("")
     (versions / "shop_0001_accounts.py").write_text(USERS_REVISION)
@@ -264,7 +269,8 @@ def another_project(root: Path, table: str) -> Path:
 async def test_alembic_upgrade_heads_brings_the_library_table_in(
     checkout_python: Path, empty_url: str, tmp_path: Path
 ) -> None:
-    project = another_project(tmp_path / "shop", "shop_sessions")
+    # The sessions in a schema of their own, which nothing has made yet.
+    project = another_project(tmp_path / "shop", "shop_sessions", "auth")
 
     def alembic(*args: str) -> str:
         result = run_in(checkout_python, project, "-m", "alembic", *args, DATABASE_URL=empty_url)
@@ -275,16 +281,16 @@ async def test_alembic_upgrade_heads_brings_the_library_table_in(
     alembic("upgrade", "heads")
     conn = await asyncpg.connect(empty_url)
     try:
-        assert (await layout(conn, "shop_sessions"))["columns"] == EXPECTED_COLUMNS
+        assert (await layout(conn, "shop_sessions", "auth"))["columns"] == EXPECTED_COLUMNS
         assert await conn.fetchval("SELECT to_regclass('public.accounts')") is not None
         heads = {r["version_num"] for r in await conn.fetch("SELECT version_num FROM alembic_version")}
         assert heads == {"shop_0001", "aiohttp_session_pg_0001"}
-        await notifications_work(conn, "shop_sessions")
+        await notifications_work(conn, "shop_sessions", "auth")
         # The branch can be taken back down on its own.
         alembic("downgrade", "aiohttp_session_postgres@base")
-        assert await conn.fetchval("SELECT to_regclass('public.shop_sessions')") is None
+        assert await conn.fetchval("SELECT to_regclass('auth.shop_sessions')") is None
         assert await conn.fetchval("SELECT to_regclass('public.accounts')") is not None
         # And offline: the SQL it would run, without a database.
-        assert 'CREATE TABLE IF NOT EXISTS "public"."shop_sessions"' in alembic("upgrade", "heads", "--sql")
+        assert 'CREATE TABLE IF NOT EXISTS "auth"."shop_sessions"' in alembic("upgrade", "heads", "--sql")
     finally:
         await conn.close()

@@ -334,3 +334,24 @@ def test_user_id_must_be_an_int_id(value: Any) -> None:
     assert "user_id" not in session
     session["user_id"] = 42
     session["user_id"] = None
+
+
+def test_values_nested_too_deep_or_containing_themselves_are_refused_at_assignment() -> None:
+    from aiohttp_session_postgres.session import MAX_DEPTH
+
+    session = PostgresSession()
+    deep: list[object] = []
+    for _ in range(MAX_DEPTH):
+        deep = [deep]
+    with pytest.raises(TypeError, match="nested 64 deep at most"):
+        session["deep"] = deep
+    within: list[object] = []
+    for _ in range(MAX_DEPTH - 1):
+        within = [within]
+    session["within"] = within  # as deep as allowed: kept
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(TypeError, match="contains itself"):
+        session["loop"] = loop
+    assert "deep" not in session
+    assert "loop" not in session

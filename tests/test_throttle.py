@@ -60,11 +60,15 @@ async def assert_throttled(response: ClientResponse, window: int) -> int:
     return int(retry_after)
 
 
-async def failures(pg: asyncpg.Connection, username_key: str | None = None, ip: str | None = None) -> int:
+async def failures(pg: asyncpg.Connection, username: str | None = None, ip: str | None = None) -> int:
+    """Recorded failures for `username` (as the throttle counts it: its user, if it has one) and
+    `ip`, each if given."""
     return await pg.fetchval(
         "SELECT count(*) FROM login_failures"
-        " WHERE ($1::text IS NULL OR username_key = $1) AND ($2::text IS NULL OR client_ip = $2)",
-        username_key,
+        " WHERE ($1::text IS NULL OR username_key = coalesce("
+        "    (SELECT 'user:' || id FROM users WHERE lower(username) = lower($1)), 'name:' || lower($1)))"
+        " AND ($2::text IS NULL OR client_ip = $2)",
+        username,
         ip,
     )
 
@@ -235,10 +239,11 @@ async def test_unknown_and_known_usernames_are_counted_alike(
     for response in (known, unknown, implausible):
         assert_failed(response)
     rows = await pg.fetch("SELECT username_key, client_ip FROM login_failures ORDER BY id")
+    alice_id = await pg.fetchval("SELECT id FROM users WHERE username = 'alice'")
     assert [tuple(r) for r in rows] == [
-        ("alice", "127.0.0.1"),
-        ("nobody", "127.0.0.1"),
-        ("x" * 65, "127.0.0.1"),
+        (f"user:{alice_id}", "127.0.0.1"),  # a user is counted as the user, whatever the spelling
+        ("name:nobody", "127.0.0.1"),
+        ("name:" + "x" * 65, "127.0.0.1"),
     ]
     # An attacker cannot tell from the throttle either: a made-up name is refused the same way.
     for _ in range(4):

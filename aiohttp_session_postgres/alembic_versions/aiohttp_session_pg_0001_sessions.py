@@ -29,6 +29,9 @@ def _names() -> tuple[str, str]:
 
 def upgrade() -> None:
     table, schema = _names()
+    if schema != "public":
+        # The branch may run before any revision of the project's own that would make it.
+        op.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
     for statement in schema_statements(table, schema):
         op.execute(statement)
 

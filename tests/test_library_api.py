@@ -1,0 +1,163 @@
+"""The library's own API, on a small app of the test's own (not the demo): the connection's 503
+for the database's failures only, the `secure` option, the memory of dead session IDs, the
+public sweep and its command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp_session
+import asyncpg
+import pytest
+from aiohttp import DummyCookieJar, web
+from aiohttp.test_utils import TestClient
+from aiohttp_session_postgres import (
+    DatabaseUnavailable,
+    PostgresStorage,
+    create_schema,
+    get_session,
+    new_session,
+    sweep,
+)
+from aiohttp_session_postgres.tokens import TokenSigner
+from conftest import AUTH_KEY, ENC_KEY, AppLog
+from library_envs import run_in
+
+STORAGE = web.AppKey("storage", PostgresStorage)
+
+
+@pytest.fixture
+async def lib_url(empty_url: str) -> str:
+    """A database with the library's table alone (no users table, no foreign key)."""
+    conn = await asyncpg.connect(empty_url)
+    try:
+        await create_schema(conn)
+    finally:
+        await conn.close()
+    return empty_url
+
+
+@pytest.fixture
+async def pool(lib_url: str) -> AsyncIterator[asyncpg.Pool]:
+    async with asyncpg.create_pool(lib_url, min_size=1, max_size=4) as pool:
+        yield pool
+
+
+@pytest.fixture
+async def lib_pg(lib_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(lib_url)
+    yield conn
+    await conn.close()
+
+
+async def small_app(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, **options: Any
+) -> TestClient:
+    storage = PostgresStorage(pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY], **options)
+    app = web.Application()
+    app[STORAGE] = storage
+    aiohttp_session.setup(app, storage)
+
+    async def start(request: web.Request) -> web.Response:
+        (await new_session(request))["user_id"] = 1
+        return web.Response(text="started")
+
+    async def read(request: web.Request) -> web.Response:
+        return web.Response(text=str(dict(await get_session(request))))
+
+    app.router.add_post("/start", start)
+    app.router.add_get("/read", read)
+    return await aiohttp_client(app, cookie_jar=DummyCookieJar())
+
+
+async def test_the_connection_turns_only_the_databases_failures_into_a_503(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool
+) -> None:
+    storage = PostgresStorage(pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY], database_timeout=0.5)
+    with pytest.raises(OSError, match="another service refused"):
+        async with storage.connection():
+            raise OSError("another service refused")  # not the database's doing: passes through
+    with pytest.raises(DatabaseUnavailable):
+        async with storage.connection() as conn:
+            await conn.execute("SELECT pg_sleep(5)")  # past the deadline: the database's
+    with pytest.raises(DatabaseUnavailable):
+        async with storage.connection() as conn:
+            await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")  # the connection dies
+    async with storage.connection() as conn:  # and the pool is fine afterwards
+        assert await conn.fetchval("SELECT 1") == 1
+
+
+@pytest.mark.parametrize("secure", [True, False, None])
+async def test_secure_makes_the_cookie_secure_whatever_aiohttp_sees(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, secure: bool | None
+) -> None:
+    client = await small_app(aiohttp_client, pool, secure=secure)
+    response = await client.post("/start")  # plain HTTP, as behind a TLS proxy without middleware
+    (header,) = response.headers.getall("Set-Cookie")
+    if secure:
+        assert header.startswith("__Host-session=")
+        assert "Secure" in header
+        cookie = header.split(";")[0].split("=", 1)[1]
+        read = await client.get("/read", headers={"Cookie": f"__Host-session={cookie}"})
+        assert await read.text() == "{'user_id': 1}"
+    else:
+        assert header.startswith("session=")
+        assert "Secure" not in header
+
+
+async def test_a_dead_cookie_costs_one_lookup_per_process(
+    aiohttp_client: Callable[..., Awaitable[TestClient]],
+    pool: asyncpg.Pool,
+    lib_pg: asyncpg.Connection,
+    app_log: AppLog,
+) -> None:
+    client = await small_app(aiohttp_client, pool, database_timeout=0.5)
+    dead, _ = TokenSigner((AUTH_KEY,)).new()  # validly signed, no such session
+    for _ in range(3):
+        assert await (await client.get("/read", headers={"Cookie": f"session={dead}"})).text() == "{}"
+    assert len([line for line in app_log.events() if "expired_or_unknown" in line]) == 1
+    # Known dead: answered while the table is locked, so without asking the database.
+    async with lib_pg.transaction():
+        await lib_pg.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+        response = await asyncio.wait_for(client.get("/read", headers={"Cookie": f"session={dead}"}), 5)
+        assert response.status == 200
+
+
+async def test_sweep_needs_only_a_pool_and_the_command_only_a_dsn(
+    pool: asyncpg.Pool, lib_pg: asyncpg.Connection, lib_url: str, checkout_python: Path, tmp_path: Path
+) -> None:
+    async def expired(count: int) -> None:
+        await lib_pg.execute(
+            "INSERT INTO sessions (id_hash, data, idle_expires_at, absolute_expires_at)"
+            " SELECT id, '\\x00'::bytea, now() - interval '1 minute', now() + interval '1 hour'"
+            " FROM unnest($1::bytea[]) AS id",
+            [os.urandom(32) for _ in range(count)],
+        )
+
+    await expired(7)
+    assert await sweep(pool, batch_size=3) == 7
+    await expired(4)
+    result = await asyncio.to_thread(
+        run_in, checkout_python, tmp_path, "-m", "aiohttp_session_postgres", "sweep", "--dsn", lib_url
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "removed 4 expired sessions"
+    result = await asyncio.to_thread(
+        run_in,
+        checkout_python,
+        tmp_path,
+        "-m",
+        "aiohttp_session_postgres",
+        "sweep",
+        "--dsn",
+        lib_url,
+        "--table",
+        "nope",
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: the database refused or did not answer (relation")
+    assert len(result.stderr.strip().splitlines()) == 1
