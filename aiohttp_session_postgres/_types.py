@@ -12,3 +12,5 @@ if TYPE_CHECKING:
     # A connection of its own, or one acquired from a pool (asyncpg hands out a proxy for it):
     # every function that takes a connection takes either.
     Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+    # One acquired from a pool.
+    PoolConnection: TypeAlias = PoolConnectionProxy[asyncpg.Record]

@@ -140,8 +140,9 @@ class SessionCache:
         self, connect: Callable[[], Awaitable[asyncpg.Connection]], channel: str, *, check_every: float = 2.0
     ) -> None:
         """Keep a LISTEN connection on `channel` for as long as the app runs, reconnecting with
-        backoff; ask it something every `check_every` seconds, so a connection that died
-        silently is noticed. Cancel to stop."""
+        backoff; a connection that died silently (no RST) is noticed within `check_every`
+        seconds: it is asked something every half of that, and given the other half to answer.
+        Cancel to stop."""
         backoff = 0.5
         while True:
             conn: asyncpg.Connection | None = None
@@ -157,9 +158,8 @@ class SessionCache:
                 log.info("session cache enabled: listening for session changes")
                 backoff = 0.5
                 while not conn.is_closed():
-                    # A connection can die silently (no RST): ask it something now and then.
-                    await asyncio.sleep(check_every)
-                    await conn.execute("SELECT 1", timeout=check_every)
+                    await asyncio.sleep(check_every / 2)
+                    await conn.execute("SELECT 1", timeout=check_every / 2)
                 self._disable("listener connection closed")
             except asyncio.CancelledError:
                 self._disable("shutting down")

@@ -17,7 +17,7 @@ import asyncpg
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from ._types import Connection
+    from ._types import Connection, PoolConnection
 
 log = logging.getLogger("aiohttp_session_postgres")
 
@@ -53,34 +53,58 @@ class DatabaseUnavailable(web.HTTPServiceUnavailable):
         )
 
 
-@asynccontextmanager
-async def bounded_connection(pool: asyncpg.Pool, timeout: float) -> AsyncIterator[Connection]:
-    """A connection from `pool` whose whole use (acquire, statements, release) ends within
-    `timeout` seconds; otherwise DatabaseUnavailable is raised (the statement cut short is
-    cancelled in the database too). An error raised inside the block by anything but the
-    database (an OSError of another service's client, say) passes through unchanged."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+class FairPool:
+    """`pool`, handed out in the order it was asked for. asyncpg's pool wakes a waiter when a
+    connection comes back, but a newcomer can take it first, so with more requests than
+    connections some wait far longer than others (measured here: p99 155 ms against a p50 of 7
+    at 32 requests on 5 connections). A FIFO semaphore of the pool's size in front of it queues
+    everyone in arrival order; the pool itself then never has a waiter. (Code that acquires from
+    the pool directly, past this gate, may still overtake: the sweeper, a few times an hour.)"""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        # asyncio.Semaphore serves waiters first-come, first-served, newcomers after them.
+        self._turns = asyncio.Semaphore(pool.get_max_size())
+
+    @asynccontextmanager
+    async def connection(self, timeout: float) -> AsyncIterator[Connection]:
+        """A connection whose whole use (the wait for a turn, acquire, statements, release) ends
+        within `timeout` seconds; otherwise DatabaseUnavailable is raised (the statement cut
+        short is cancelled in the database too). An error raised inside the block by anything
+        but the database (an OSError of another service's client, say) passes through."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        conn: PoolConnection | None = None
+        turn = False
+        try:
+            # One deadline for everything: asyncpg's own timeouts (acquire's, a statement's)
+            # each cost a scope and a timer per call, a measured share of a read.
+            async with asyncio.timeout_at(deadline) as within:
+                await self._turns.acquire()
+                turn = True
+                conn = await self.pool.acquire()
+                yield conn
+        except UNAVAILABLE_ERRORS as exc:
+            if conn is None or _from_database(exc) or within.expired() or _closed(conn):
+                raise _unavailable(exc) from exc
+            raise
+        finally:
+            try:
+                if conn is not None:
+                    await _release(self.pool, conn, deadline - loop.time())
+            finally:
+                if turn:
+                    self._turns.release()
+
+
+async def _release(pool: asyncpg.Pool, conn: PoolConnection, remaining: float) -> None:
+    # Releasing a connection whose statement was cut short waits for the server to acknowledge
+    # the cancel (asyncpg would wait the whole timeout again): give it only what is left of the
+    # deadline; past that asyncpg terminates the connection.
     try:
-        async with asyncio.timeout_at(deadline):
-            conn = await pool.acquire(timeout=timeout)
+        await pool.release(conn, timeout=max(remaining, 0.01))
     except UNAVAILABLE_ERRORS as exc:
         raise _unavailable(exc) from exc
-    try:
-        async with asyncio.timeout_at(deadline) as within:
-            yield conn
-    except UNAVAILABLE_ERRORS as exc:
-        if _from_database(exc) or within.expired() or _closed(conn):
-            raise _unavailable(exc) from exc
-        raise
-    finally:
-        # Releasing a connection whose statement was cut short waits for the server to
-        # acknowledge the cancel (asyncpg would wait the whole `timeout` again): give it only
-        # what is left of the deadline; past that asyncpg terminates the connection.
-        try:
-            await pool.release(conn, timeout=max(deadline - loop.time(), 0.01))
-        except UNAVAILABLE_ERRORS as exc:
-            raise _unavailable(exc) from exc
 
 
 def _unavailable(exc: BaseException) -> DatabaseUnavailable:

@@ -28,7 +28,7 @@ from . import events
 from .background import CleanupContext, while_running
 from .cache import Entry, SessionCache
 from .cipher import DataCipher
-from .deadline import bounded_connection
+from .deadline import FairPool
 from .request_data import MAX_CANDIDATES, MAX_IP_CHARS, MAX_USER_AGENT_CHARS, MAX_VALUES, cookie_values, valid_text
 from .schema import TOMBSTONE_SECONDS, TableNames
 from .session import PostgresSession, check_json_value
@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aiohttp_session_postgres")
 
-# Dead session IDs remembered per process (32 bytes each and a dict slot: about 2 MB).
+# Session IDs remembered per process, dead ones and touch times (32 bytes and a dict slot each:
+# about 2 MB).
 _MAX_DEAD = 10_000
 
 # The ID hash of the session the request's cookie named, once loaded.
@@ -68,8 +69,21 @@ SELECT data, version,
        extract(epoch FROM created_at)::bigint AS created,
        extract(epoch FROM CASE WHEN due THEN least(now() + make_interval(secs => $2), absolute_expires_at)
                                ELSE idle_expires_at END)::float8 AS idle_deadline,
-       extract(epoch FROM absolute_expires_at)::float8 AS absolute_deadline
+       extract(epoch FROM absolute_expires_at)::float8 AS absolute_deadline,
+       extract(epoch FROM CASE WHEN due THEN now() ELSE last_seen_at END)::float8 AS last_seen
 FROM live
+"""
+
+# The same read when this process knows the row was touched less than a touch interval ago (it
+# did so itself): nothing to slide, so no UPDATE to plan and no client details to send.
+READ_SQL = """
+SELECT data, version,
+       extract(epoch FROM created_at)::bigint AS created,
+       extract(epoch FROM idle_expires_at)::float8 AS idle_deadline,
+       extract(epoch FROM absolute_expires_at)::float8 AS absolute_deadline,
+       extract(epoch FROM last_seen_at)::float8 AS last_seen
+FROM {table}
+WHERE id_hash = $1 AND idle_expires_at > now() AND absolute_expires_at > now()
 """
 
 # A login: the new session uses up the one the request came with ($6, any validly signed cookie,
@@ -112,14 +126,21 @@ RETURNING extract(epoch FROM absolute_expires_at)::float8 AS absolute_deadline
 
 # max_sessions_per_user: after a login, end the user's least recently used live sessions beyond
 # the cap. A statement of its own, after the login's commit: of concurrent logins, the last to
-# trim sees every one committed before it, so once they are all answered the cap holds.
+# trim sees every one committed before it, so once they are all answered the cap holds. The rows
+# are locked in one order (id_hash, as every statement that ends several of a user's sessions
+# does): concurrent trims then queue for each other instead of deadlocking.
 TRIM_SQL = """
 DELETE FROM {table}
 WHERE id_hash IN (
     SELECT id_hash FROM {table}
-    WHERE user_id = $1 AND idle_expires_at > now() AND absolute_expires_at > now()
-    ORDER BY last_seen_at DESC, created_at DESC
-    OFFSET $2
+    WHERE id_hash IN (
+        SELECT id_hash FROM {table}
+        WHERE user_id = $1 AND idle_expires_at > now() AND absolute_expires_at > now()
+        ORDER BY last_seen_at DESC, created_at DESC
+        OFFSET $2
+    ) AND idle_expires_at > now() AND absolute_expires_at > now()
+    ORDER BY id_hash
+    FOR UPDATE
 )
 RETURNING id_hash
 """
@@ -150,6 +171,7 @@ class _Statements:
     def __init__(self, names: TableNames) -> None:
         table = names.qualified
         self.load = LOAD_SQL.format(table=table)
+        self.read = READ_SQL.format(table=table)
         self.create = CREATE_SQL.format(table=table)
         self.renew = RENEW_SQL.format(table=table)
         self.trim = TRIM_SQL.format(table=table)
@@ -226,6 +248,7 @@ class PostgresStorage(AbstractStorage):
             raise ValueError("max_sessions_per_user must be at least 1 (or None)")
         super().__init__(cookie_name=cookie_name, max_age=absolute_timeout, httponly=True, samesite="Lax")
         self._pool = pool
+        self._fair = FairPool(pool)
         self._signer = TokenSigner(tuple(authentication_keys))
         self._cipher = DataCipher(tuple(encryption_keys))
         self._idle = float(idle_timeout)
@@ -242,6 +265,9 @@ class PostgresStorage(AbstractStorage):
         # to life, so a browser that keeps sending a dead cookie (it is never expired for it: see
         # _expire_cookie) costs a lookup and a log line once, not on every request.
         self._dead: OrderedDict[bytes, None] = OrderedDict()
+        # When each session was last touched (the database's clock, epoch seconds), as this
+        # process last learned it: within the touch interval a read needs no touch (READ_SQL).
+        self._touched: dict[bytes, float] = {}
 
     # -- cookie ----------------------------------------------------------------------------
 
@@ -335,8 +361,12 @@ class PostgresStorage(AbstractStorage):
             if entry is not None and now - entry.touched_at < self._touch and verified.current_key:
                 return self._loaded(id_hash, entry.plaintext, entry.created, entry.version, entry.absolute_deadline)
             generation = cache.generation
+        touched = self._touched.get(id_hash)
         async with self.connection() as conn:
-            row = await conn.fetchrow(self._sql.load, id_hash, self._idle, self._touch, *_client(request))
+            if touched is not None and time.time() - touched < self._touch:
+                row = await conn.fetchrow(self._sql.read, id_hash)
+            else:
+                row = await conn.fetchrow(self._sql.load, id_hash, self._idle, self._touch, *_client(request))
         if row is None:
             events.emit("session.expired_or_unknown", id_hash)
             self._remember_dead(id_hash)
@@ -347,6 +377,7 @@ class PostgresStorage(AbstractStorage):
             self._remember_dead(id_hash)
             return None
         plaintext, current_data_key = opened
+        self._note_touch(id_hash, row["last_seen"])
         session = self._loaded(id_hash, plaintext, row["created"], row["version"], row["absolute_deadline"])
         if not (current_data_key and verified.current_key):
             # Read under an old key: save it again now, re-encrypted and re-signed.
@@ -362,12 +393,17 @@ class PostgresStorage(AbstractStorage):
                     row["created"],
                     row["idle_deadline"],
                     row["absolute_deadline"],
-                    touched_at=time.time(),
+                    touched_at=row["last_seen"],
                     cached_at=time.monotonic(),
                 ),
                 generation=generation,
             )
         return session
+
+    def _note_touch(self, id_hash: bytes, last_seen: float) -> None:
+        if id_hash not in self._touched and len(self._touched) >= _MAX_DEAD:
+            del self._touched[next(iter(self._touched))]  # the oldest insertion
+        self._touched[id_hash] = last_seen
 
     def _remember_dead(self, id_hash: bytes) -> None:
         self._dead[id_hash] = None
@@ -408,7 +444,7 @@ class PostgresStorage(AbstractStorage):
         user_id = self._user_id(mapping)
         sealed = self._cipher.seal(plaintext, id_hash)
         client = _client(request)
-        generation = self._cache.generation if self._cache else 0
+        generation = self._generation()
         args: tuple[object, ...]
         if renewing:
             sql, args = self._sql.renew, (id_hash, user_id, sealed, self._idle, replaced, *client)
@@ -455,7 +491,7 @@ class PostgresStorage(AbstractStorage):
         mapping = dict(session)
         plaintext: bytes | None = _encode(mapping)
         assert plaintext is not None
-        generation = self._cache.generation if self._cache else 0
+        generation = self._generation()
         async with self.connection() as conn:
             version = await self._write(conn, id_hash, mapping, plaintext, session.version)
             if version is None:
@@ -582,8 +618,9 @@ class PostgresStorage(AbstractStorage):
     def connection(self) -> contextlib.AbstractAsyncContextManager[Connection]:
         """`async with storage.connection() as conn:` a connection from the storage's pool under
         the storage's deadline (database_timeout): for the app's own queries, which then answer
-        503 (DatabaseUnavailable) on an outage, as the session's do."""
-        return bounded_connection(self._pool, self._db_timeout)
+        503 (DatabaseUnavailable) on an outage, as the session's do. Connections are handed out
+        in the order they were asked for (the pool's own order is not fair)."""
+        return self._fair.connection(self._db_timeout)
 
     @contextlib.asynccontextmanager
     async def _connection(self, conn: Connection | None) -> AsyncIterator[Connection]:
@@ -618,11 +655,17 @@ class PostgresStorage(AbstractStorage):
             raise ValueError("this storage was made without a cache")
         return while_running(lambda: cache.listen(connect, self._names.channel))
 
+    def _generation(self) -> int:
+        # `is not None`: an empty cache is falsy (it has a length).
+        return self._cache.generation if self._cache is not None else 0
+
     def _remember(self, id_hash: bytes, plaintext: bytes | None, session: PostgresSession, generation: int) -> None:
-        """Cache what this process just wrote (its own notification then leaves it alone)."""
+        """Note what this process just wrote (it touched the row: last_seen_at = now()), and
+        cache it (its own notification then leaves it alone)."""
+        now = time.time()
+        self._note_touch(id_hash, now)
         if self._cache is None or plaintext is None or session.absolute_deadline is None:
             return
-        now = time.time()
         self._cache.put(
             id_hash,
             Entry(

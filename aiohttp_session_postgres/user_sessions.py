@@ -27,8 +27,17 @@ WHERE user_id = $1 AND substring(id_hash FROM 1 FOR octet_length($2::bytea)) = $
     AND idle_expires_at > now() AND absolute_expires_at > now()
 RETURNING id_hash
 """
-END_OTHERS_SQL = "DELETE FROM {table} WHERE user_id = $1 AND id_hash <> $2 RETURNING id_hash"
-END_ALL_SQL = "DELETE FROM {table} WHERE user_id = $1 RETURNING id_hash"
+# Rows locked in id_hash order, as the trim after a login locks them: no deadlock between them.
+END_OTHERS_SQL = """
+DELETE FROM {table}
+WHERE id_hash IN (SELECT id_hash FROM {table} WHERE user_id = $1 AND id_hash <> $2 ORDER BY id_hash FOR UPDATE)
+RETURNING id_hash
+"""
+END_ALL_SQL = """
+DELETE FROM {table}
+WHERE id_hash IN (SELECT id_hash FROM {table} WHERE user_id = $1 ORDER BY id_hash FOR UPDATE)
+RETURNING id_hash
+"""
 
 
 @dataclass(frozen=True)

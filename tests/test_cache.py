@@ -69,6 +69,18 @@ async def test_a_cache_hit_asks_no_database(
     assert response.status == (200 if cache else 503)
 
 
+async def test_a_session_this_process_just_made_is_cached_at_once(
+    make_client: MakeClient, db_url: str, user: tuple[str, str], pg: asyncpg.Connection
+) -> None:
+    client = await make_client(make_settings(db_url, cache=True, database_timeout=0.5))
+    await _cache_ready(client)
+    await login(client, *user)  # into an empty cache: the login's own write is its first entry
+    async with pg.transaction():
+        await pg.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+        response = await client.get("/", allow_redirects=False)
+    assert response.status == 200
+
+
 async def test_logout_in_one_process_is_refused_by_the_other(
     make_client: MakeClient, db_url: str, user: tuple[str, str]
 ) -> None:

@@ -161,3 +161,25 @@ async def test_sweep_needs_only_a_pool_and_the_command_only_a_dsn(
     assert result.returncode == 1
     assert result.stderr.startswith("error: the database refused or did not answer (relation")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_concurrent_logins_and_revocations_of_one_user_never_deadlock(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], lib_url: str, lib_pg: asyncpg.Connection
+) -> None:
+    # Trims of one user's sessions and "end all" lock the user's rows in one order (id_hash), so
+    # however many run at once none fails with a deadlock, and once all are answered the cap holds.
+    async with asyncpg.create_pool(lib_url, min_size=8, max_size=8) as wide:
+        client = await small_app(aiohttp_client, wide, max_sessions_per_user=2, database_timeout=10)
+        storage = client.app[STORAGE]
+        for _ in range(5):
+            answers = await asyncio.gather(
+                *(client.post("/start") for _ in range(200)),
+                *(storage.end_all_sessions(1) for _ in range(4)),
+                return_exceptions=True,
+            )
+            failures = [a for a in answers if isinstance(a, BaseException)]
+            assert not failures, failures[:3]
+            assert {a.status for a in answers if not isinstance(a, int)} == {200}
+            await client.post("/start")  # the last login trims after every other has committed
+            live = await lib_pg.fetchval("SELECT count(*) FROM sessions WHERE user_id = 1 AND idle_expires_at > now()")
+            assert live == 2
