@@ -58,8 +58,10 @@ async def create_pool(
         min_size=1,
         max_size=max_size,
         timeout=timeout,  # connect
-        command_timeout=timeout,  # default per statement
-        max_inactive_connection_lifetime=60,
+        # No command_timeout and no idle-connection timer: the storage's deadline bounds every
+        # request's statements (the sweeper and the commands pass their own), and each of these
+        # costs asyncpg a timer per statement or per release, a measured share of a read.
+        max_inactive_connection_lifetime=0,
         statement_cache_size=0 if pgbouncer else 100,
         reset=_keep_session_state,
     )

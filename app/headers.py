@@ -1,11 +1,10 @@
 """The security headers every response carries: pages, redirects (the 308 to HTTPS included),
-static files, errors, and the 400s and 500s aiohttp answers itself (runner.py)."""
+static files, errors (middlewares.py adds them), and the 400s and 500s aiohttp answers itself
+(runner.py)."""
 
 from __future__ import annotations
 
 from aiohttp import web
-
-from .middlewares import HTTPS
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -22,9 +21,3 @@ def secure(response: web.StreamResponse, *, https: bool) -> None:
     headers.setdefault("X-Frame-Options", "DENY")
     if https:
         headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
-
-
-async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    """For `app.on_response_prepare`: runs for every response the app sends, however it was made
-    (a handler, a middleware's raised redirect, the router's 404, a static file)."""
-    secure(response, https=request.get(HTTPS, request.secure))

@@ -21,7 +21,6 @@ import uuid
 from typing import Any, TextIO
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from .text import escape
 
@@ -45,15 +44,15 @@ class _RequestId:
         return self._value
 
 
-# Set per request by the middleware below: each request runs in a task of its own, which has
+# Set per request by start_request: each request runs in a task of its own, which has
 # its own copy of the context.
 _CURRENT: contextvars.ContextVar[_RequestId | None] = contextvars.ContextVar("request_id", default=None)
 
 
-@web.middleware
-async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
+def start_request(request: web.BaseRequest) -> None:
+    """Lines logged from now on, in this request's task, carry its ID (middlewares.py calls it
+    first thing)."""
     _CURRENT.set(_RequestId(request.headers.get("X-Request-ID")))
-    return await handler(request)
 
 
 class _RequestIdFilter(logging.Filter):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from html import escape
 
@@ -42,6 +43,7 @@ def html(text: str, *, status: int = 200, private: bool = False) -> web.Response
     return response
 
 
+@functools.lru_cache(maxsize=1024)  # the page depends on the name alone, and is the hot path
 def home(username: str) -> str:
     body = f"""<div class="avatar" aria-hidden="true">{escape(username[:1].upper())}</div>
 <h1>Hello {escape(username)}</h1>

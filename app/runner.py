@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -24,6 +25,8 @@ from .config import Settings
 from .server import create_app
 
 log = logging.getLogger(__name__)
+
+AppFactory = Callable[[Settings], Awaitable[web.Application]]
 
 # Heroku sends SIGTERM and kills 30 s later: in-flight requests get 25 s to finish.
 SHUTDOWN_TIMEOUT = 25
@@ -90,9 +93,10 @@ def runner(app: web.Application, *, access_log: bool, handle_signals: bool = Fal
     )
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, app_factory: AppFactory = create_app) -> None:
     """Serve one process until SIGINT/SIGTERM: stop accepting, let requests in flight finish (up
-    to SHUTDOWN_TIMEOUT), run the app's cleanup, return. StartupError if it cannot start."""
+    to SHUTDOWN_TIMEOUT), run the app's cleanup, return. StartupError if it cannot start.
+    `app_factory`: the app to serve (the benchmark serves variants of it the same way)."""
     try:
         import uvloop
 
@@ -100,7 +104,7 @@ def serve(settings: Settings) -> None:
     except ImportError:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    main = loop.create_task(_serve(settings))
+    main = loop.create_task(_serve(settings, app_factory))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):
@@ -114,9 +118,9 @@ def serve(settings: Settings) -> None:
         loop.close()
 
 
-async def _serve(settings: Settings) -> None:
-    app = await create_app(settings)
-    serving = runner(app, access_log=True, handle_signals=True)
+async def _serve(settings: Settings, app_factory: AppFactory) -> None:
+    app = await app_factory(settings)
+    serving = runner(app, access_log=settings.access_log, handle_signals=True)
     await serving.setup()
     try:
         await web.TCPSite(serving, settings.host, settings.port).start()

@@ -13,11 +13,11 @@ from aiohttp import web
 from aiohttp.web_exceptions import NotAppKeyWarning
 from aiohttp_session_postgres import UNAVAILABLE_ERRORS, PostgresStorage, SessionCache
 
-from . import db, handlers, headers, logs, schema, useragent
+from . import db, handlers, schema, useragent
 from .appkeys import DEVICES, HASHER, POOL, SETTINGS, STORAGE
 from .config import Settings
 from .devices import DeviceCookies
-from .middlewares import cross_origin, error_pages, proxy
+from .middlewares import front
 from .passwords import PasswordHasher
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,7 @@ def build_storage(settings: Settings, pool: asyncpg.Pool) -> PostgresStorage:
 async def create_app(settings: Settings) -> web.Application:
     pool = await open_pool(settings)
     storage = build_storage(settings, pool)
-    app = web.Application(
-        middlewares=[proxy(settings.trust_proxy), logs.request_id, error_pages, cross_origin],
-    )
-    app.on_response_prepare.append(headers.on_response_prepare)
+    app = web.Application(middlewares=[front(settings.trust_proxy)])
     app[SETTINGS] = settings
     app[POOL] = pool
     app[HASHER] = PasswordHasher(settings.password_cost)

@@ -224,7 +224,8 @@ async def test_a_database_restart_under_load_answers_503_within_2_s_and_loses_no
     print(
         f"\n{mode} restart: {len(samples)} requests {dict(traffic.ledger.outcomes())}, "
         f"{len(during)} during the outage, slowest {worst:.2f} s, first success {min(back):.2f} s after the "
-        f"database returned; sessions audited: {live} live, {ended} ended; lost = 0"
+        f"database returned; sessions audited: {live} live, {ended} ended; lost = 0; "
+        f"{traffic.ledger.stale_summary()}"
     )
 
 
@@ -274,13 +275,13 @@ async def test_a_server_killed_mid_load_and_started_again_loses_no_session(
                 assert not await row_exists(conn, cookie)
 
             # The killed process's connections are gone; the restarted one has its own pool.
-            async def within_the_pools() -> bool:
-                return await connections(conn, database_name(fresh.url)) <= 2 * pool_max
+            async def within_the_pools() -> bool:  # each process: its pool and its cache's listener
+                return await connections(conn, database_name(fresh.url)) <= 2 * (pool_max + 1)
 
             await eventually(within_the_pools, 10, "the killed process's connections stayed open")
     print(
         f"\nSIGKILL: {len(samples)} requests {dict(traffic.ledger.outcomes())}; sessions audited: {live} live, "
-        f"{ended} ended; lost = 0"
+        f"{ended} ended; lost = 0; {traffic.ledger.stale_summary()}"
     )
 
 
@@ -289,7 +290,9 @@ async def test_an_exhausted_pool_answers_503_in_bounded_time_and_leaks_nothing(
     fresh: OwnedPostgres, servers: Servers
 ) -> None:
     timeout = 1.0
-    server = await servers.start(fresh.url, DATABASE_POOL_MAX="1", DATABASE_TIMEOUT=str(timeout))
+    # The cache off: every read needs the pool (with it on, the cached sessions would be served
+    # without one; the hung-database test below shows that).
+    server = await servers.start(fresh.url, DATABASE_POOL_MAX="1", DATABASE_TIMEOUT=str(timeout), SESSION_CACHE="off")
     name = database_name(fresh.url)
     async with new_http() as http, connected(fresh.url) as observer:
         cookies = []
@@ -327,19 +330,30 @@ async def _login(http: aiohttp.ClientSession, url: str, username: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("cache", ["on", "off"])
 async def test_a_hung_database_keeps_requests_bounded_and_the_app_sweeper_gives_up(
-    fresh: OwnedPostgres, servers: Servers
+    fresh: OwnedPostgres, servers: Servers, cache: str
 ) -> None:
     timeout = 1.0
-    server = await servers.start(fresh.url, DATABASE_TIMEOUT=str(timeout), SWEEP_INTERVAL="1", LOG_LEVEL="INFO")
+    server = await servers.start(
+        fresh.url, DATABASE_TIMEOUT=str(timeout), SWEEP_INTERVAL="1", LOG_LEVEL="INFO", SESSION_CACHE=cache
+    )
     name = database_name(fresh.url)
+    if cache == "on":
+
+        async def listening() -> bool:
+            return "session cache enabled" in server.log()
+
+        await eventually(listening, 5, "the cache's listener did not come up")
     async with new_http() as http, connected(fresh.url) as observer:
         cookie = await _login(http, server.url, "user0")
         await _insert_expired(observer, 50)
         async with table_locked(fresh.url):
             locked_at = time.monotonic()
             results = await asyncio.gather(*(timed_home(http, server.url, cookie) for _ in range(5)))
-            assert [status for status, _ in results] == [503] * 5
+            # The session this process just made is in its cache (the default): served without the
+            # database. Without the cache, each read waits for the lock until its deadline.
+            assert [status for status, _ in results] == [200 if cache == "on" else 503] * 5
             assert max(latency for _, latency in results) < timeout + 1.0
             started = time.monotonic()
             status, _ = await login(http, server.url, "user1", PASSWORD)

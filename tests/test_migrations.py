@@ -107,7 +107,7 @@ def assert_migrated(url: str) -> None:
     assert "sessions_pkey" in found
 
     versions = [r["version_num"] for r in query(url, "SELECT version_num FROM alembic_version")]
-    assert versions == [schema.head_revision()]
+    assert versions == [schema.HEAD_REVISION]
 
 
 def test_alembic_cli_upgrade_downgrade_upgrade(fresh_url: str) -> None:
@@ -130,7 +130,7 @@ def test_alembic_cli_upgrade_downgrade_upgrade(fresh_url: str) -> None:
 
     current = alembic("current", database_url=url)
     assert current.returncode == 0, current.stderr
-    assert schema.head_revision() in current.stdout
+    assert schema.HEAD_REVISION in current.stdout
 
 
 def test_upgrade_head_is_idempotent(fresh_url: str) -> None:
@@ -164,7 +164,7 @@ def test_offline_sql_needs_no_database() -> None:
     # The last statement before COMMIT records the head revision (INSERT, or UPDATE after 0001).
     last = sql.rstrip().removesuffix("COMMIT;").rstrip().rsplit(";", 2)[-2]
     assert "alembic_version" in last
-    assert f"'{schema.head_revision()}'" in last
+    assert f"'{schema.HEAD_REVISION}'" in last
     assert sql.rstrip().endswith("COMMIT;")
 
 
@@ -273,3 +273,8 @@ async def test_the_move_to_the_library_keeps_a_deployed_databases_sessions(
         assert alembic("upgrade", "head", database_url=fresh_url).returncode == 0
     finally:
         await conn.close()
+
+
+def test_the_head_revision_the_app_expects_is_alembics() -> None:
+    """The app checks the database against schema.HEAD_REVISION, without importing Alembic."""
+    assert schema.alembic_head() == schema.HEAD_REVISION

@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestClient
 from conftest import add_user, login, make_settings, session_cookie, start_embedded
 
 from app import schema
+from app.appkeys import STORAGE
 
 MakeClient = Callable[..., Awaitable[TestClient]]
 
@@ -112,9 +113,10 @@ async def assert_unavailable_page(response: ClientResponse, elapsed: float) -> N
     assert "Set-Cookie" not in response.headers
 
 
+@pytest.mark.parametrize("cache", [True, False], ids=["cache-on", "cache-off"])
 @pytest.mark.parametrize("how", ["stopped", "frozen"])
 async def test_database_outage_answers_503_in_time_and_session_survives(
-    own_server: Any, make_client: MakeClient, how: str
+    own_server: Any, make_client: MakeClient, how: str, cache: bool
 ) -> None:
     url = own_server.get_uri()
     conn = await asyncpg.connect(url)
@@ -122,13 +124,21 @@ async def test_database_outage_answers_503_in_time_and_session_survives(
         await add_user(conn, "alice", "pw")
     finally:
         await conn.close()
-    client = await make_client(make_settings(url, database_timeout=DATABASE_TIMEOUT))
+    client = await make_client(make_settings(url, database_timeout=DATABASE_TIMEOUT, cache=cache))
     await login(client, "alice", "pw")
     cookie = session_cookie(client)
     assert cookie is not None
     assert "Hello alice" in await (await client.get("/")).text()
 
     async with down(own_server, how):
+        if cache:
+            # The cache serves what it holds until its listener's loss is noticed: at once when
+            # the server closes the connection, within 2 s (the health check) when it goes silent.
+            noticed_within = 1.0 if how == "stopped" else 2.5
+            began = time.monotonic()
+            while client.app[STORAGE]._cache.enabled:  # type: ignore[union-attr]
+                assert time.monotonic() - began < noticed_within, "the listener's loss went unnoticed"
+                await asyncio.sleep(0.05)
         response, elapsed = await timed(client.get("/", allow_redirects=False))
         await assert_unavailable_page(response, elapsed)
 

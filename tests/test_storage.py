@@ -36,6 +36,18 @@ HTTPS = {"X-Forwarded-Proto": "https"}
 # -- helpers -------------------------------------------------------------------------------
 
 
+def db_settings(db_url: str, **overrides: object) -> Settings:
+    """The database path: these tests change rows behind the app's back (no notification) and
+    count what a read writes, so the session cache, on by default, is off here; test_cache.py
+    and the multi-process tests cover it."""
+    return make_settings(db_url, cache=False, **overrides)
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return db_settings(db_url)
+
+
 def id_hash(cookie: str) -> bytes:
     return id_hash_of(cookie.split(".")[0])
 
@@ -151,7 +163,7 @@ async def test_badly_signed_cookie_is_never_looked_up(
 ) -> None:
     """With the sessions table locked, any lookup waits past database_timeout and answers 503;
     so a 303 for a tampered cookie proves its signature was checked without asking the database."""
-    client = await logged_in(make_client, make_settings(db_url, database_timeout=0.5), *user)
+    client = await logged_in(make_client, db_settings(db_url, database_timeout=0.5), *user)
     good = session_cookie(client)
     assert good is not None
     token, signature = good.split(".")
@@ -200,7 +212,7 @@ async def test_deleted_row_makes_cookie_anonymous(
 async def test_new_session_deadlines_follow_settings(
     make_client: MakeClient, db_url: str, user: tuple[str, str], pg: asyncpg.Connection
 ) -> None:
-    client = await logged_in(make_client, make_settings(db_url, idle_timeout=600, absolute_timeout=7200), *user)
+    client = await logged_in(make_client, db_settings(db_url, idle_timeout=600, absolute_timeout=7200), *user)
     cookie = session_cookie(client)
     assert cookie is not None
     row = await row_state(pg, cookie)
@@ -210,7 +222,7 @@ async def test_new_session_deadlines_follow_settings(
 
 
 async def test_idle_timeout_ends_session(make_client: MakeClient, db_url: str, user: tuple[str, str]) -> None:
-    settings = make_settings(db_url, idle_timeout=1, absolute_timeout=10, touch_interval=0)
+    settings = db_settings(db_url, idle_timeout=1, absolute_timeout=10, touch_interval=0)
     client = await logged_in(make_client, settings, *user)
     cookie = session_cookie(client)
     assert cookie is not None
@@ -225,7 +237,7 @@ async def test_absolute_timeout_ends_even_an_active_session(
     """Requests every 0.4 s keep sliding a 2 s idle deadline, past the first 2 s; the 3 s
     absolute deadline still ends the session. The cookie is sent explicitly: the client would
     drop it by itself at its Max-Age, and what is tested here is the server's refusal."""
-    settings = make_settings(db_url, idle_timeout=2, absolute_timeout=3, touch_interval=0)
+    settings = db_settings(db_url, idle_timeout=2, absolute_timeout=3, touch_interval=0)
     client = await logged_in(make_client, settings, *user)
     cookie = session_cookie(client)
     assert cookie is not None
@@ -249,8 +261,9 @@ async def test_absolute_timeout_ends_even_an_active_session(
     ids=["idle", "idle and absolute"],
 )
 async def test_past_deadline_in_the_table_ends_session_without_touching_it(
-    client: TestClient, user: tuple[str, str], pg: asyncpg.Connection, expire_sql: str
+    make_client: MakeClient, db_url: str, user: tuple[str, str], pg: asyncpg.Connection, expire_sql: str
 ) -> None:
+    client = await make_client(db_settings(db_url))
     await login(client, *user)
     cookie = session_cookie(client)
     assert cookie is not None
@@ -263,7 +276,7 @@ async def test_past_deadline_in_the_table_ends_session_without_touching_it(
 
 
 async def test_touch_never_slides_idle_deadline_past_absolute(
-    client: TestClient, user: tuple[str, str], pg: asyncpg.Connection
+    make_client: MakeClient, settings: Settings, client: TestClient, user: tuple[str, str], pg: asyncpg.Connection
 ) -> None:
     await login(client, *user)
     cookie = session_cookie(client)
@@ -274,7 +287,10 @@ async def test_touch_never_slides_idle_deadline_past_absolute(
     )
     before = await row_state(pg, cookie)
     assert before is not None
-    assert (await client.get("/", allow_redirects=False)).status == 200
+    # Another process (this one remembers touching the row at login, and the last touch was
+    # moved back behind its back: never so in production, where it only moves forward).
+    other = await make_client(settings)
+    assert (await get_home(other, cookie)).status == 200
     after = await row_state(pg, cookie)
     assert after is not None
     assert after["xmin"] != before["xmin"]  # it was touched
@@ -313,8 +329,9 @@ async def test_table_holds_no_token_signature_or_plaintext(
 
 
 async def test_data_copied_onto_another_row_does_not_open(
-    make_client: MakeClient, settings: Settings, user: tuple[str, str], pg: asyncpg.Connection
+    make_client: MakeClient, db_url: str, user: tuple[str, str], pg: asyncpg.Connection
 ) -> None:
+    settings = db_settings(db_url)
     await add_user(pg, "bob", "bob-password")
     alice = await logged_in(make_client, settings, *user)
     bob = await logged_in(make_client, settings, "bob", "bob-password")
@@ -402,7 +419,7 @@ async def test_reads_within_touch_interval_write_nothing(
 
 
 async def test_read_after_touch_interval_slides_idle_deadline_once(
-    client: TestClient, user: tuple[str, str], pg: asyncpg.Connection
+    make_client: MakeClient, settings: Settings, client: TestClient, user: tuple[str, str], pg: asyncpg.Connection
 ) -> None:
     await login(client, *user)
     cookie = session_cookie(client)
@@ -413,6 +430,10 @@ async def test_read_after_touch_interval_slides_idle_deadline_once(
     )
     stale = await row_state(pg, cookie)
     assert stale is not None
+    # Read through another process: this one remembers its own touch at login (time is moved
+    # back behind its back here, which never happens in production).
+    client = await make_client(settings)
+    client.session.cookie_jar.update_cookies({"session": cookie})
 
     assert (await client.get("/", allow_redirects=False)).status == 200
     touched = await row_state(pg, cookie)
@@ -430,7 +451,7 @@ async def test_read_after_touch_interval_slides_idle_deadline_once(
 async def test_one_second_touch_interval_with_real_time(
     make_client: MakeClient, db_url: str, user: tuple[str, str], pg: asyncpg.Connection
 ) -> None:
-    settings = make_settings(db_url, idle_timeout=60, absolute_timeout=600, touch_interval=1)
+    settings = db_settings(db_url, idle_timeout=60, absolute_timeout=600, touch_interval=1)
     client = await logged_in(make_client, settings, *user)
     cookie = session_cookie(client)
     assert cookie is not None
@@ -487,7 +508,7 @@ async def test_logout_deletes_row_and_expires_cookie_with_same_attributes(
 async def test_login_cookie_attributes_over_plain_http(
     make_client: MakeClient, db_url: str, user: tuple[str, str]
 ) -> None:
-    client = await make_client(make_settings(db_url, absolute_timeout=7200))
+    client = await make_client(db_settings(db_url, absolute_timeout=7200))
     response = await client.post("/login", data={"username": user[0], "password": user[1]}, allow_redirects=False)
     assert response.status == 303
     name, value, attributes = the_set_cookie(response)
@@ -515,7 +536,7 @@ async def test_untrusted_proxy_header_is_ignored(client: TestClient, user: tuple
 @pytest.fixture
 async def proxied(make_client: MakeClient, db_url: str) -> TestClient:
     """A client of the app behind a trusted proxy (TRUST_PROXY on)."""
-    return await make_client(make_settings(db_url, trust_proxy=True))
+    return await make_client(db_settings(db_url, trust_proxy=True))
 
 
 @pytest.mark.parametrize("headers", [{"X-Forwarded-Proto": "http"}, {}], ids=["forwarded http", "no header"])
