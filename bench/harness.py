@@ -27,6 +27,45 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVER_CPU = "0"
 LOAD_CPU = "1"
 
+# What Heroku's router sends with every request (wrk.lua sends the same with each of its own).
+ROUTER_HEADERS = {
+    "Host": "bench-app.herokuapp.com",
+    "X-Forwarded-For": "198.51.100.1",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Port": "443",
+    "Via": "1.1 vegur",
+}
+# The shipped command itself, `python -m app serve` (its settings on top of the defaults).
+SHIPPED: dict[str, dict[str, str]] = {
+    "ship": {},
+    "ship-nocache": {"SESSION_CACHE": "off"},
+    "ship-wc2": {"WEB_CONCURRENCY": "2"},
+}
+SHIPPED_LABELS = {
+    "ship": "`python -m app serve`, shipped defaults",
+    "ship-nocache": "`python -m app serve`, SESSION_CACHE=off",
+    "ship-wc2": "`python -m app serve`, WEB_CONCURRENCY=2",
+}
+# The users' password, hashed at the shipped cost (the shipped variants sign in through POST /login).
+BENCH_PASSWORD = "bench password"  # noqa: S105 - a benchmark user's, in its own database
+# Keys as a dyno has them (config vars); the app reads them from the environment.
+APP_KEYS = {
+    "SESSION_AUTHENTICATION_KEY": "bench-authentication-key-0123456789abcdef",
+    "SESSION_ENCRYPTION_KEY": "bench-encryption-key-0123456789!",
+}
+
+
+def app_environment(database_url: str, port: int, **extra: str) -> dict[str, str]:
+    """The environment of a dyno running the app, as far as the app reads it: the config vars
+    Heroku sets (DATABASE_URL, keys, PORT), TRUST_PROXY as on a dyno (DYNO itself is not set:
+    it would require TLS to the database, which the local server has not), nothing else."""
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}
+    env.update(APP_KEYS)
+    env.update({"DATABASE_URL": database_url, "PORT": str(port), "HOST": "127.0.0.1", "TRUST_PROXY": "on"})
+    env.update(extra)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -185,18 +224,34 @@ class Server:
     proc: asyncio.subprocess.Process | None = None
     cookies: list[str] = field(default_factory=list)
     cookies_file: Path | None = None
+    # Requests wrk sent it (the shipped command has no /bench/stats to ask).
+    wrk_requests: int = 0
     _log: Any = None
+
+    @property
+    def shipped(self) -> bool:
+        return self.variant in SHIPPED
 
     async def start(self, http: aiohttp.ClientSession, *, wait_cache: bool = False) -> Server:
         self.port = free_port()
-        args = ["taskset", "-c", self.cpu, sys.executable, "-m", "bench.server", self.variant, "--port", str(self.port)]
-        if self.database_url:
+        if self.shipped:
+            cpu = "0,1" if self.variant == "ship-wc2" else self.cpu
+            args = ["taskset", "-c", cpu, sys.executable, "-m", "app", "serve"]
+        else:
+            args = ["taskset", "-c", self.cpu, sys.executable, "-m", "bench.server", self.variant]
+            args += ["--port", str(self.port)]
+        if self.database_url and not self.shipped:
             args += ["--database-url", self.database_url]
-        if self.redis_prefix:
+        if self.redis_prefix and not self.shipped:
             args += ["--redis-prefix", self.redis_prefix]
         log_path = self.raw_dir / f"server-{self.label}.log"
         self._log = log_path.open("w")  # closed in stop()
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        if self.shipped or self.variant.startswith("app-"):
+            extra = SHIPPED.get(self.variant, {"SESSION_CACHE": "off"} if self.variant == "app-pgnocache" else {})
+            assert self.database_url is not None
+            env = app_environment(self.database_url, self.port, **extra)
+        else:
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = await asyncio.create_subprocess_exec(
             *args, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=env
         )
@@ -208,7 +263,8 @@ class Server:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server {self.label} did not answer within 60 s:\n{_tail(log_path)}")
             try:
-                async with http.get(self.url("/bench/ping"), timeout=aiohttp.ClientTimeout(total=2)) as r:
+                ping = "/public/login.html" if self.shipped else "/bench/ping"
+                async with http.get(self.url(ping), timeout=aiohttp.ClientTimeout(total=2)) as r:
                     if r.status == 200:
                         break
             except (aiohttp.ClientError, TimeoutError):
@@ -219,6 +275,10 @@ class Server:
         return self
 
     async def wait_cache(self, http: aiohttp.ClientSession, timeout: float = 30) -> None:
+        if self.shipped:
+            # No stats to ask: the listener connects at start, well within the warm-up.
+            await asyncio.sleep(1)
+            return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if (await self.stats(http)).get("cache_enabled"):
@@ -230,6 +290,8 @@ class Server:
         return f"http://127.0.0.1:{self.port}{path}"
 
     async def stats(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+        if self.shipped:
+            return {"requests": self.wrk_requests}
         async with http.get(self.url("/bench/stats")) as r:
             return await r.json()
 
@@ -237,12 +299,15 @@ class Server:
         """Sign in each uid; returns the cookies as `name=value` (also written to a file for wrk)."""
         cookies = []
         for uid in uids:
-            async with http.get(self.url(f"/bench/login?uid={uid}")) as r:
-                if r.status != 200:
-                    raise RuntimeError(f"{self.label}: login of uid {uid} answered {r.status}: {await r.text()}")
-                jar = r.cookies
-                if len(jar) != 1:
-                    raise RuntimeError(f"{self.label}: login set {len(jar)} cookies")
+            if self.shipped:  # the real form, the real password check (user-N, BENCH_PASSWORD)
+                form = {"username": f"user-{uid}", "password": BENCH_PASSWORD}
+                request = http.post(self.url("/login"), data=form, allow_redirects=False)
+            else:
+                request = http.get(self.url(f"/bench/login?uid={uid}"))
+            async with request as r:
+                jar = {k: m for k, m in r.cookies.items() if "device" not in k}  # the app's device cookie
+                if r.status not in (200, 303) or len(jar) != 1:
+                    raise RuntimeError(f"{self.label}: login of uid {uid} answered {r.status}, cookies {list(jar)}")
                 (morsel,) = jar.values()
                 cookies.append(f"{morsel.key}={morsel.value}")
         self.cookies = cookies
@@ -251,10 +316,15 @@ class Server:
         return cookies
 
     def vm(self, name: str) -> int | None:
-        return proc_status(self.pid, name) if self.pid else None
+        """A /proc status field in kB, summed over the process and its children (gunicorn's
+        workers, for WEB_CONCURRENCY=2)."""
+        if not self.pid:
+            return None
+        values = [proc_status(pid, name) for pid in (self.pid, *_children(self.pid))]
+        return sum(v for v in values if v is not None) or None
 
     def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.pid)
+        return sum(proc_cpu_seconds(pid) for pid in (self.pid, *_children(self.pid)))
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -267,6 +337,13 @@ class Server:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def _tail(path: Path, lines: int = 30) -> str:

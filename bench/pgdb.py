@@ -74,12 +74,20 @@ async def drop_all_of_this_run() -> None:
 
 
 async def add_users(url: str, count: int) -> None:
-    """Users 1..count (ids from the identity column), named user-N; the hash is never checked."""
+    """Users 1..count (ids from the identity column), named user-N, password BENCH_PASSWORD
+    hashed once at the shipped cost (the shipped variants sign in through the real form)."""
+    from app.config import Settings
+    from app.passwords import hash_once
+
+    from .harness import BENCH_PASSWORD
+
+    password_hash = await hash_once(BENCH_PASSWORD, Settings(database_url=None).password_cost)
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(
-            "INSERT INTO users (username, password_hash) SELECT 'user-' || i, 'bench' FROM generate_series(1, $1) i",
+            "INSERT INTO users (username, password_hash) SELECT 'user-' || i, $2 FROM generate_series(1, $1) i",
             count,
+            password_hash,
         )
     finally:
         await conn.close()

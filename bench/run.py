@@ -1,13 +1,15 @@
-"""The session-store benchmark (issue 5): `python3 dev.py bench [--quick] [--scenarios 1,2,...]`.
+"""The session-store benchmark: `python3 dev.py bench [--quick] [--scenarios 1,2,...]`.
 
 Scenarios
-    1  read-only authenticated GET (the hot path), all variants
-    2  a write on every request (a counter in the session): cookie, Redis, ours
-    3  a new session per request: Redis, ours
+    1  read-only authenticated GET: the storages alone (minimal apps), and the whole app as a
+       user runs it (`python -m app serve`) and on the other storages, with the router's headers
+    2  a write on every request (a counter in the session): cookie, Redis, ours; alone and whole
+    3  a new session per request: Redis, ours; alone and whole
     4  ours (cache off) read path with 10 thousand and with 10 million rows in `sessions`
     5  the sweeper purging 1 million expired rows while (1) runs against ours (cache off)
     6  cache coherence: logout/revocation in one process until refused by another
-    7  the server's RSS over a long run of (1) with the cache on (5 minutes; 1 with --quick)
+    7  the whole app's RSS over a long run of its GET /, shipped defaults (5 minutes; 1 with --quick)
+    8  WEB_CONCURRENCY=2 beside one process
 
 Results: bench/results/results.md and chart.png; everything measured in bench/results/raw/.
 """
@@ -36,6 +38,9 @@ from .harness import (
     CLK_TCK,
     LOAD_CPU,
     ROOT,
+    ROUTER_HEADERS,
+    SHIPPED,
+    SHIPPED_LABELS,
     Server,
     background_load,
     children_cpu,
@@ -50,10 +55,13 @@ from .harness import (
     wrk,
 )
 from .pgcount import CountingProxy
-from .server import DB_VARIANTS, VARIANTS, cache_available
+from .server import DB_VARIANTS as _DB_VARIANTS
+from .server import VARIANTS, WHOLE_APP
 
 RESULTS = ROOT / "bench" / "results"
-ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7)
+# Variants with a database of their own: the storages', and the shipped command's.
+DB_VARIANTS = _DB_VARIANTS | set(SHIPPED)
+ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8)
 SCENARIO_TITLES = {
     1: "Read-only authenticated GET (hot path)",
     2: "A write on every request (counter in the session)",
@@ -61,7 +69,8 @@ SCENARIO_TITLES = {
     4: "Read path (cache off) with 10 thousand vs many rows in `sessions`",
     5: "Sweeper purging 1 million expired rows while (1) runs",
     6: "Cache coherence: logout/revocation in one process, refusal in another",
-    7: "Server RSS over a long run of (1), cache on",
+    7: "Server RSS over a long run of the whole app's GET /, shipped defaults",
+    8: "WEB_CONCURRENCY=2 beside one process (the shipped command, GET /)",
 }
 
 
@@ -84,7 +93,6 @@ class Config:
     coherence_trials: int
     soak_seconds: int
     soak_sessions: int
-    with_app: bool
     quiet_threshold: float
     quiet_timeout: float
     noise_limit: float
@@ -110,7 +118,6 @@ def make_config(args: argparse.Namespace) -> Config:
         coherence_trials=50 if quick else 200,
         soak_seconds=args.soak_seconds or (60 if quick else 300),
         soak_sessions=1000,
-        with_app=args.with_app,
         quiet_threshold=args.quiet_threshold,
         quiet_timeout=args.quiet_timeout,
         noise_limit=args.noise_limit,
@@ -134,7 +141,6 @@ class Bench:
             "skipped": {},
             "background_load": [],
         }
-        self.cache = cache_available()
         self.admin: asyncpg.Connection = None  # type: ignore[assignment]
         self.redis_pids = [pid for pid, comm in _processes() if comm == "redis-server"]
 
@@ -154,7 +160,7 @@ class Bench:
             log(f"  note: {load:.0f}% of a core busy with other work before {where} (waited {waited:.0f} s)")
 
     async def wrk(self, server: Server, path: str, seconds: int, **kw: Any) -> dict[str, Any]:
-        return await wrk(
+        run = await wrk(
             server.port,
             path,
             seconds=seconds,
@@ -163,6 +169,8 @@ class Bench:
             connections=self.c.connections,
             **kw,
         )
+        server.wrk_requests += run["requests"]
+        return run
 
     async def new_db(self, label: str, users: int) -> str:
         url = await pgdb.create(label)
@@ -171,7 +179,7 @@ class Bench:
 
     async def start(self, variant: str, label: str, db_url: str | None, **kw: Any) -> Server:
         server = Server(variant, label, self.raw, database_url=db_url, redis_prefix=self.redis_prefix, **kw)
-        wait_cache = variant == "pgcache" or (variant == "app" and self.cache)
+        wait_cache = variant in ("pgcache", "app-pg", "ship", "ship-wc2")
         return await server.start(self.http, wait_cache=wait_cache)
 
     async def service_pids(self, server: Server) -> list[int]:
@@ -323,18 +331,23 @@ class Bench:
 
     # -- scenarios 1-3: throughput of the variants --------------------------------------------
 
-    async def throughput(self, key: int, variants: list[str], path: str, *, logged_in: bool) -> None:
+    async def throughput(
+        self, key: int, variants: list[str], path: str, *, logged_in: bool, whole_path: str | None = None
+    ) -> None:
+        """`path` on the minimal variants; `whole_path` (default the same) on the whole app and
+        the shipped command (`/`: the app's own page)."""
         where = f"S{key}"
         servers: dict[str, Server] = {}
         dbs: dict[str, str] = {}
         before: dict[str, dict] = {}
-        paths = {v: ("/" if v == "app" else path) for v in variants}
+        whole = WHOLE_APP | set(SHIPPED)
+        paths = {v: (whole_path or path) if v in whole else path for v in variants}
         try:
             for v in variants:
                 if v in DB_VARIANTS:
                     dbs[v] = await self.new_db(f"s{key}_{v}", self.c.cookies)
                 server = await self.start(v, f"s{key}-{v}", dbs.get(v))
-                if logged_in and v not in ("none", "db"):
+                if logged_in and v not in ("none", "db", "app-db"):
                     await server.login(self.http, range(1, self.c.cookies + 1))
                 if v in DB_VARIANTS:
                     # Restart, so the logins' statistics are flushed (backends flush on exit) and
@@ -350,11 +363,11 @@ class Bench:
             runs = await self.interleave(where, servers, paths)
             out: dict[str, Any] = {}
             for v, server in servers.items():
-                out[v] = {"label": VARIANTS[v], **self.summarize(runs[v]), "runs": runs[v]}
+                out[v] = {"label": {**VARIANTS, **SHIPPED_LABELS}[v], **self.summarize(runs[v]), "runs": runs[v]}
                 out[v]["peak_rss_mb"] = (server.vm("VmHWM") or 0) / 1024  # whole life, start-up included
                 out[v]["load_rss_mb"] = max(r["rss_kb"] or 0 for r in runs[v]) / 1024  # after each measured run
                 out[v]["requests_served"] = (await server.stats(self.http))["requests"]
-                if v == "redis":
+                if v in ("redis", "app-redis"):
                     out[v]["redis"] = await self.redis_count_pass(server, paths[v])
             for server in servers.values():
                 await server.stop()
@@ -386,20 +399,24 @@ class Bench:
             for url in dbs.values():
                 await pgdb.drop(url)
 
-    def pg_variants(self) -> list[str]:
-        return ["pg", "pgcache"] if self.cache else ["pg"]
-
     async def scenario1(self) -> None:
-        variants = ["none", "db", "cookie", "redis", *self.pg_variants()]
-        if self.c.with_app:
-            variants.append("app")
-        await self.throughput(1, variants, "/bench/hello", logged_in=True)
+        # The minimal apps (the storages alone), then the whole app as a user runs it, and the
+        # same whole app on the other storages, all on `GET /` with a signed-in user.
+        minimal = ["none", "db", "cookie", "redis", "pg", "pgcache"]
+        whole = ["ship", "ship-nocache", "app-redis", "app-cookie", "app-db"]
+        await self.throughput(1, minimal + whole, "/bench/hello", logged_in=True, whole_path="/")
 
     async def scenario2(self) -> None:
-        await self.throughput(2, ["cookie", "redis", *self.pg_variants()], "/bench/write", logged_in=True)
+        variants = ["cookie", "redis", "pg", "pgcache", "app-redis", "app-pg"]
+        await self.throughput(2, variants, "/bench/write", logged_in=True)
 
     async def scenario3(self) -> None:
-        await self.throughput(3, ["redis", *self.pg_variants()], "/bench/new", logged_in=False)
+        await self.throughput(3, ["redis", "pg", "pgcache", "app-redis", "app-pg"], "/bench/new", logged_in=False)
+
+    async def scenario8(self) -> None:
+        # One process pinned to one core, against WEB_CONCURRENCY=2 on both (with PostgreSQL and
+        # wrk: two cores in all, so no speed-up is to be had here; a dyno has its cores to itself).
+        await self.throughput(8, ["ship", "ship-wc2"], "/", logged_in=True)
 
     # -- scenario 4: table size --------------------------------------------------------------
 
@@ -530,9 +547,6 @@ class Bench:
     # -- scenario 6: cache coherence ----------------------------------------------------------
 
     async def scenario6(self) -> None:
-        if not self.cache:
-            self.results["skipped"]["6"] = "this checkout has no session cache (Settings.cache)"
-            return
         trials = self.c.coherence_trials
         db = await self.new_db("s6", trials + 1)
         a = b = None
@@ -620,17 +634,18 @@ class Bench:
     # -- scenario 7: RSS over a long run -----------------------------------------------------
 
     async def scenario7(self) -> None:
-        variant = "pgcache" if self.cache else "pg"
+        # The whole app with shipped defaults (signing 1,000 users in through the form takes minutes).
+        variant = "app-pg"
         db = await self.new_db("s7", self.c.soak_sessions)
         server = None
         try:
             server = await self.start(variant, f"s7-{variant}", db)
             await server.login(self.http, range(1, self.c.soak_sessions + 1))
-            await self.wrk(server, "/bench/hello", self.c.warmup)
+            await self.wrk(server, "/", self.c.warmup)
             samples: list[tuple[float, int]] = []
             t0 = time.monotonic()
             log(f"S7: {self.c.soak_seconds} s of (1) on {variant}, {self.c.soak_sessions} sessions, RSS every 5 s")
-            run_task = asyncio.create_task(self.wrk(server, "/bench/hello", self.c.soak_seconds))
+            run_task = asyncio.create_task(self.wrk(server, "/", self.c.soak_seconds))
             while not run_task.done():
                 samples.append((round(time.monotonic() - t0, 1), server.vm("VmRSS") or 0))
                 await asyncio.wait({run_task}, timeout=5)
@@ -663,7 +678,9 @@ class Bench:
     # -- run --------------------------------------------------------------------------------
 
     async def run(self) -> dict[str, Any]:
-        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        # Every request of the harness's own comes as the router's would (the whole app trusts
+        # X-Forwarded-Proto and redirects plain HTTP to HTTPS).
+        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), headers=ROUTER_HEADERS)
         self.admin = await asyncpg.connect(pgdb.server_url())
         try:
             dropped = await pgdb.drop_stale()
@@ -671,10 +688,7 @@ class Bench:
                 log(f"dropped {len(dropped)} databases left by earlier killed runs")
             self.results["postgres"] = await _server_version()
             self.results["redis_version"] = await _redis_version()
-            self.results["cache_available"] = self.cache
             self.results["code"] = _code_version()
-            if not self.cache:
-                log("note: this checkout has no session cache (Settings.cache): variant pgcache and S6 are skipped")
             for key in self.c.scenarios:
                 log(f"== scenario {key}: {SCENARIO_TITLES[key]}")
                 started = time.monotonic()
@@ -774,7 +788,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, help="seconds of warm-up before each run (default 2; quick 1)")
     parser.add_argument("--large-rows", type=int, help="rows for the large table of scenario 4")
     parser.add_argument("--soak-seconds", type=int, help="length of scenario 7 (default 300; quick 60)")
-    parser.add_argument("--with-app", action="store_true", help="scenario 1 also runs the whole app's GET /")
     parser.add_argument(
         "--quiet-threshold", type=float, default=40.0, help="background CPU (%% of one core) to wait out (default 40)"
     )

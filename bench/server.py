@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
 import os
@@ -53,10 +52,18 @@ VARIANTS: dict[str, str] = {
     "redis": "RedisStorage",
     "pg": "PostgresStorage, cache off",
     "pgcache": "PostgresStorage, cache on",
-    "app": "whole app GET /",
+    # The whole app (create_app: every middleware, the real page, the app's runner and logging,
+    # settings from the environment as shipped), with the session store swapped in the last four.
+    "app-pg": "whole app, ours (shipped defaults)",
+    "app-pgnocache": "whole app, ours, SESSION_CACHE=off",
+    "app-redis": "whole app on RedisStorage",
+    "app-cookie": "whole app on EncryptedCookieStorage",
+    "app-db": "whole app, no session, SELECT 1 per request",
 }
-# Variants that keep sessions in the PostgreSQL database, and so need one.
-DB_VARIANTS = frozenset({"db", "pg", "pgcache", "app"})
+# The whole-app variants: served as `python -m app serve` serves, through app.runner.
+WHOLE_APP = frozenset(v for v in VARIANTS if v.startswith("app-"))
+# Variants that keep sessions in the PostgreSQL database, or need one.
+DB_VARIANTS = frozenset({"db", "pg", "pgcache", *WHOLE_APP})
 
 AUTH_KEY = b"bench-authentication-key-0123456789abcdef"
 ENC_KEY = b"bench-encryption-key-0123456789!"  # 32 bytes
@@ -66,13 +73,6 @@ REQUESTS = web.AppKey("bench_requests", list)
 BENCH_POOL = web.AppKey("bench_pool", object)
 BENCH_STORAGE = web.AppKey("bench_storage", object)
 BENCH_SETTINGS = web.AppKey("bench_settings", object)
-
-
-def cache_available() -> bool:
-    """True when this checkout's Settings has the session cache switch (issue 5)."""
-    from app.config import Settings
-
-    return "cache" in {f.name for f in dataclasses.fields(Settings)}
 
 
 def pg_settings(database_url: str, *, cache: bool, port: int = 0) -> Any:
@@ -89,10 +89,7 @@ def pg_settings(database_url: str, *, cache: bool, port: int = 0) -> Any:
         "port": port,
         "log_level": "WARNING",
     }
-    if cache:
-        if not cache_available():
-            raise RuntimeError("this checkout has no session cache (Settings.cache): variant pgcache is unavailable")
-        fields["cache"] = True
+    fields["cache"] = cache
     return Settings(**fields)
 
 
@@ -175,7 +172,7 @@ def _routes(variant: str) -> web.RouteTableDef:
             session.invalidate()
             return web.Response(text="bye")
 
-    if variant in ("pg", "pgcache", "app"):
+    if variant in ("pg", "pgcache", "app-pg", "app-pgnocache"):
 
         @routes.post("/bench/revoke")
         async def revoke(request: web.Request) -> web.Response:
@@ -207,20 +204,20 @@ async def build_app(
     if variant in DB_VARIANTS and not database_url:
         raise ValueError(f"variant {variant} needs a database URL")
 
-    if variant in ("pg", "pgcache", "app"):
+    if variant in ("pg", "pgcache"):
         from app.appkeys import POOL, STORAGE
         from app.server import create_app
 
-        cache = variant == "pgcache" or (variant == "app" and cache_available())
-        settings = pg_settings(database_url, cache=cache)  # type: ignore[arg-type]
+        settings = pg_settings(database_url, cache=variant == "pgcache")  # type: ignore[arg-type]
         app = await create_app(settings)
-        if variant != "app":
-            # Keep only aiohttp-session's middleware: the same stack as every other variant.
-            kept = [m for m in app.middlewares if getattr(m, "__module__", "") == "aiohttp_session"]
-            if len(kept) != 1:
-                raise RuntimeError(f"expected one aiohttp-session middleware in create_app's app, found {len(kept)}")
-            app.middlewares.clear()
-            app.middlewares.extend(kept)
+        # Keep only aiohttp-session's middleware, and no response signal: the same stack as
+        # every other minimal variant.
+        kept = [m for m in app.middlewares if getattr(m, "__module__", "") == "aiohttp_session"]
+        if len(kept) != 1:
+            raise RuntimeError(f"expected one aiohttp-session middleware in create_app's app, found {len(kept)}")
+        app.middlewares.clear()
+        app.middlewares.extend(kept)
+        app.on_response_prepare.clear()
         app[BENCH_POOL] = app[POOL]
         app[BENCH_STORAGE] = app[STORAGE]
         app[BENCH_SETTINGS] = settings
@@ -269,6 +266,77 @@ async def build_app(
     return app
 
 
+async def build_whole_app(
+    variant: str, settings: Any, redis_url: str | None, redis_prefix: str | None
+) -> web.Application:
+    """The app as `python -m app serve` builds it from `settings`; for app-redis, app-cookie and
+    app-db the session middleware is swapped for aiohttp-session's with that store (or, app-db,
+    for one that does `SELECT 1` and hands the page a signed-in session), in the same place of
+    the same stack. The benchmark's routes are added beside the app's own."""
+    from app.appkeys import POOL, STORAGE
+    from app.server import create_app
+
+    app = await create_app(settings)
+    index = next(i for i, m in enumerate(app.middlewares) if getattr(m, "__module__", "") == "aiohttp_session")
+    if variant == "app-redis":
+        from aiohttp_session.redis_storage import RedisStorage
+        from redis import asyncio as aioredis
+
+        client = aioredis.from_url(redis_url or "redis://127.0.0.1:6379")
+        await client.ping()
+        storage = RedisStorage(
+            client,
+            cookie_name=redis_prefix or f"bench_redis_{os.getpid()}",
+            max_age=3600,
+            httponly=True,
+            samesite="Lax",
+        )
+        app.middlewares[index] = aiohttp_session.session_middleware(storage)
+
+        async def close_redis(app: web.Application) -> None:
+            await client.aclose()
+
+        app.on_cleanup.append(close_redis)
+    elif variant == "app-cookie":
+        from aiohttp_session.cookie_storage import EncryptedCookieStorage
+
+        storage = EncryptedCookieStorage(COOKIE_STORAGE_KEY, cookie_name="bench_cookie", httponly=True, samesite="Lax")
+        app.middlewares[index] = aiohttp_session.session_middleware(storage)
+    elif variant == "app-db":
+        app.middlewares[index] = _select_one_session(app)
+    app[BENCH_POOL] = app[POOL]
+    app[BENCH_STORAGE] = app[STORAGE]
+    app[BENCH_SETTINGS] = settings
+    app[REQUESTS] = [0]
+    app.router.add_routes(_routes("db" if variant == "app-db" else variant))
+
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/":
+            request.app[REQUESTS][0] += 1
+        return await handler(request)
+
+    app.middlewares.append(count)
+    return app
+
+
+def _select_one_session(app: web.Application) -> Any:
+    """In place of the session middleware: one `SELECT 1` per request through the storage's own
+    connection (pool, fairness, deadline), and a signed-in session for the page, from no store."""
+    from aiohttp_session import SESSION_KEY, Session
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        async with request.app[BENCH_STORAGE].connection() as conn:  # type: ignore[attr-defined]
+            await conn.fetchval("SELECT 1")
+        request[SESSION_KEY] = Session(  # type: ignore[index]
+            "bench", data={"created": int(time.time()), "session": {"user_id": 1, "username": "user-1"}}, new=False
+        )
+        return await handler(request)
+
+    return middleware
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.server", description=__doc__.split("\n\n")[0])
     parser.add_argument("variant", choices=sorted(VARIANTS))
@@ -277,6 +345,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379")
     parser.add_argument("--redis-prefix", help="RedisStorage cookie name, which prefixes its keys")
     args = parser.parse_args(argv)
+    if args.variant in WHOLE_APP:
+        # As `python -m app serve`: settings from the environment (the harness sets it as on a
+        # dyno), the app's logging, the app's runner.
+        from app import logs
+        from app.config import load_settings
+        from app.runner import serve
+
+        settings = load_settings()
+        logs.configure(settings.log_level)
+        serve(settings, lambda s: build_whole_app(args.variant, s, args.redis_url, args.redis_prefix))
+        return
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     import uvloop

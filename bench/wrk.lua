@@ -7,12 +7,32 @@
 --   BENCH_OUT       where done() writes the JSON
 --   BENCH_HISTOGRAM "1": also write every latency value seen with its count, to merge runs exactly
 --
+-- Every request carries what Heroku's router adds (X-Forwarded-For/-Proto/-Port, X-Request-ID,
+-- X-Request-Start, Via, a Host of its domain), the same bytes for every variant: the shipped app
+-- trusts and uses them, the others ignore them.
+--
 -- Requests are built once in init() and only looked up in request(), as wrk's documentation
 -- advises for a fast server.
 
 local reqs = {}
 local n = 0
 local i = 0
+
+local function router_headers(k, cookie)
+  local headers = {
+    ["Host"] = "bench-app.herokuapp.com",
+    ["X-Forwarded-For"] = "198.51.100." .. (k % 250 + 1),
+    ["X-Forwarded-Proto"] = "https",
+    ["X-Forwarded-Port"] = "443",
+    ["X-Request-ID"] = string.format("6f1c2f9e-8d3b-4d0a-9c1e-%012d", k),
+    ["X-Request-Start"] = "1796000000000",
+    ["Via"] = "1.1 vegur",
+  }
+  if cookie then
+    headers["Cookie"] = cookie
+  end
+  return headers
+end
 
 function init(args)
   local path = os.getenv("BENCH_PATH") or "/"
@@ -21,13 +41,13 @@ function init(args)
     for line in io.lines(cookies_file) do
       if #line > 0 then
         n = n + 1
-        reqs[n] = wrk.format("GET", path, { ["Cookie"] = line })
+        reqs[n] = wrk.format("GET", path, router_headers(n, line))
       end
     end
   end
   if n == 0 then
     n = 1
-    reqs[1] = wrk.format("GET", path)
+    reqs[1] = wrk.format("GET", path, router_headers(1, nil))
   end
   i = math.random(n) - 1
 end
