@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -124,6 +125,11 @@ class PostgresSession(Session):
         if data is not None:
             payload = {"created": created if created is not None else int(time.time()), "session": data}
         super().__init__(None if id_hash is None else id_hash.hex(), data=payload, new=id_hash is None)
+
+    @property
+    def loaded(self) -> Mapping[str, Any]:
+        """The data as loaded, before this request's changes (empty for a new session)."""
+        return MappingProxyType(self._snapshot)
 
     @property
     def handle(self) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from aiohttp_session_postgres import (
     new_session,
     sweep,
 )
+from aiohttp_session_postgres.cache import SessionCache
 from aiohttp_session_postgres.tokens import TokenSigner
 from conftest import AUTH_KEY, ENC_KEY, AppLog
 from library_envs import run_in
@@ -183,3 +185,26 @@ async def test_concurrent_logins_and_revocations_of_one_user_never_deadlock(
             await client.post("/start")  # the last login trims after every other has committed
             live = await lib_pg.fetchval("SELECT count(*) FROM sessions WHERE user_id = 1 AND idle_expires_at > now()")
             assert live == 2
+
+
+async def test_cached_sessions_hold_their_size_not_the_encoders_buffer(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool
+) -> None:
+    # orjson's output keeps a 4 KB buffer per value: cached as it is, 10,000 sessions (the
+    # default cache size) held 41 MB of a 125 MB process; copied to their size, 0.8 MB.
+    cache = SessionCache()
+    client = await small_app(aiohttp_client, pool, cache=cache)
+    cache._enabled = True  # as its listener does once LISTEN is in place (not run here)
+    await client.post("/start")  # warm: statement caches, first allocations
+    count = 1000
+    tracemalloc.start()
+    try:
+        for _ in range(count):
+            assert (await client.post("/start")).status == 200
+        # What the library's own lines allocated and still hold (the test client keeps responses).
+        stats = tracemalloc.take_snapshot().statistics("filename")
+        held = sum(st.size for st in stats if "/aiohttp_session_postgres/" in st.traceback[0].filename)
+    finally:
+        tracemalloc.stop()
+    assert len(cache) == count + 1
+    assert 0 < held / count < 1500, f"{held / count:.0f} bytes per cached session"

@@ -1,0 +1,195 @@
+"""durable_writes: which writes wait for PostgreSQL's write-ahead-log flush.
+
+Observed, not assumed: on a PostgreSQL of this module's own, every commit that waits for the
+flush is made to wait for a synchronous standby that never comes (synchronous_standby_names =
+'ghost'), so it hangs until database_timeout (503), while a commit that does not wait
+(synchronous_commit = off for its transaction) is answered at once. With durable_writes=True
+everything waits; with False only what ends nothing (a fresh session, a data change keeping the
+user_id, a touch) is answered first. The crash itself is in test_faults.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import aiohttp_session
+import asyncpg
+import pytest
+from aiohttp import DummyCookieJar, web
+from aiohttp.test_utils import TestClient
+from aiohttp_session_postgres import PostgresStorage, create_schema, get_session, new_session, renew_session
+from conftest import AUTH_KEY, ENC_KEY, start_embedded
+
+STORAGE = web.AppKey("storage", PostgresStorage)
+TIMEOUT = 1.0
+
+
+@pytest.fixture(scope="module")
+def ghost_url() -> Iterator[str]:
+    server: Any = start_embedded("pgdurable-")
+    try:
+        url = server.get_uri()
+
+        async def prepare() -> None:
+            conn = await asyncpg.connect(url)
+            try:
+                await create_schema(conn)
+            finally:
+                await conn.close()
+
+        asyncio.run(prepare())
+        yield url
+    finally:
+        server.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def flushes_never_confirmed(url: str) -> AsyncIterator[None]:
+    """Every commit that waits for the flush (synchronous_commit on) hangs from here on."""
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'ghost'")
+        await admin.execute("SELECT pg_reload_conf()")
+        for _ in range(100):  # in effect for new statements once each backend has reloaded
+            probe = await asyncpg.connect(url)
+            try:
+                if await probe.fetchval("SHOW synchronous_standby_names") == "ghost":
+                    break
+            finally:
+                await probe.close()
+            await asyncio.sleep(0.05)
+        yield
+    finally:
+        await admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        await admin.execute("SELECT pg_reload_conf()")
+        await admin.close()
+
+
+async def app_of(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, **options: Any
+) -> TestClient:
+    storage = PostgresStorage(
+        pool,
+        authentication_keys=[AUTH_KEY],
+        encryption_keys=[ENC_KEY],
+        database_timeout=TIMEOUT,
+        touch_interval=0,  # every read touches
+        **options,
+    )
+    app = web.Application()
+    app[STORAGE] = storage
+    aiohttp_session.setup(app, storage)
+    routes = web.RouteTableDef()
+
+    @routes.post("/start")
+    async def start(request: web.Request) -> web.Response:
+        (await new_session(request))["user_id"] = 1
+        return web.Response(text="started")
+
+    @routes.get("/read")
+    async def read(request: web.Request) -> web.Response:
+        return web.Response(text=str(dict(await get_session(request))))
+
+    @routes.post("/write")
+    async def write(request: web.Request) -> web.Response:
+        session = await get_session(request)
+        session["count"] = session.get("count", 0) + 1
+        return web.Response(text="written")
+
+    @routes.post("/switch")
+    async def switch(request: web.Request) -> web.Response:
+        (await get_session(request))["user_id"] = 2
+        return web.Response(text="switched")
+
+    @routes.post("/sign-out-by-data")
+    async def sign_out_by_data(request: web.Request) -> web.Response:
+        session = await get_session(request)
+        del session["user_id"]
+        session["signed_out"] = True
+        return web.Response(text="signed out")
+
+    @routes.post("/logout")
+    async def logout(request: web.Request) -> web.Response:
+        (await get_session(request)).invalidate()
+        return web.Response(text="bye")
+
+    @routes.post("/renew")
+    async def renew(request: web.Request) -> web.Response:
+        await renew_session(request)
+        return web.Response(text="renewed")
+
+    @routes.post("/end-all")
+    async def end_all(request: web.Request) -> web.Response:
+        await request.app[STORAGE].end_all_sessions(1)
+        return web.Response(text="ended")
+
+    app.add_routes(routes)
+    return await aiohttp_client(app, cookie_jar=DummyCookieJar())
+
+
+async def started(client: TestClient) -> str:
+    response = await client.post("/start")
+    assert response.status == 200
+    return response.cookies["session"].value
+
+
+# (operation, what it does to the store, whether durable_writes=False lets it skip the flush)
+OPERATIONS = [
+    ("/start", "a new session replacing none", True),
+    ("/read", "a read that touches", True),
+    ("/write", "a data change keeping the user_id", True),
+    ("/switch", "a data change of the user_id", False),
+    ("/sign-out-by-data", "a data change removing the user_id", False),
+    ("/logout", "a logout", False),
+    ("/renew", "a renewal (ends the old ID)", False),
+    ("/start-again", "a login from a live session (uses it up)", False),
+    ("/start-beyond-cap", "a login past max_sessions_per_user (ends the oldest)", False),
+    ("/end-all", "a revocation of all the user's sessions", False),
+]
+
+
+@pytest.mark.parametrize("durable_writes", [True, False])
+async def test_only_writes_that_end_nothing_skip_the_flush(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], ghost_url: str, durable_writes: bool
+) -> None:
+    async with asyncpg.create_pool(ghost_url, min_size=1, max_size=4) as pool:
+        client = await app_of(aiohttp_client, pool, durable_writes=durable_writes)
+        capped = await app_of(aiohttp_client, pool, durable_writes=durable_writes, max_sessions_per_user=1)
+        # A session of its own for each operation, made while flushes are still confirmed.
+        cookies = {path: await started(client) for path, _, _ in OPERATIONS}
+        seen: dict[str, bool] = {}
+        async with flushes_never_confirmed(ghost_url):
+            for path, _, _ in OPERATIONS:
+                header = {"Cookie": f"session={cookies[path]}"}
+                if path == "/start":
+                    response = await client.post(path)  # no cookie: replaces nothing
+                elif path == "/read":
+                    response = await client.get(path, headers=header)
+                elif path == "/start-beyond-cap":
+                    response = await capped.post("/start")  # a fresh session; the cap ends others
+                elif path == "/start-again":
+                    response = await client.post("/start", headers=header)
+                else:
+                    response = await client.post(path, headers=header)
+                assert response.status in (200, 503), (path, response.status)
+                seen[path] = response.status == 200
+        expected = {path: skips and not durable_writes for path, _, skips in OPERATIONS}
+        answered_first = {what for path, what, _ in OPERATIONS if seen[path]}
+        assert seen == expected, f"answered before the flush: {sorted(answered_first)}"
+
+
+async def test_skipping_the_flush_is_this_transaction_only(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], ghost_url: str
+) -> None:
+    # set_config(..., true) ends with the statement's transaction: the pooled connection's next
+    # transaction commits as the server says, whoever runs it.
+    async with asyncpg.create_pool(ghost_url, min_size=1, max_size=1) as pool:
+        client = await app_of(aiohttp_client, pool, durable_writes=False)
+        await started(client)
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW synchronous_commit") == "on"
+            async with flushes_never_confirmed(ghost_url):
+                with pytest.raises(TimeoutError):
+                    await conn.execute("CREATE TABLE other_work (n int)", timeout=TIMEOUT)
