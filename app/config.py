@@ -69,6 +69,10 @@ class Settings:
     cache: bool = True
     cache_size: int = 10_000
     cache_max_age: int = 10
+    # Off: writes that end nothing (a fresh session, a data change, a touch) are answered before
+    # PostgreSQL's WAL flush, and a database crash may lose the last moments of them; logouts,
+    # revocations and logins that use up a session always wait (PostgresStorage durable_writes).
+    durable_writes: bool = True
     # Behind PgBouncer in transaction pooling: no named prepared statements, no LISTEN.
     pgbouncer: bool = False
     # Worker processes on one port (Heroku's buildpack sets WEB_CONCURRENCY per dyno size). Above 1,
@@ -163,6 +167,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         cache=cache,
         cache_size=_int(env, "SESSION_CACHE_SIZE", 10_000, minimum=1),
         cache_max_age=_int(env, "SESSION_CACHE_MAX_AGE", 10, minimum=1),
+        durable_writes=_bool(env, "SESSION_DURABLE_WRITES", default=True),
         pgbouncer=pgbouncer,
         web_concurrency=_int(env, "WEB_CONCURRENCY", 1, minimum=1, maximum=100),
         login_limits=Limits(

@@ -86,6 +86,7 @@ def build_storage(settings: Settings, pool: asyncpg.Pool) -> PostgresStorage:
         database_timeout=settings.database_timeout,
         max_sessions_per_user=settings.max_sessions_per_user,
         cache=cache,
+        durable_writes=settings.durable_writes,
     )
 
 

@@ -54,6 +54,29 @@ def test_defaults() -> None:
     assert s.log_level == "INFO"
     assert s.embedded_dir == DEFAULT_EMBEDDED_DIR
     assert Path(__file__).resolve().parent.parent / ".local" == DEFAULT_EMBEDDED_DIR
+    # The production defaults of issue 11: cache on, no access log, durable writes.
+    assert (s.cache, s.cache_size, s.cache_max_age) == (True, 10_000, 10)
+    assert s.access_log is False
+    assert s.durable_writes is True
+    assert s.max_sessions_per_user == 10
+
+
+def test_the_cache_is_off_by_default_behind_pgbouncer_and_refused_with_it() -> None:
+    assert load_settings(env(DATABASE_PGBOUNCER="on")).cache is False
+    with pytest.raises(ConfigError, match="SESSION_CACHE=on needs LISTEN/NOTIFY"):
+        load_settings(env(DATABASE_PGBOUNCER="on", SESSION_CACHE="on"))
+
+
+def test_the_access_log_is_on_by_default_only_in_embedded_mode() -> None:
+    assert load_settings({}).access_log is True
+    assert load_settings(env(ACCESS_LOG="on")).access_log is True
+    assert load_settings({"ACCESS_LOG": "off"}).access_log is False
+
+
+def test_durable_writes_can_be_turned_off() -> None:
+    assert load_settings(env(SESSION_DURABLE_WRITES="off")).durable_writes is False
+    with pytest.raises(ConfigError, match="SESSION_DURABLE_WRITES"):
+        load_settings(env(SESSION_DURABLE_WRITES="sometimes"))
 
 
 def test_empty_values_mean_default() -> None:

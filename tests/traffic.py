@@ -10,7 +10,10 @@ records what the servers acknowledged, which is what a user relies on:
   except that with the session cache on (the default) another process may serve it until the
   notification reaches it: within `notify_window` seconds, such answers are counted (`stale`),
   later ones are violations;
-- no answer may clear a live session's cookie.
+- no answer may clear a live session's cookie;
+- with SESSION_DURABLE_WRITES=off, a database crash may lose the sessions whose login was
+  answered in its last moments (before the WAL flush): set `crash` and those are counted as
+  `lost`, while every older one, and every end, must survive.
 An operation that got no answer, or a 503, acknowledged nothing and is not held against anyone.
 """
 
@@ -80,6 +83,10 @@ class Ledger:
     # Seconds after the acknowledgement at which another process still served an ended session
     # (the session cache's notification window).
     stale: list[float] = field(default_factory=list)
+    # cookie -> time.monotonic() when its login was acknowledged
+    acknowledged_at: dict[str, float] = field(default_factory=dict)
+    # Sessions gone after a crash that durable_writes=off allowed to lose (see Traffic.crash).
+    lost: dict[str, str] = field(default_factory=dict)
 
     def outcomes(self, kinds: Sequence[str] | None = None) -> Counter[int | str]:
         return Counter(s.outcome for s in self.samples if kinds is None or s.kind in kinds)
@@ -118,6 +125,9 @@ class Traffic:
         self._tasks: list[asyncio.Task[None]] = []
         self._http: aiohttp.ClientSession | None = None
         self.down: set[int] = set()  # servers known to be stopped: no request is sent to them
+        # (time.monotonic() of a database crash, seconds before it whose acknowledged logins it
+        # may have lost): set by a test whose servers run with SESSION_DURABLE_WRITES=off.
+        self.crash: tuple[float, float] | None = None
 
     async def __aenter__(self) -> Traffic:
         self._http = new_http(connector=aiohttp.TCPConnector(limit=0))
@@ -158,6 +168,7 @@ class Traffic:
         status, cookie = result
         if cookie is not None:
             self.ledger.live[cookie] = username
+            self.ledger.acknowledged_at[cookie] = time.monotonic()
         elif status not in (503,):
             self.ledger.violations.append(f"login of {username} through server {i} answered {status}")
         return cookie
@@ -219,8 +230,16 @@ class Traffic:
                     await asyncio.sleep(0.005)
                     await self.read(cookie, server=i)
 
+    def _may_be_lost(self, cookie: str) -> bool:
+        if self.crash is None:
+            return False
+        crashed_at, window = self.crash
+        return crashed_at - window <= self.ledger.acknowledged_at.get(cookie, 0.0) <= crashed_at
+
     def _check_answer(self, cookie: str, server: int, status: int, set_cookie: tuple[str, int | None] | None) -> None:
-        if cookie in self.ledger.live:
+        if cookie in self.ledger.live and status == 303 and self._may_be_lost(cookie):
+            self.ledger.lost[cookie] = self.ledger.live.pop(cookie)
+        elif cookie in self.ledger.live:
             if status not in (200, 503):
                 self.ledger.violations.append(f"server {server} answered {status} for a live session")
             if set_cookie is not None and (not set_cookie[0] or set_cookie[1] == 0):
@@ -276,6 +295,9 @@ class Traffic:
         for cookie, username in list(self.ledger.live.items()):
             for i in servers:
                 status, text, _ = await home(self.http, self.servers[i].url, cookie)
+                if status == 303 and self._may_be_lost(cookie):
+                    self.ledger.lost[cookie] = self.ledger.live.pop(cookie)
+                    break
                 if not is_greeting(status, text, username):
                     lost += 1
                     self.ledger.violations.append(f"audit: server {i} answered {status} for a live session")
