@@ -20,6 +20,8 @@ from typing import Any
 
 import aiohttp
 
+from .server import VARIANT_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 LUA = BENCH / "wrk.lua"
@@ -247,7 +249,7 @@ class Server:
         log_path = self.raw_dir / f"server-{self.label}.log"
         self._log = log_path.open("w")  # closed in stop()
         if self.shipped or self.variant.startswith("app-"):
-            extra = SHIPPED.get(self.variant, {"SESSION_CACHE": "off"} if self.variant == "app-pgnocache" else {})
+            extra = SHIPPED.get(self.variant) or VARIANT_ENV.get(self.variant, {})
             assert self.database_url is not None
             env = app_environment(self.database_url, self.port, **extra)
         else:

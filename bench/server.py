@@ -2,30 +2,40 @@
 
     python -m bench.server VARIANT --port 8101 [--database-url URL] [--redis-url URL]
 
-Variants (VARIANTS below):
+Variants (VARIANTS below). The minimal apps, one storage each behind aiohttp-session alone:
     none      no session middleware at all: the ceiling
     db        no session, one `SELECT 1` through the app's own pool per request: the database limit
     cookie    aiohttp-session EncryptedCookieStorage (all data in an encrypted cookie)
     redis     aiohttp-session RedisStorage on Redis
     pg        this project's PostgresStorage, cache off (built by app.server.create_app)
     pgcache   the same with the in-process session cache on (Settings.cache=True)
-    app       the whole app as deployed (all its middlewares, real `GET /` page), cache on if it exists
+The whole app (create_app with every middleware, the real pages, the app's runner and logging,
+settings from the environment as on a dyno), with its session store swapped in the last three:
+    app-pg         ours, shipped defaults
+    app-pgnocache  ours, SESSION_CACHE=off
+    app-pgasync    ours, SESSION_DURABLE_WRITES=off
+    app-redis      aiohttp-session's RedisStorage
+    app-cookie     aiohttp-session's EncryptedCookieStorage
+    app-db         a session middleware that does one `SELECT 1` and hands over a signed-in session
+(The shipped command itself, `python -m app serve`, is run by bench/harness.py: ship, ship-nocache,
+ship-wc2.)
 
 Routes, identical on every variant (only the session store behind them differs):
     GET  /bench/hello    greets the signed-in user from the session: "Hello <name>" (401 if none)
     GET  /bench/write    the same, and increments a counter in the session (a write per request)
-    GET  /bench/new      starts a new session and sets two keys (no password check)
+    GET  /bench/new      starts a new session for user N, N = 1..NEW_SESSION_USERS in turn (a
+                         login without the password check)
     GET  /bench/login?uid=N   signs in user N (session: user_id, username): the cookie for wrk
     POST /bench/logout   ends the request's session
-    POST /bench/revoke?uid=N  ends every session of user N as the app's revocation does (pg*, app)
-    POST /bench/sweep    runs app.sweeper.sweep once on this process's pool and loop (pg*, app)
+    POST /bench/revoke?uid=N  ends every session of user N as the app's revocation does (ours)
+    POST /bench/sweep    runs one sweep on this process's pool and loop (ours)
     GET  /bench/ping     "ok", touches nothing
     GET  /bench/stats    {"requests": benchmarked requests served, "cache_enabled": ...}, no session
+The whole-app variants serve the app's own routes too (`GET /` is the page of scenario 1).
 
-The pg, pgcache and app variants are built by `app.server.create_app` itself, so the storage, its
-pool, its cache and the cache's listener are exactly what production runs. For pg and pgcache
-every middleware but aiohttp-session's is then removed, so all variants run the same middleware
-stack; `app` keeps them all and is the only one that serves the app's own `GET /`.
+Ours is built by `app.server.create_app` itself, so the storage, its pool, its cache and the
+cache's listener are exactly what production runs. For pg and pgcache every middleware but
+aiohttp-session's is then removed, so all minimal variants run the same middleware stack.
 """
 
 from __future__ import annotations
@@ -56,11 +66,20 @@ VARIANTS: dict[str, str] = {
     # settings from the environment as shipped), with the session store swapped in the last four.
     "app-pg": "whole app, ours (shipped defaults)",
     "app-pgnocache": "whole app, ours, SESSION_CACHE=off",
+    "app-pgasync": "whole app, ours, SESSION_DURABLE_WRITES=off",
     "app-redis": "whole app on RedisStorage",
     "app-cookie": "whole app on EncryptedCookieStorage",
     "app-db": "whole app, no session, SELECT 1 per request",
 }
 # The whole-app variants: served as `python -m app serve` serves, through app.runner.
+# The whole-app variants' settings beyond the shipped defaults.
+VARIANT_ENV: dict[str, dict[str, str]] = {
+    "app-pgnocache": {"SESSION_CACHE": "off"},
+    "app-pgasync": {"SESSION_DURABLE_WRITES": "off"},
+}
+# GET /bench/new signs in users 1..NEW_SESSION_USERS in turn (run.py makes that many for it): at
+# about 5,000 new sessions a second for 5 rounds of 7 s, no user gets near the cap of 10.
+NEW_SESSION_USERS = 50_000
 WHOLE_APP = frozenset(v for v in VARIANTS if v.startswith("app-"))
 # Variants that keep sessions in the PostgreSQL database, or need one.
 DB_VARIANTS = frozenset({"db", "pg", "pgcache", *WHOLE_APP})
@@ -152,11 +171,15 @@ def _routes(variant: str) -> web.RouteTableDef:
 
         @routes.get("/bench/new")
         async def new(request: web.Request) -> web.Response:
-            request.app[REQUESTS][0] += 1
+            served = request.app[REQUESTS]
+            served[0] += 1
+            # A login per request, spread over the users as real logins are (the whole app's
+            # per-user cap then ends each user's oldest session, as it would).
+            uid = served[0] % NEW_SESSION_USERS + 1
             session = await aiohttp_session.new_session(request)
-            session["user_id"] = 1
-            session["username"] = "user-1"
-            return web.Response(text="Hello user-1")
+            session["user_id"] = uid
+            session["username"] = f"user-{uid}"
+            return web.Response(text=f"Hello user-{uid}")
 
         @routes.get("/bench/login")
         async def login(request: web.Request) -> web.Response:
@@ -172,7 +195,7 @@ def _routes(variant: str) -> web.RouteTableDef:
             session.invalidate()
             return web.Response(text="bye")
 
-    if variant in ("pg", "pgcache", "app-pg", "app-pgnocache"):
+    if variant in ("pg", "pgcache", "app-pg", "app-pgnocache", "app-pgasync"):
 
         @routes.post("/bench/revoke")
         async def revoke(request: web.Request) -> web.Response:
