@@ -10,8 +10,8 @@ from .harness import median
 
 ORDER = [
     "none", "db", "cookie", "redis", "pg", "pgcache",
-    "ship", "ship-nocache", "ship-wc2", "app-pg", "app-pgnocache", "app-pgasync", "app-redis", "app-cookie",
-    "app-db",
+    "ship", "ship-nocache", "ship-wc2", "app-pg", "app-pgnocache", "app-pgasync", "app-remotes",
+    "app-redis", "app-cookie", "app-db",
 ]  # fmt: skip
 SHORT = {
     "none": "no session",
@@ -26,6 +26,7 @@ SHORT = {
     "app-pg": "whole app\nours",
     "app-pgnocache": "whole app\ncache off",
     "app-pgasync": "whole app\ndurable off",
+    "app-remotes": "whole app\naiohttp-remotes",
     "app-redis": "whole app\nRedis",
     "app-cookie": "whole app\ncookie",
     "app-db": "whole app\nSELECT 1",
@@ -214,6 +215,12 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                     " a version conflict (two requests of one session at once)"
                 )
                 out.append(("(2) one statement per write (cache off)", measured, verdict(updates <= 1.01)))
+    if "9" in s:
+        vs = s["9"]["variants"]
+        if "app-pg" in vs and "app-remotes" in vs:
+            r = paired_ratio(vs["app-remotes"], vs["app-pg"])
+            out.append(("(9) aiohttp-remotes within 5% of the app's own middleware (or the app keeps its own)",
+                        f"{r:.2f}x", verdict(r >= 0.95)))  # fmt: skip
     if "4" in s and s["4"].get("p50_ratio"):
         r = s["4"]["p50_ratio"]
         rows = s["4"]["sizes"]["large"]["rows"]
@@ -278,6 +285,9 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     if "8" in s:
         lines += ["", f"## (8) {s['8']['title']}", ""]
         lines += _throughput_table(s["8"], [("ship", "one process")])
+    if "9" in s:
+        lines += ["", f"## (9) {s['9']['title']}", ""]
+        lines += _throughput_table(s["9"], [("app-pg", "own middleware")])
     if "4" in s:
         x = s["4"]
         lines += ["", f"## (4) {x['title']}", ""]

@@ -10,6 +10,7 @@ Scenarios
     6  cache coherence: logout/revocation in one process until refused by another
     7  the whole app's RSS over a long run of its GET /, shipped defaults (5 minutes; 1 with --quick)
     8  WEB_CONCURRENCY=2 beside one process
+    9  the app's forwarded-header middleware beside aiohttp-remotes doing the same job
 
 Results: bench/results/results.md and chart.png; everything measured in bench/results/raw/.
 """
@@ -61,7 +62,7 @@ from .server import NEW_SESSION_USERS, VARIANTS, WHOLE_APP
 RESULTS = ROOT / "bench" / "results"
 # Variants with a database of their own: the storages', and the shipped command's.
 DB_VARIANTS = _DB_VARIANTS | set(SHIPPED)
-ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8)
+ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 SCENARIO_TITLES = {
     1: "Read-only authenticated GET (hot path)",
     2: "A write on every request (counter in the session)",
@@ -71,6 +72,7 @@ SCENARIO_TITLES = {
     6: "Cache coherence: logout/revocation in one process, refusal in another",
     7: "Server RSS over a long run of the whole app's GET /, shipped defaults",
     8: "WEB_CONCURRENCY=2 beside one process (the shipped command, GET /)",
+    9: "Forwarded headers and the HTTPS redirect: the app's own middleware beside aiohttp-remotes (GET /)",
 }
 
 
@@ -179,7 +181,7 @@ class Bench:
 
     async def start(self, variant: str, label: str, db_url: str | None, **kw: Any) -> Server:
         server = Server(variant, label, self.raw, database_url=db_url, redis_prefix=self.redis_prefix, **kw)
-        wait_cache = variant in ("pgcache", "app-pg", "app-pgasync", "ship", "ship-wc2")
+        wait_cache = variant in ("pgcache", "app-pg", "app-pgasync", "app-remotes", "ship", "ship-wc2")
         return await server.start(self.http, wait_cache=wait_cache)
 
     async def service_pids(self, server: Server) -> list[int]:
@@ -428,6 +430,12 @@ class Bench:
         # One process pinned to one core, against WEB_CONCURRENCY=2 on both (with PostgreSQL and
         # wrk: two cores in all, so no speed-up is to be had here; a dyno has its cores to itself).
         await self.throughput(8, ["ship", "ship-wc2"], "/", logged_in=True)
+
+    async def scenario9(self) -> None:
+        # The same whole app, its router headers read by its own middleware or by aiohttp-remotes
+        # (XForwardedRelaxed and Secure in front of it): a well-kept library is used unless it
+        # costs the shipped app more than 5% (README).
+        await self.throughput(9, ["app-pg", "app-remotes"], "/", logged_in=True)
 
     # -- scenario 4: table size --------------------------------------------------------------
 

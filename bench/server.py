@@ -14,6 +14,7 @@ settings from the environment as on a dyno), with its session store swapped in t
     app-pg         ours, shipped defaults
     app-pgnocache  ours, SESSION_CACHE=off
     app-pgasync    ours, SESSION_DURABLE_WRITES=off
+    app-remotes    ours, the router's headers read by aiohttp-remotes instead of the app's middleware
     app-redis      aiohttp-session's RedisStorage
     app-cookie     aiohttp-session's EncryptedCookieStorage
     app-db         a session middleware that does one `SELECT 1` and hands over a signed-in session
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -67,6 +69,7 @@ VARIANTS: dict[str, str] = {
     "app-pg": "whole app, ours (shipped defaults)",
     "app-pgnocache": "whole app, ours, SESSION_CACHE=off",
     "app-pgasync": "whole app, ours, SESSION_DURABLE_WRITES=off",
+    "app-remotes": "whole app, ours, aiohttp-remotes for the router's headers",
     "app-redis": "whole app on RedisStorage",
     "app-cookie": "whole app on EncryptedCookieStorage",
     "app-db": "whole app, no session, SELECT 1 per request",
@@ -195,7 +198,7 @@ def _routes(variant: str) -> web.RouteTableDef:
             session.invalidate()
             return web.Response(text="bye")
 
-    if variant in ("pg", "pgcache", "app-pg", "app-pgnocache", "app-pgasync"):
+    if variant in ("pg", "pgcache", "app-pg", "app-pgnocache", "app-pgasync", "app-remotes"):
 
         @routes.post("/bench/revoke")
         async def revoke(request: web.Request) -> web.Response:
@@ -299,7 +302,15 @@ async def build_whole_app(
     from app.appkeys import POOL, STORAGE
     from app.server import create_app
 
-    app = await create_app(settings)
+    if variant == "app-remotes":
+        # aiohttp-remotes takes over what TRUST_PROXY does: the client's address and scheme from
+        # X-Forwarded-*, and the redirect to HTTPS (with HSTS), in front of everything else.
+        from aiohttp_remotes import Secure, XForwardedRelaxed
+
+        app = await create_app(dataclasses.replace(settings, trust_proxy=False))
+        app.middlewares[:0] = [XForwardedRelaxed().middleware, Secure().middleware]
+    else:
+        app = await create_app(settings)
     index = next(i for i, m in enumerate(app.middlewares) if getattr(m, "__module__", "") == "aiohttp_session")
     if variant == "app-redis":
         from aiohttp_session.redis_storage import RedisStorage
