@@ -2,6 +2,7 @@
 """Task runner: sets up .venv with everything needed, then runs the task.
 
     python3 dev.py run [ARGS]    run the app (python -m app ARGS; default: serve)
+    python3 dev.py alembic ARGS  run Alembic on DATABASE_URL (e.g. upgrade head)
     python3 dev.py test [ARGS]   lint, then the whole test suite (pytest ARGS)
     python3 dev.py bench [ARGS]  the session-store benchmark (bench/README.md; --quick, --scenarios 1,2)
 
@@ -58,6 +59,11 @@ def run(python: str, args: list[str]) -> int:
     os.execv(python, [python, "-m", "app", *args])
 
 
+def alembic(python: str, args: list[str]) -> int:
+    os.chdir(ROOT)
+    os.execv(python, [python, "-m", "alembic", *args])
+
+
 def test(python: str, args: list[str]) -> int:
     lint = subprocess.call([python, "-m", "ruff", "check", "--quiet", "."], cwd=ROOT)
     if lint:
@@ -82,7 +88,7 @@ def bench(python: str, args: list[str]) -> int:
     os.execv(python, [python, "-m", "bench", *args])
 
 
-TASKS = {"run": run, "test": test, "bench": bench}
+TASKS = {"run": run, "alembic": alembic, "test": test, "bench": bench}
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -818,6 +818,9 @@ def main(argv: list[str] | None = None) -> int:
         help="a run during which other work took more CPU than this (%% of one core) is redone (default 25)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
+    parser.add_argument(
+        "--update-readme", action="store_true", help="replace the README's performance tables with this run's"
+    )
     args = parser.parse_args(argv)
 
     if (os.cpu_count() or 1) < 2:
@@ -844,9 +847,12 @@ def main(argv: list[str] | None = None) -> int:
     results["total_seconds"] = round(time.monotonic() - started)
     raw_file = raw / f"results-{stamp}.json"
     raw_file.write_text(json.dumps(results, indent=1, default=str))
-    from .report import write_report
+    from .report import update_readme, write_report
 
     md = write_report(results, out)
+    if args.update_readme:
+        update_readme(results, ROOT / "README.md")
+        log("replaced the README's performance tables")
     log(f"wrote {md}, {out / 'chart.png'} and {raw_file} in {results['total_seconds'] / 60:.1f} min")
     print()
     print(md.read_text())

@@ -8,7 +8,8 @@ look like. Every test also checks that the browser logged no console error, page
 violation (a refusal logs exactly the one "Failed to load resource" line for its 403 or 429), and
 that no page made it ask for /favicon.ico.
 
-Screenshots of each page, desktop and phone sized, are written to tests/screenshots/ on every run.
+Screenshots of each page, desktop and phone sized, are written to tests/screenshots/ on every run;
+with UPDATE_SCREENSHOTS=1, the README's pictures in docs/ are replaced by the new ones.
 Needs /usr/bin/chromium (`apt-get install chromium`); without it these tests skip, except under
 CI=true, where they fail. Playwright's own browser download is never used.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,9 +186,17 @@ async def chromium(request: pytest.FixtureRequest) -> AsyncIterator[Chromium]:
             await browser.close()
 
 
+# The README's pictures: these screenshots, copied to docs/ when UPDATE_SCREENSHOTS=1.
+README_PICTURES = {"login-desktop": "login.png", "home-desktop": "home.png", "sessions-desktop": "sessions.png"}
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
 async def screenshot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
+    path = SCREENSHOTS / f"{name}.png"
+    await page.screenshot(path=path, full_page=True)
+    if name in README_PICTURES and os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(path, DOCS / README_PICTURES[name])
 
 
 async def log_in(page: Page, app: Served, username: str, password: str) -> None:
