@@ -102,7 +102,9 @@ class SessionCache:
         self._entries[id_hash] = entry
 
     def evict(self, id_hash: bytes) -> None:
-        self._entries.pop(id_hash, None)
+        """Drop `id_hash` (this process ended it), as its notification would: a load or save of
+        it already in flight is then not cached either."""
+        self.notified(id_hash.hex())
 
     def notified(self, payload: str) -> None:
         """`<hex>` (deleted), `<hex>:<version>` (data changed) or `*` (table truncated)."""

@@ -13,6 +13,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _NONCE_BYTES = 12
+_TAG_BYTES = 16
 
 
 class DataCipher:
@@ -29,7 +30,10 @@ class DataCipher:
         return nonce + self._aeads[0].encrypt(nonce, plaintext, id_hash)
 
     def open(self, sealed: bytes, id_hash: bytes) -> tuple[bytes, bool] | None:
-        """(plaintext, sealed with the newest key), or None when no key opens it."""
+        """(plaintext, sealed with the newest key), or None when no key opens it (including data
+        too short to have been sealed: a used-up session's empty row)."""
+        if len(sealed) < _NONCE_BYTES + _TAG_BYTES:
+            return None
         nonce, body = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
         for i, aead in enumerate(self._aeads):
             try:

@@ -30,6 +30,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, starting up, query canceled
     asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections
     asyncpg.exceptions.LockNotAvailableError,
+    # Class 40, a deadlock or serialization failure: PostgreSQL rolled the transaction back and
+    # it may simply be tried again (503 with Retry-After), not a fault of the request.
+    asyncpg.exceptions.TransactionRollbackError,
     # The server ended the connection (a restart) while it sat in the pool: the next statement
     # meets the half-read error ("cannot switch to state ...") before asyncpg sees it closed.
     asyncpg.exceptions.InternalClientError,
@@ -39,6 +42,12 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 # Everything a database operation may raise that is the database's doing: the above, or an error
 # PostgreSQL reports (a lock timeout, a table missing while a deploy creates it).
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+
+# Seconds a connection given back after an error may take to be released: the server must
+# confirm the cancel of a statement the deadline cut short. Measured here: asyncpg given too
+# little (under ~0.1 s) terminates the connection before the cancel is even sent, and the
+# statement then runs on in the server, holding its locks, for as long as it takes.
+CANCEL_BUDGET = 3.0
 
 
 class DatabaseUnavailable(web.HTTPServiceUnavailable):
@@ -65,6 +74,7 @@ class FairPool:
         self.pool = pool
         # asyncio.Semaphore serves waiters first-come, first-served, newcomers after them.
         self._turns = asyncio.Semaphore(pool.get_max_size())
+        self._releasing: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
     async def connection(self, timeout: float) -> AsyncIterator[Connection]:
@@ -75,7 +85,7 @@ class FairPool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         conn: PoolConnection | None = None
-        turn = False
+        turn, cut_short = False, False
         try:
             # One deadline for everything: asyncpg's own timeouts (acquire's, a statement's)
             # each cost a scope and a timer per call, a measured share of a read.
@@ -85,21 +95,45 @@ class FairPool:
                 conn = await self.pool.acquire()
                 yield conn
         except UNAVAILABLE_ERRORS as exc:
+            cut_short = True
             if conn is None or _from_database(exc) or within.expired() or _closed(conn):
                 raise _unavailable(exc) from exc
             raise
+        except BaseException as exc:
+            # A cancel (the client went away) may stop a statement midway; an error of the app's
+            # own (an HTTPException) or one PostgreSQL reported leaves the connection idle.
+            cut_short = not isinstance(exc, Exception)
+            raise
         finally:
-            try:
-                if conn is not None:
-                    await _release(self.pool, conn, deadline - loop.time())
-            finally:
-                if turn:
-                    self._turns.release()
+            if conn is not None and cut_short:
+                # The connection may still run a statement that was cut short: the answer does
+                # not wait for its cancel; the turn comes back with the connection.
+                self._release_later(conn)
+            else:
+                try:
+                    if conn is not None:
+                        await _release(self.pool, conn, deadline - loop.time())
+                finally:
+                    if turn:
+                        self._turns.release()
+
+    def _release_later(self, conn: PoolConnection) -> None:
+        task = asyncio.get_running_loop().create_task(self._release_in_background(conn))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release_in_background(self, conn: PoolConnection) -> None:
+        try:
+            await self.pool.release(conn, timeout=CANCEL_BUDGET)
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            # asyncpg has terminated the connection; the pool opens a new one when asked.
+            log.info("connection released after an error: %s", type(exc).__name__)
+        finally:
+            self._turns.release()
 
 
 async def _release(pool: asyncpg.Pool, conn: PoolConnection, remaining: float) -> None:
-    # Releasing a connection whose statement was cut short waits for the server to acknowledge
-    # the cancel (asyncpg would wait the whole timeout again): give it only what is left of the
+    # After a clean use: the reset asyncpg runs on release counts against what is left of the
     # deadline; past that asyncpg terminates the connection.
     try:
         await pool.release(conn, timeout=max(remaining, 0.01))

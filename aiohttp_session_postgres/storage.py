@@ -50,7 +50,9 @@ _LOADED = web.RequestKey("aiohttp_session_postgres.loaded", bytes)
 
 # One statement per read: load the live row and, only when the last touch is older than the
 # touch interval, slide its idle deadline (never past the absolute one) and note the client.
-# Inside the interval the UPDATE matches no row, and so writes nothing.
+# Inside the interval the UPDATE matches no row, and so writes nothing. The UPDATE re-checks the
+# row itself: if a login or renewal used the session up after `live` read it (this UPDATE then
+# waited on its lock), it meets the changed row, a tombstone, and must not slide it back to life.
 LOAD_SQL = """
 WITH live AS (
     SELECT id_hash, data, version, created_at, idle_expires_at, absolute_expires_at, last_seen_at,
@@ -63,7 +65,8 @@ WITH live AS (
         idle_expires_at = least(now() + make_interval(secs => $2), s.absolute_expires_at),
         client_ip = $4, user_agent = $5
     FROM live
-    WHERE s.id_hash = live.id_hash AND live.due {async_commit}
+    WHERE s.id_hash = live.id_hash AND live.due AND s.replaced_at IS NULL
+      AND s.idle_expires_at > now() AND s.absolute_expires_at > now() {async_commit}
 )
 SELECT data, version,
        extract(epoch FROM created_at)::bigint AS created,
@@ -474,8 +477,11 @@ class PostgresStorage(AbstractStorage):
         if renewing:
             sql, args = self._sql.renew, (id_hash, user_id, sealed, self._idle, replaced, *client)
         else:
-            # A session that uses up another (a login from a pre-login session) ends that one.
-            sql = self._sql.create if replaced is not None else self._sql.create_async
+            # A session that uses up another (a login from a pre-login session) ends that one;
+            # one created under a precondition (a check that grants it) must not outlive a crash
+            # that the check's subject (a disabled account, say) survives: both durable.
+            durable = replaced is not None or session.precondition is not None
+            sql = self._sql.create if durable else self._sql.create_async
             args = (id_hash, user_id, sealed, self._idle, self._absolute, replaced, *client, TOMBSTONE_SECONDS)
         trimmed: list[bytes] = []
         async with self.connection() as conn:
@@ -491,7 +497,7 @@ class PostgresStorage(AbstractStorage):
                         raise otherwise
                     absolute_deadline = await conn.fetchval(sql, *args)
             if absolute_deadline is not None and user_id is not None and self._max_per_user is not None:
-                trimmed = [row["id_hash"] for row in await conn.fetch(self._sql.trim, user_id, self._max_per_user)]
+                trimmed = await self._trim(conn, user_id, self._max_per_user)
         if replaced is not None and self._cache is not None:
             self._cache.evict(replaced)
         self._ended(trimmed, "session.ended", reason="max_sessions_per_user")
@@ -510,6 +516,19 @@ class PostgresStorage(AbstractStorage):
             events.emit("session.renewed", id_hash, previous=events.fingerprint(replaced))
         else:
             events.emit("session.created", id_hash, user_id=user_id if user_id is not None else "-")
+
+    async def _trim(self, conn: Connection, user_id: int, keep: int) -> list[bytes]:
+        """TRIM_SQL. Its rows are locked in id_hash order, but a statement that locks one of them
+        otherwise (a cascade from the app's own tables, a hand-written DELETE) can still form a
+        cycle with it: PostgreSQL then rolls one back, and the trim, which changes nothing else,
+        is simply tried again."""
+        for attempt in range(3):
+            try:
+                return [row["id_hash"] for row in await conn.fetch(self._sql.trim, user_id, keep)]
+            except asyncpg.exceptions.TransactionRollbackError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _update(self, request: web.Request, response: web.StreamResponse, session: PostgresSession) -> None:
         id_hash = session.id_hash
@@ -532,7 +551,8 @@ class PostgresStorage(AbstractStorage):
             events.emit("session.ended_during_request", id_hash)
             return
         session.version = version
-        self._remember(id_hash, plaintext, session, generation)
+        if plaintext is not None:  # None: a merge left newer data under a key we lack alone
+            self._remember(id_hash, plaintext, session, generation)
         if session.resigned_cookie is not None and session.absolute_deadline is not None:
             max_age = math.ceil(session.absolute_deadline - time.time())
             self._set_cookie(request, response, session.resigned_cookie, max_age)

@@ -28,14 +28,24 @@ WHERE user_id = $1 AND substring(id_hash FROM 1 FOR octet_length($2::bytea)) = $
 RETURNING id_hash
 """
 # Rows locked in id_hash order, as the trim after a login locks them: no deadlock between them.
+# Live rows only: what they return is what they ended (each one logged as revoked); expired rows
+# are the sweeper's, which then never waits on these.
 END_OTHERS_SQL = """
 DELETE FROM {table}
-WHERE id_hash IN (SELECT id_hash FROM {table} WHERE user_id = $1 AND id_hash <> $2 ORDER BY id_hash FOR UPDATE)
+WHERE id_hash IN (
+    SELECT id_hash FROM {table}
+    WHERE user_id = $1 AND id_hash <> $2 AND idle_expires_at > now() AND absolute_expires_at > now()
+    ORDER BY id_hash FOR UPDATE
+) AND idle_expires_at > now() AND absolute_expires_at > now()
 RETURNING id_hash
 """
 END_ALL_SQL = """
 DELETE FROM {table}
-WHERE id_hash IN (SELECT id_hash FROM {table} WHERE user_id = $1 ORDER BY id_hash FOR UPDATE)
+WHERE id_hash IN (
+    SELECT id_hash FROM {table}
+    WHERE user_id = $1 AND idle_expires_at > now() AND absolute_expires_at > now()
+    ORDER BY id_hash FOR UPDATE
+) AND idle_expires_at > now() AND absolute_expires_at > now()
 RETURNING id_hash
 """
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from aiohttp_session import get_session
 from aiohttp_session_postgres.cache import Entry, SessionCache
+from aiohttp_session_postgres.tokens import id_hash_of
 from conftest import login, make_settings, session_cookie
 
 from app.appkeys import STORAGE
@@ -169,6 +170,66 @@ async def test_a_data_write_in_one_process_is_seen_by_the_other(
     assert await (await a.get("/test/note")).text() == "from a"
 
 
+async def test_a_load_racing_a_real_notification_never_leaves_stale_data_cached(
+    make_client: MakeClient, db_url: str, user: tuple[str, str], pg: asyncpg.Connection
+) -> None:
+    # Through PostgreSQL's own NOTIFY: b's read of the session is in flight (its snapshot taken,
+    # its touch waiting on the row's lock) while another process changes the data and commits.
+    # Whether the notification reaches b before or after its load returns, b must end up without
+    # the old version: refused on the way in, or evicted when the notification arrives.
+    settings = make_settings(db_url, cache=True, touch_interval=0)
+    a, b = await make_client(settings), await make_client(settings)
+    await _cache_ready(a)
+    await _cache_ready(b)
+    cache = b.app[STORAGE]._cache
+    assert cache is not None
+    for attempt in range(5):
+        a.session.cookie_jar.clear()
+        await login(a, *user)
+        cookie = session_cookie(a)
+        assert cookie is not None
+        _use_cookie(b, cookie)
+        row = await pg.fetchrow(
+            "SELECT id_hash, version FROM sessions WHERE replaced_at IS NULL ORDER BY created_at DESC"
+        )
+        async with pg.transaction():
+            await pg.execute("SELECT 1 FROM sessions WHERE id_hash = $1 FOR UPDATE", row["id_hash"])
+            reading = asyncio.ensure_future(b.get("/", allow_redirects=False))
+            await asyncio.sleep(0.2)  # b's load has its snapshot and waits on the row
+            await pg.execute("UPDATE sessions SET version = version + 1 WHERE id_hash = $1", row["id_hash"])
+        assert (await reading).status == 200  # it began before the change: served as it was
+        settled, id_hash = cache.generation, row["id_hash"]
+
+        async def notified(settled: int = settled, id_hash: bytes = id_hash) -> bool:
+            return cache.generation > settled or cache.get(id_hash, time.time()) is None
+
+        assert await _eventually(notified), attempt
+        entry = cache.get(id_hash, time.time())
+        assert entry is None or entry.version > row["version"], (attempt, entry)
+
+
+async def test_the_cache_holds_at_most_session_cache_size_sessions(
+    make_client: MakeClient, db_url: str, user: tuple[str, str]
+) -> None:
+    settings = make_settings(db_url, cache=True, cache_size=3)
+    browsers = [await make_client(settings) for _ in range(6)]
+    await _cache_ready(browsers[0])
+    for browser in browsers:
+        await login(browser, *user)
+    # Every browser's requests go to the first process: its cache keeps the three newest.
+    cache = browsers[0].app[STORAGE]._cache
+    assert cache is not None
+    cookies = [session_cookie(browser) for browser in browsers]
+    for cookie in cookies:
+        assert cookie is not None
+        browsers[0].session.cookie_jar.clear()  # that one cookie alone
+        _use_cookie(browsers[0], cookie)
+        assert (await browsers[0].get("/", allow_redirects=False)).status == 200
+    assert len(cache) == 3
+    # The oldest insertions went first: the three read last are the ones kept.
+    assert set(cache._entries) == {id_hash_of(cookie.split(".")[0]) for cookie in cookies[3:] if cookie is not None}
+
+
 async def test_a_dropped_listener_falls_back_to_the_database(
     make_client: MakeClient, db_url: str, user: tuple[str, str], pg: asyncpg.Connection
 ) -> None:
@@ -210,6 +271,16 @@ async def test_a_dropped_listener_falls_back_to_the_database(
 def _entry(version: int) -> Entry:
     now = time.time()
     return Entry(b"{}", version, int(now), now + 60, now + 120, touched_at=now, cached_at=time.monotonic())
+
+
+def test_what_this_process_ended_is_not_put_back_by_a_load_or_write_in_flight() -> None:
+    cache = SessionCache()
+    cache._enabled = True  # as the listener does once LISTEN is in place
+    mine = b"\x03" * 32
+    generation = cache.generation  # a load (or a save) of it begins
+    cache.evict(mine)  # meanwhile this process logs it out
+    cache.put(mine, _entry(3), generation=generation)  # the load ends: stale
+    assert cache.get(mine, time.time()) is None
 
 
 def test_a_load_that_raced_a_notification_for_its_session_is_not_cached() -> None:

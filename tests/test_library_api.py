@@ -25,9 +25,12 @@ from aiohttp_session_postgres import (
     sweep,
 )
 from aiohttp_session_postgres.cache import SessionCache
-from aiohttp_session_postgres.tokens import TokenSigner
+from aiohttp_session_postgres.cipher import DataCipher
+from aiohttp_session_postgres.tokens import TokenSigner, id_hash_of
 from conftest import AUTH_KEY, ENC_KEY, AppLog
+from library_app import USER, library_app, started, with_cookie
 from library_envs import run_in
+from servers import database_name, wait_for_lock_waiters
 
 STORAGE = web.AppKey("storage", PostgresStorage)
 
@@ -208,3 +211,94 @@ async def test_cached_sessions_hold_their_size_not_the_encoders_buffer(
         tracemalloc.stop()
     assert len(cache) == count + 1
     assert 0 < held / count < 1500, f"{held / count:.0f} bytes per cached session"
+
+
+# -- found by a review: races at the edges ---------------------------------------------------------
+
+
+async def test_a_touch_in_flight_never_revives_a_session_a_login_used_up(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_pg: asyncpg.Connection, lib_url: str
+) -> None:
+    # A read with the old cookie (its touch due) reads the row as live, then waits on the row
+    # lock while a login from that cookie turns the row into a tombstone and commits. The touch
+    # then meets the changed row: it must leave it dead, not slide its deadline.
+    client = await library_app(aiohttp_client, pool)  # touch_interval 0: every read touches
+    cookie = await started(client)
+    row = id_hash_of(cookie.split(".")[0])
+    holder = await asyncpg.connect(lib_url)
+    try:
+        tr = holder.transaction()
+        await tr.start()
+        await holder.execute("SELECT 1 FROM sessions WHERE id_hash = $1 FOR UPDATE", row)
+        reading = asyncio.ensure_future(client.get("/read", headers=with_cookie(cookie)))
+        await wait_for_lock_waiters(lib_pg, database_name(lib_url), 1)
+        # What a login from this cookie does to it (CREATE_SQL's `used`).
+        await holder.execute(
+            "UPDATE sessions SET data = '\\x', user_id = NULL, version = version + 1, replaced_at = now(),"
+            " idle_expires_at = now() WHERE id_hash = $1",
+            row,
+        )
+        await tr.commit()
+        assert (await reading).status == 200  # it began before the login: served as it was
+    finally:
+        await holder.close()
+    assert await lib_pg.fetchval("SELECT idle_expires_at <= now() FROM sessions WHERE id_hash = $1", row)
+    # And the old cookie is refused, cleanly (a tombstone's empty data opens to nothing).
+    after = await client.get("/read", headers=with_cookie(cookie))
+    assert after.status == 200
+    assert await after.json() == {}
+
+
+async def test_a_deadlock_is_a_503_not_a_500(pool: asyncpg.Pool, lib_pg: asyncpg.Connection) -> None:
+    storage = PostgresStorage(pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY], database_timeout=10)
+    await lib_pg.execute(
+        "INSERT INTO sessions (id_hash, data, idle_expires_at, absolute_expires_at)"
+        " SELECT sha256(n::text::bytea), '\\x00', now() + interval '1 hour', now() + interval '1 hour'"
+        " FROM generate_series(1, 2) AS n"
+    )
+    first, second = (await lib_pg.fetch("SELECT id_hash FROM sessions ORDER BY id_hash"))[:2]
+    lock = "UPDATE sessions SET version = version + 1 WHERE id_hash = $1"
+    outsider_locked = asyncio.Event()
+
+    async def outsider() -> None:  # locks the second row, then wants the first
+        async with lib_pg.transaction():
+            await lib_pg.execute(lock, second["id_hash"])
+            outsider_locked.set()
+            await asyncio.sleep(0.3)
+            await lib_pg.execute(lock, first["id_hash"])
+
+    async def through_the_storage() -> None:  # locks the first row, then wants the second
+        async with storage.connection() as conn, conn.transaction():
+            await conn.execute(lock, first["id_hash"])
+            await outsider_locked.wait()
+            await conn.execute(lock, second["id_hash"])
+
+    # The storage's side waits first, so its deadlock check (after deadlock_timeout, 1 s) finds
+    # the cycle and PostgreSQL rolls it back: a 503, and the outsider goes on.
+    outcome, storage_side = await asyncio.gather(outsider(), through_the_storage(), return_exceptions=True)
+    assert outcome is None
+    assert isinstance(storage_side, DatabaseUnavailable), storage_side
+
+
+async def test_ending_a_users_sessions_leaves_the_expired_ones_to_the_sweeper(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_pg: asyncpg.Connection
+) -> None:
+    # So "end all" and "sign out everywhere else" never lock the rows the sweeper deletes.
+    client = await library_app(aiohttp_client, pool)
+    cookies = [await started(client) for _ in range(3)]
+    await lib_pg.execute(
+        "UPDATE sessions SET idle_expires_at = now() - interval '1 minute' WHERE id_hash = $1",
+        id_hash_of(cookies[0].split(".")[0]),
+    )
+    assert await (await client.post("/end-all")).text() == "2"
+    assert await lib_pg.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1", USER) == 1
+    assert await sweep(pool) == 1
+
+
+def test_data_too_short_to_have_been_sealed_opens_to_nothing() -> None:
+    # A tombstone's data is empty: were one ever read, it is no session, not an error.
+    cipher = DataCipher((ENC_KEY,))
+    row = os.urandom(32)
+    assert cipher.open(b"", row) is None
+    assert cipher.open(b"\x00" * 27, row) is None
+    assert cipher.open(cipher.seal(b"{}", row), row) == (b"{}", True)
