@@ -25,6 +25,7 @@ from . import headers, logs, pages
 log = logging.getLogger(__name__)
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_MAX_ADDRESS_CHARS = 45
 # A host name or an IPv4 address, or an IPv6 one in brackets, and an optional port (dropped).
 _HOST_RE = re.compile(r"([A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::([0-9]{1,5}))?")
 
@@ -71,7 +72,10 @@ def _forwarded(request: web.Request) -> web.Request:
     proto = _last(request, "X-Forwarded-Proto").lower()
     if proto in ("http", "https"):
         changes["scheme"] = proto
-    forwarded_for = _address(_last(request, "X-Forwarded-For"))
+    last = _last(request, "X-Forwarded-For")
+    # Longer than any address (45: IPv6 with an embedded IPv4): refused before the cache, whose
+    # slots a client would otherwise fill with kilobytes of its own text.
+    forwarded_for = _address(last) if len(last) <= _MAX_ADDRESS_CHARS else None
     if forwarded_for is not None:
         changes["remote"] = forwarded_for
     return request.clone(**changes) if changes else request

@@ -355,6 +355,27 @@ async def test_a_scoped_ipv6_forwarded_for_is_no_address(
     assert await pg.fetchval("SELECT client_ip FROM sessions WHERE replaced_at IS NULL") == "127.0.0.1"
 
 
+async def test_a_long_forwarded_for_is_no_address_and_is_not_remembered(
+    make_client: MakeClient, db_url: str, user: tuple[str, str], pg: asyncpg.Connection
+) -> None:
+    # The parsed addresses are cached (the router's repeat); text longer than any address is
+    # refused before it could take a slot, so a client cannot fill the cache with 8 KB keys.
+    from app.middlewares import _address
+
+    client = await make_client(make_settings(db_url, trust_proxy=True))
+    before = _address.cache_info()
+    for n in range(20):
+        response = await client.post(
+            "/login",
+            data={"username": user[0], "password": user[1]},
+            headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": f"10.0.0.{n}, " + "1" * 4000 + str(n)},
+            allow_redirects=False,
+        )
+        assert response.status == 303
+    assert _address.cache_info().currsize == before.currsize
+    assert {row["client_ip"] for row in await pg.fetch("SELECT client_ip FROM sessions")} == {"127.0.0.1"}
+
+
 async def test_hundreds_of_bad_session_cookies_are_one_log_line(client: TestClient, app_log: AppLog) -> None:
     header = "; ".join(["session=bad"] * 480)
     response = await client.get("/", headers={"Cookie": header}, allow_redirects=False)
