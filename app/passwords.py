@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hmac
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
@@ -30,16 +31,23 @@ class PasswordHasher:
         self._slots = asyncio.Semaphore(concurrency)
         self._queued = 0
         self._max_queued = concurrency + max_waiting
+        # Derivations run by this hasher, by cost: how the tests check that every login attempt
+        # costs the same work (a dummy hash for an unknown user), never by timing.
+        self.derivations: Counter[int] = Counter()
         # Verified against when the user does not exist, so a miss costs what a hit costs.
         self._dummy = _hash(os.urandom(16).hex(), cost)
 
     async def hash(self, password: str) -> str:
-        return await self._run(_hash, password, self._cost)
+        encoded: str = await self._run(_hash, password, self._cost)
+        self.derivations[self._cost] += 1
+        return encoded
 
     async def verify(self, password: str, encoded: str | None) -> bool:
         """Constant work whether or not `encoded` is given (None: unknown user)."""
-        ok = await self._run(_verify, password, encoded or self._dummy)
-        return ok and encoded is not None
+        ok, cost = await self._run(_verify, password, encoded or self._dummy)
+        if cost is not None:
+            self.derivations[cost] += 1
+        return bool(ok) and encoded is not None
 
     @property
     def busy(self) -> bool:
@@ -73,18 +81,19 @@ def _hash(password: str, cost: int) -> str:
     return f"$scrypt$ln={cost},r={_R},p={_P}${_b64(salt)}${_b64(digest)}"
 
 
-def _verify(password: str, encoded: str) -> bool:
+def _verify(password: str, encoded: str) -> tuple[bool, int | None]:
+    """(matches, the cost derived at, None when nothing was derived: a malformed hash)."""
     try:
         _, scheme, params, salt_b64, hash_b64 = encoded.split("$")
         fields = dict(item.split("=") for item in params.split(","))
         cost, r, p = int(fields["ln"]), int(fields["r"]), int(fields["p"])
         salt, expected = _unb64(salt_b64), _unb64(hash_b64)
     except (ValueError, KeyError):
-        return False
+        return False, None
     if scheme != "scrypt":
-        return False
+        return False, None
     actual = _kdf(salt, cost, r, p, length=len(expected)).derive(password.encode())
-    return hmac.compare_digest(actual, expected)
+    return hmac.compare_digest(actual, expected), cost
 
 
 def _kdf(salt: bytes, cost: int, r: int, p: int, length: int = _HASH_BYTES) -> Scrypt:

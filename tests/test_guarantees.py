@@ -1,0 +1,169 @@
+"""Guarantees that a mutation of the code once left standing: each test here fails when the line
+it names is changed (issue 14's table), through a real app and a real PostgreSQL.
+
+- the expiry check in the versioned UPDATE (storage.UPDATE_SQL): a save held past the session's
+  idle deadline does not bring it back;
+- every documented session event is logged (events.py's list);
+- the cache's maximum age (SessionCache max_age): an entry older than it is read again;
+- the work of a login for a user who does not exist: one scrypt derivation at the configured cost,
+  as for one who does (passwords.PasswordHasher.derivations);
+- the scrypt parameters stored with a new hash are the configured ones, and the hash is really
+  derived with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+from aiohttp_session_postgres import SessionCache, create_schema
+from aiohttp_session_postgres.tokens import TokenSigner, id_hash_of
+from conftest import AUTH_KEY, TEST_PASSWORD_COST, AppLog, make_settings, run_app_command
+from library_app import library_app, started, with_cookie
+
+from app.appkeys import HASHER
+from app.config import Settings
+
+MakeClient = Callable[[Settings], Awaitable[TestClient]]
+
+
+@pytest.fixture
+async def lib_url(empty_url: str) -> str:
+    conn = await asyncpg.connect(empty_url)
+    try:
+        await create_schema(conn)
+    finally:
+        await conn.close()
+    return empty_url
+
+
+@pytest.fixture
+async def pool(lib_url: str) -> AsyncIterator[asyncpg.Pool]:
+    async with asyncpg.create_pool(lib_url, min_size=1, max_size=4) as pool:
+        yield pool
+
+
+async def read(client: TestClient, cookie: str) -> dict[str, object]:
+    response = await client.get("/read", headers=with_cookie(cookie))
+    assert response.status == 200
+    return await response.json()
+
+
+# -- the versioned UPDATE checks expiry -------------------------------------------------------------
+
+
+async def test_a_save_held_past_the_idle_deadline_does_not_bring_the_session_back(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool
+) -> None:
+    client = await library_app(aiohttp_client, pool, idle_timeout=2, absolute_timeout=60, touch_interval=1)
+    cookie = await started(client)
+    # Loaded now (live), saved 3 s later: the idle deadline (2 s) passed while the handler ran.
+    late = await client.post("/write-after?seconds=3", headers=with_cookie(cookie))
+    assert late.status == 200
+    assert "session" not in late.cookies  # the cookie is left alone, never renewed
+    assert await read(client, cookie) == {}  # still ended: the late save wrote nothing
+
+
+# -- every documented event -------------------------------------------------------------------------
+
+
+async def test_every_documented_session_event_is_logged(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, app_log: AppLog
+) -> None:
+    from aiohttp_session_postgres import events
+
+    documented = set(events.__doc__.split("Events:", 1)[1].split(".\n", 1)[0].replace("\n", " ").split(", "))
+    documented = {name.strip() for name in documented}
+    client = await library_app(aiohttp_client, pool, max_sessions_per_user=1, idle_timeout=2, touch_interval=1)
+    first = await started(client)  # session.created
+    renewed = await client.post("/renew", headers=with_cookie(first))  # session.renewed
+    second = renewed.cookies["session"].value
+    await client.post("/start", headers=with_cookie(first))  # first is used up: session.not_created
+    third = await started(client)  # the cap of 1 ends `second`: session.ended
+    assert await read(client, second) == {}  # session.expired_or_unknown
+    await client.post("/write-after?seconds=2.5", headers=with_cookie(third))  # session.ended_during_request
+    fourth = await started(client)
+    await client.post("/end-all")  # session.revoked
+    bad = first.split(".")[0] + "." + "A" * 43
+    await client.get("/read", headers=with_cookie(bad))  # session.bad_signature
+    # A row whose data no key opens (written under a key since dropped): session.undecryptable.
+    fifth = await started(client)
+    await pool.execute(
+        "UPDATE sessions SET data = $2 WHERE id_hash = $1", id_hash_of(fifth.split(".")[0]), b"\x00" * 60
+    )
+    assert await read(client, fifth) == {}
+    await client.post("/logout", headers=with_cookie(fourth))  # already revoked: nothing ended
+    await client.post("/logout", headers=with_cookie(fifth))
+    logged = {line.split()[0].removeprefix("event=") for line in app_log.events()}
+    assert documented <= logged, f"never logged: {sorted(documented - logged)}"
+    assert TokenSigner((AUTH_KEY,)).verify(bad) is None
+
+
+# -- the cache's maximum age ------------------------------------------------------------------------
+
+
+async def test_a_cached_session_older_than_the_maximum_age_is_read_again(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_url: str
+) -> None:
+    cache = SessionCache(max_age=1)
+    client = await library_app(
+        aiohttp_client, pool, cache=cache, touch_interval=60, database_timeout=0.5, listen_dsn=lib_url
+    )
+    for _ in range(100):
+        if cache.enabled:
+            break
+        await asyncio.sleep(0.05)
+    cookie = await started(client)
+    async with pool.acquire() as locker, locker.transaction():
+        await locker.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+        assert (await client.get("/read", headers=with_cookie(cookie))).status == 200  # from the cache
+        await asyncio.sleep(1.2)
+        # Older than max_age: asked of the database, which is locked: the deadline answers.
+        assert (await client.get("/read", headers=with_cookie(cookie))).status == 503
+
+
+# -- hash work --------------------------------------------------------------------------------------
+
+
+async def test_a_login_costs_one_derivation_at_the_configured_cost_whoever_tries(
+    make_client: MakeClient, db_url: str, user: tuple[str, str]
+) -> None:
+    client = await make_client(make_settings(db_url))
+    hasher = client.app[HASHER]
+    attempts = [
+        user,  # known, right password
+        (user[0], "wrong"),  # known, wrong password
+        ("nobody", "whatever"),  # no such user: the dummy hash
+        ("no\x00body", "x"),  # not a possible username: still hashed
+        (user[0], "x" * 5000),  # an overlong password: still hashed (against the dummy)
+    ]
+    for username, password in attempts:
+        before = hasher.derivations.copy()
+        await client.post("/login", data={"username": username, "password": password}, allow_redirects=False)
+        done = hasher.derivations - before
+        assert done == {TEST_PASSWORD_COST: 1}, (username, dict(done))
+
+
+@pytest.mark.parametrize("cost", [5, 6])
+async def test_a_new_hash_is_derived_with_the_configured_parameters(db_url: str, cost: int) -> None:
+    password = "correct horse battery"
+    result = await run_app_command(
+        "user", "add", "carol", database_url=db_url, stdin=password.encode() + b"\n", PASSWORD_HASH_COST=str(cost)
+    )
+    assert result[0] == 0, result
+    conn = await asyncpg.connect(db_url)
+    try:
+        stored = await conn.fetchval("SELECT password_hash FROM users WHERE username = 'carol'")
+    finally:
+        await conn.close()
+    _, scheme, params, salt, digest = stored.split("$")
+    assert (scheme, params) == ("scrypt", f"ln={cost},r=8,p=1")
+    # Derived with exactly those parameters: recomputed here with the standard library's scrypt.
+    unb64 = lambda text: base64.b64decode(text + "=" * (-len(text) % 4))  # noqa: E731
+    expected = hashlib.scrypt(password.encode(), salt=unb64(salt), n=2**cost, r=8, p=1, dklen=32)
+    assert unb64(digest) == expected
