@@ -14,16 +14,14 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-import aiohttp_session
 import asyncpg
 import pytest
-from aiohttp import DummyCookieJar, web
 from aiohttp.test_utils import TestClient
-from aiohttp_session_postgres import PostgresStorage, create_schema, get_session, new_session, renew_session
-from conftest import AUTH_KEY, ENC_KEY, start_embedded
+from aiohttp_session_postgres import create_schema
+from conftest import start_embedded
+from library_app import library_app, started
 
-STORAGE = web.AppKey("storage", PostgresStorage)
-TIMEOUT = 1.0
+TIMEOUT = 1.0  # library_app's database_timeout
 
 
 @pytest.fixture(scope="module")
@@ -67,77 +65,10 @@ async def flushes_never_confirmed(url: str) -> AsyncIterator[None]:
         await admin.close()
 
 
-async def app_of(
-    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, **options: Any
-) -> TestClient:
-    storage = PostgresStorage(
-        pool,
-        authentication_keys=[AUTH_KEY],
-        encryption_keys=[ENC_KEY],
-        database_timeout=TIMEOUT,
-        touch_interval=0,  # every read touches
-        **options,
-    )
-    app = web.Application()
-    app[STORAGE] = storage
-    aiohttp_session.setup(app, storage)
-    routes = web.RouteTableDef()
-
-    @routes.post("/start")
-    async def start(request: web.Request) -> web.Response:
-        (await new_session(request))["user_id"] = 1
-        return web.Response(text="started")
-
-    @routes.get("/read")
-    async def read(request: web.Request) -> web.Response:
-        return web.Response(text=str(dict(await get_session(request))))
-
-    @routes.post("/write")
-    async def write(request: web.Request) -> web.Response:
-        session = await get_session(request)
-        session["count"] = session.get("count", 0) + 1
-        return web.Response(text="written")
-
-    @routes.post("/switch")
-    async def switch(request: web.Request) -> web.Response:
-        (await get_session(request))["user_id"] = 2
-        return web.Response(text="switched")
-
-    @routes.post("/sign-out-by-data")
-    async def sign_out_by_data(request: web.Request) -> web.Response:
-        session = await get_session(request)
-        del session["user_id"]
-        session["signed_out"] = True
-        return web.Response(text="signed out")
-
-    @routes.post("/logout")
-    async def logout(request: web.Request) -> web.Response:
-        (await get_session(request)).invalidate()
-        return web.Response(text="bye")
-
-    @routes.post("/renew")
-    async def renew(request: web.Request) -> web.Response:
-        await renew_session(request)
-        return web.Response(text="renewed")
-
-    @routes.post("/end-all")
-    async def end_all(request: web.Request) -> web.Response:
-        await request.app[STORAGE].end_all_sessions(1)
-        return web.Response(text="ended")
-
-    app.add_routes(routes)
-    return await aiohttp_client(app, cookie_jar=DummyCookieJar())
-
-
-async def started(client: TestClient) -> str:
-    response = await client.post("/start")
-    assert response.status == 200
-    return response.cookies["session"].value
-
-
 # (operation, what it does to the store, whether durable_writes=False lets it skip the flush)
 OPERATIONS = [
     ("/start", "a new session replacing none", True),
+    ("/start-guarded", "a new session guarded by require() (its check's writes commit with it)", False),
     ("/read", "a read that touches", True),
     ("/write", "a data change keeping the user_id", True),
     ("/switch", "a data change of the user_id", False),
@@ -155,15 +86,15 @@ async def test_only_writes_that_end_nothing_skip_the_flush(
     aiohttp_client: Callable[..., Awaitable[TestClient]], ghost_url: str, durable_writes: bool
 ) -> None:
     async with asyncpg.create_pool(ghost_url, min_size=1, max_size=4) as pool:
-        client = await app_of(aiohttp_client, pool, durable_writes=durable_writes)
-        capped = await app_of(aiohttp_client, pool, durable_writes=durable_writes, max_sessions_per_user=1)
+        client = await library_app(aiohttp_client, pool, durable_writes=durable_writes)
+        capped = await library_app(aiohttp_client, pool, durable_writes=durable_writes, max_sessions_per_user=1)
         # A session of its own for each operation, made while flushes are still confirmed.
         cookies = {path: await started(client) for path, _, _ in OPERATIONS}
         seen: dict[str, bool] = {}
         async with flushes_never_confirmed(ghost_url):
             for path, _, _ in OPERATIONS:
                 header = {"Cookie": f"session={cookies[path]}"}
-                if path == "/start":
+                if path in ("/start", "/start-guarded"):
                     response = await client.post(path)  # no cookie: replaces nothing
                 elif path == "/read":
                     response = await client.get(path, headers=header)
@@ -186,7 +117,7 @@ async def test_skipping_the_flush_is_this_transaction_only(
     # set_config(..., true) ends with the statement's transaction: the pooled connection's next
     # transaction commits as the server says, whoever runs it.
     async with asyncpg.create_pool(ghost_url, min_size=1, max_size=1) as pool:
-        client = await app_of(aiohttp_client, pool, durable_writes=False)
+        client = await library_app(aiohttp_client, pool, durable_writes=False)
         await started(client)
         async with pool.acquire() as conn:
             assert await conn.fetchval("SHOW synchronous_commit") == "on"

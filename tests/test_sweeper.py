@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres import PostgresStorage
 from aiohttp_session_postgres.sweeper import SWEEP_LOCK_KEY
 from conftest import AUTH_KEY, ENC_KEY, make_settings
+from servers import database_name, wait_for_lock_waiters
 
 MakeClient = Callable[..., Awaitable[TestClient]]
 
@@ -116,13 +117,26 @@ async def test_sweep_skips_while_another_process_holds_the_lock(
         await other.close()
 
 
-async def test_concurrent_sweeps_delete_each_row_once(pool: asyncpg.Pool, pg: asyncpg.Connection) -> None:
+async def test_concurrent_sweeps_take_turns_and_delete_each_row_once(
+    pool: asyncpg.Pool, pg: asyncpg.Connection, db_url: str
+) -> None:
     await insert_sessions(pg, 2000, IDLE_EXPIRED)
     live = await insert_sessions(pg, 10, LIVE)
-
-    results = await asyncio.gather(*(storage_on(pool).sweep(batch_size=50) for _ in range(3)))
-    assert any(result is not None for result in results), results
-    assert sum(result or 0 for result in results) == 2000
+    # Sweep A is held inside its first batch (the rows it deletes are locked by someone else),
+    # holding the sweep lock: sweep B, from another process, must see that and step aside at
+    # once, neither blocking behind A nor deleting alongside it.
+    holder = await asyncpg.connect(db_url)
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM sessions WHERE idle_expires_at <= now() FOR UPDATE")
+        first = asyncio.ensure_future(storage_on(pool).sweep(batch_size=50))
+        await wait_for_lock_waiters(pg, database_name(db_url), 1)
+        assert await asyncio.wait_for(storage_on(pool).sweep(batch_size=50), 5) is None
+        await held.rollback()
+        assert await first == 2000
+    finally:
+        await holder.close()
     assert await remaining_ids(pg) == live
 
 
