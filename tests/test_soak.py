@@ -29,7 +29,8 @@ SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 WARM_UP = 10.0
 POOL_MAX = 3
 IDLE = 8  # seconds: abandoned sessions expire and are swept several times over
-RSS_GROWTH_LIMIT_KB = 30 * 1024
+# "Flat", as the benchmark's long run measures it: under 5 MB of growth after the warm-up.
+RSS_GROWTH_LIMIT_KB = 5 * 1024
 
 
 @pytest.fixture
@@ -45,7 +46,8 @@ def url(create_database: Callable[..., str]) -> str:
 
 
 @pytest.mark.slow
-async def test_a_soak_of_mixed_traffic_loses_nothing_and_stays_flat(url: str, servers: Servers) -> None:
+@pytest.mark.parametrize("cache", ["on", "off"], ids=["cache-on", "cache-off"])
+async def test_a_soak_of_mixed_traffic_loses_nothing_and_stays_flat(url: str, servers: Servers, cache: str) -> None:
     name = database_name(url)
     conn = await asyncpg.connect(url)
     try:
@@ -58,6 +60,7 @@ async def test_a_soak_of_mixed_traffic_loses_nothing_and_stays_flat(url: str, se
             "SESSION_ABSOLUTE_TIMEOUT": "3600",
             "DATABASE_POOL_MAX": str(POOL_MAX),
             "LOG_LEVEL": "INFO",
+            "SESSION_CACHE": cache,
         }
         fleet = await asyncio.gather(servers.start(url, **env), servers.start(url, **env))
         mix = Mix(read=30, page=4, login=4, logout=3, revoke=2, abandon=2, pause=0.02, max_live=3)
@@ -76,7 +79,7 @@ async def test_a_soak_of_mixed_traffic_loses_nothing_and_stays_flat(url: str, se
             connections_end = await connections(conn, name)
 
             ledger = traffic.ledger
-            live, ended = await traffic.audit()
+            audit = await traffic.audit()
             for cookie in ledger.live:
                 assert await row_exists(conn, cookie)
             for cookie in ledger.ended:
@@ -93,19 +96,21 @@ async def test_a_soak_of_mixed_traffic_loses_nothing_and_stays_flat(url: str, se
         assert all(server.alive for server in fleet)
         assert not ledger.violations, ledger.violations[:10]
         assert set(outcomes) <= {200, 303, 503}, outcomes
-        assert outcomes[503] <= requests / 100, f"too many 503s without any fault: {outcomes}"
-        assert ended > 0
+        assert outcomes[503] == 0, f"503s without any fault: {outcomes}"
+        assert audit.lost == 0
+        assert audit.ended > 0
         assert ledger.abandoned
         growth = [end - start for start, end in zip(rss_start, rss_end, strict=True)]
         assert max(growth) < RSS_GROWTH_LIMIT_KB, f"memory grew by {growth} kB"
         # Each process: its pool, and its session cache's listener.
-        assert most_connections <= 2 * (POOL_MAX + 1), most_connections
-        assert connections_end <= 2 * (POOL_MAX + 1)
+        per_process = POOL_MAX + (cache == "on")
+        assert most_connections <= 2 * per_process, most_connections
+        assert connections_end <= 2 * per_process
         assert sum("sweep removed" in line and "removed 0 " not in line for line in _lines(fleet)) > 0
         print(
-            f"\nsoak: {SECONDS:.0f} s, 2 processes, {len(USERS)} clients: {requests} requests, "
-            f"by status {dict(sorted(outcomes.items(), key=str))}; sessions audited: {live} live, {ended} ended, "
-            f"{len(ledger.abandoned)} expired and swept; lost = 0; RSS kB start {rss_start} end {rss_end}; "
+            f"\nsoak, cache {cache}: {SECONDS:.0f} s, 2 processes, {len(USERS)} clients: {requests} requests, "
+            f"by status {dict(sorted(outcomes.items(), key=str))}; {audit}; "
+            f"{len(ledger.abandoned)} expired and swept; RSS kB start {rss_start} end {rss_end}; "
             f"connections start {connections_start} end {connections_end} most {most_connections} "
             f"(pool max {POOL_MAX} + listener, x 2); {ledger.stale_summary()}"
         )

@@ -287,9 +287,10 @@ class Traffic:
 
     # -- the audit ------------------------------------------------------------------------------
 
-    async def audit(self) -> tuple[int, int]:
-        """Every live session greeted by every running server; every ended one refused.
-        Returns (live audited, ended audited); problems go to the ledger's violations."""
+    async def audit(self) -> Audit:
+        """Every live session greeted by every running server; every ended one refused; every
+        unsure one (its logout got no answer or a 503) either refused by all or greeted by all.
+        Problems go to the ledger's violations; the counts are what was audited."""
         servers = [i for i in range(len(self.servers)) if i not in self.down]
         lost = 0
         for cookie, username in list(self.ledger.live.items()):
@@ -306,4 +307,28 @@ class Traffic:
                 status, _, _ = await home(self.http, self.servers[i].url, cookie)
                 if status != 303:
                     self.ledger.violations.append(f"audit: server {i} answered {status} for an ended session")
-        return len(self.ledger.live), len(self.ledger.ended)
+        unsure_ended = 0
+        for cookie, username in self.ledger.unsure.items():
+            answers = set()
+            for i in servers:
+                status, text, _ = await home(self.http, self.servers[i].url, cookie)
+                answers.add("ended" if status == 303 else "live" if is_greeting(status, text, username) else status)
+            if len(answers) != 1 or not answers <= {"ended", "live"}:
+                self.ledger.violations.append(f"audit: an unsure session answered {sorted(map(str, answers))}")
+            unsure_ended += answers == {"ended"}
+        return Audit(len(self.ledger.live), len(self.ledger.ended), len(self.ledger.unsure), unsure_ended, lost)
+
+
+@dataclass(frozen=True)
+class Audit:
+    live: int  # sessions the clients believe live, each greeted by every server
+    ended: int  # acknowledged ends, each refused by every server
+    unsure: int  # ends that got no answer or a 503: each consistent across the servers
+    unsure_ended: int  # of those, how many had ended
+    lost: int  # live sessions some server did not greet (each is also a violation)
+
+    def __str__(self) -> str:
+        return (
+            f"sessions audited: {self.live} live, {self.ended} ended, {self.unsure} unsure"
+            f" ({self.unsure_ended} of them ended); lost = {self.lost}"
+        )
