@@ -5,6 +5,7 @@
     python3 dev.py alembic ARGS  run Alembic on DATABASE_URL (e.g. upgrade head)
     python3 dev.py test [ARGS]   lint, then the whole test suite (pytest ARGS)
     python3 dev.py bench [ARGS]  the session-store benchmark (bench/README.md; --quick, --scenarios 1,2)
+    python3 dev.py mutants [ARGS]  mutation testing of the store's core modules (tests/MUTANTS.md)
 
 Needs only Python 3.11+. Packages are (re)installed when requirements*.txt change.
 """
@@ -88,7 +89,12 @@ def bench(python: str, args: list[str]) -> int:
     os.execv(python, [python, "-m", "bench", *args])
 
 
-TASKS = {"run": run, "alembic": alembic, "test": test, "bench": bench}
+def mutants(python: str, args: list[str]) -> int:
+    os.chdir(ROOT)
+    return subprocess.call([python, str(ROOT / "tests" / "mutants.py"), *args])
+
+
+TASKS = {"run": run, "alembic": alembic, "test": test, "bench": bench, "mutants": mutants}
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

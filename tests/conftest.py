@@ -314,6 +314,16 @@ async def run_app_command(
 
 # -- the library as installed by others (library_envs.py) -----------------------------------
 
+_INSTALLING_FIXTURES = {"library_wheel", "wheel_python", "lowest_python", "checkout_python"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tests that build and install the library from the checkout: `-m "not installs"` leaves them
+    # out where the checkout is not a whole one (the mutation runs of `dev.py mutants`).
+    for item in items:
+        if _INSTALLING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.installs)
+
 
 @pytest.fixture(scope="session")
 def library_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
