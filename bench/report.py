@@ -10,7 +10,8 @@ from .harness import median
 
 ORDER = [
     "none", "db", "cookie", "redis", "pg", "pgcache",
-    "ship", "ship-nocache", "ship-wc2", "app-pg", "app-pgnocache", "app-pgasync", "app-remotes",
+    "ship", "ship-nocache", "ship-wc2", "ship-wc4", "ship-nocache-wc2", "ship-nocache-wc4",
+    "app-pg", "app-pgnocache", "app-pgasync", "app-remotes",
     "app-redis", "app-cookie", "app-db",
 ]  # fmt: skip
 SHORT = {
@@ -23,6 +24,9 @@ SHORT = {
     "ship": "shipped\napp",
     "ship-nocache": "shipped,\ncache off",
     "ship-wc2": "shipped,\n2 workers",
+    "ship-wc4": "shipped,\n4 workers",
+    "ship-nocache-wc2": "cache off,\n2 workers",
+    "ship-nocache-wc4": "cache off,\n4 workers",
     "app-pg": "whole app\nours",
     "app-pgnocache": "whole app\ncache off",
     "app-pgasync": "whole app\ndurable off",
@@ -279,13 +283,135 @@ README_ROWS = {
     "8": [("ship", "`python -m app serve`, one process"), ("ship-wc2", "`WEB_CONCURRENCY=2` (gunicorn, 2 workers)")],
     "9": [("app-pg", "the app's own middleware (shipped)"), ("app-remotes", "aiohttp-remotes instead")],
 }
+# Scenario 10's rows: (variant, processes, session cache).
+SCALE_ROWS = [
+    ("ship", 1, "on"), ("ship-wc2", 2, "on"), ("ship-wc4", 4, "on"),
+    ("ship-nocache", 1, "off"), ("ship-nocache-wc2", 2, "off"), ("ship-nocache-wc4", 4, "off"),
+]  # fmt: skip
+
+# The capacity model's assumptions (stated in the README's block beside what they produce).
+ASSUMED_REQUESTS_PER_MINUTE = 20  # an active user: a page and its API calls, a request every 3 s
+ASSUMED_LOGINS_PER_HOUR = 1  # per active user
+TOUCH_INTERVAL = 60  # SESSION_TOUCH_INTERVAL's default, seconds
+CACHE_MAX_AGE = 10  # SESSION_CACHE_MAX_AGE's default, seconds
+POOL_MAX = 5  # DATABASE_POOL_MAX's default
+RESERVED_CONNECTIONS = 2  # the release phase and one `heroku run`
+# Heroku Postgres connection limits: Essential plans, standard-0, standard-2, standard-3 and up.
+PLAN_LIMITS = [("Essential", 20), ("standard-0", 120), ("standard-2", 400), ("standard-3 and up", 500)]
 README_TITLES = {
     "1": "(1) `GET /` signed in, with Heroku's router headers",
     "2": "(2) a write on every request",
     "3": "(3) a new session on every request (a login of one of 50,000 users)",
     "8": "(8) one process or two workers, `GET /`",
     "9": "(9) the router's headers read by the app's middleware or by aiohttp-remotes",
+    "10": "(10) 1, 2 and 4 processes against one PostgreSQL, `GET /` (two cores in all: see below)",
 }
+
+
+def db_cpu_ms(v: dict[str, Any]) -> float | None:
+    """The database's CPU (its backends and writer processes) per request of a variant, in ms:
+    the median over the rounds of its CPU share over the requests served."""
+    runs = [r for r in v.get("runs") or [] if r.get("service_cpu_pct") is not None and r["rps"]]
+    return median([10 * r["service_cpu_pct"] / r["rps"] for r in runs]) if runs else None
+
+
+def _scale_table(scenario: dict[str, Any]) -> list[str]:
+    vs = scenario["variants"]
+    lines = [
+        "| processes | session cache | req/s | p99 ms | connections held | database CPU | database CPU per request |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, processes, cache in SCALE_ROWS:
+        v = vs.get(name)
+        if v is None:
+            continue
+        held = max((r.get("db_connections") or 0) for r in v["runs"])
+        lines.append(
+            f"| {processes} | {cache} | {_f(v['rps'])} | {_f(v['p99_ms'], 2)} | {held} |"
+            f" {_f(v.get('service_cpu_pct'), 0, '% of a core')} | {_f(db_cpu_ms(v), 3, ' ms')} |"
+        )
+    return lines
+
+
+def capacity(results: dict[str, Any]) -> list[str]:
+    """The capacity model: what this run measured that carries over to other machines (the
+    database's CPU per request, bytes per row, connections per process, the sweeper's rate),
+    and what follows from it under the stated assumptions. Empty without scenario (1)."""
+    s = results["scenarios"]
+    one = s.get("1", {}).get("variants", {})
+    on, off = one.get("ship"), one.get("ship-nocache")
+    if not (on and off and db_cpu_ms(on) and db_cpu_ms(off)):
+        return []
+    read_on, read_off = db_cpu_ms(on), db_cpu_ms(off)
+    assert read_on is not None
+    assert read_off is not None
+    write = s.get("2", {}).get("variants", {}).get("app-pg")
+    login = s.get("3", {}).get("variants", {}).get("app-pg")
+    write_ms = db_cpu_ms(write) if write else None
+    login_ms = db_cpu_ms(login) if login else None
+    lines = ["", "**Capacity of one database**", "", "| measured | cache on | cache off | from |", "|---|---|---|---|"]
+    lines.append(f"| `GET /` per process (one core) | {_f(on['rps'])} req/s | {_f(off['rps'])} req/s | (1) |")
+    lines.append(f"| database CPU per `GET /` | {read_on:.3f} ms | {read_off:.3f} ms | (1) |")
+    if write_ms is not None:
+        lines.append(f"| database CPU per request that writes session data | | {write_ms:.3f} ms | (2) |")
+    if login_ms is not None:
+        lines.append(f"| database CPU per login | | {login_ms:.3f} ms | (3) |")
+    if "4" in s:
+        large = s["4"]["sizes"]["large"]
+        per_row = (large["table_bytes"] + large["index_bytes"]) / large["rows"]
+        what = f"bytes per session row, indexes included (at {large['rows']:,} rows)"
+        lines.append(f"| {what} | | {per_row:,.0f} | (4) |")
+    if "5" in s:
+        what = "expired rows the sweeper deletes per second, under load"
+        lines.append(f"| {what} | | {s['5']['rows_per_s']:,.0f} | (5) |")
+    scale = s.get("10", {}).get("variants", {})
+    if "ship" in scale and "ship-nocache" in scale:
+        held_on = max((r.get("db_connections") or 0) for r in scale["ship"]["runs"])
+        held_off = max((r.get("db_connections") or 0) for r in scale["ship-nocache"]["runs"])
+        what = f"connections one process holds (DATABASE_POOL_MAX={POOL_MAX})"
+        lines.append(f"| {what} | {held_on} | {held_off} | (10) |")
+
+    # Per active user per minute, under the assumptions.
+    requests = ASSUMED_REQUESTS_PER_MINUTE
+    reads_on = min(requests, 60 / CACHE_MAX_AGE)
+    logins = ASSUMED_LOGINS_PER_HOUR / 60
+    touches = 60 / TOUCH_INTERVAL
+    touch_ms = max((write_ms or read_off) - read_off, 0.0)
+    cpu_on = reads_on * read_off + (requests - reads_on) * read_on + touches * touch_ms + logins * (login_ms or 0)
+    cpu_off = requests * read_off + touches * touch_ms + logins * (login_ms or 0)
+    users_on, users_off = 60_000 / cpu_on, 60_000 / cpu_off
+    lines += [
+        "",
+        f"Assumed: an active user sends {requests} requests a minute (a page and its API calls), signs in"
+        f" {ASSUMED_LOGINS_PER_HOUR} time an hour and changes no other session data (as the demo); the"
+        f" defaults: a touch interval of {TOUCH_INTERVAL} s, a cache maximum age of {CACHE_MAX_AGE} s,"
+        f" DATABASE_POOL_MAX={POOL_MAX}. A touch costs what a write costs beyond a read ((2) minus (1)).",
+        "",
+        "| per active user | cache on | cache off |",
+        "|---|---|---|",
+        f"| database reads a minute | {reads_on:g} (one per cache maximum age, per process serving them) |"
+        f" {requests} |",
+        f"| database writes a minute | {touches + logins:.2f} (a touch per touch interval, the logins) |"
+        f" {touches + logins:.2f} |",
+        f"| database CPU a minute | {cpu_on:.2f} ms | {cpu_off:.2f} ms |",
+        f"| **active users one database core carries** | **{users_on:,.0f}** | **{users_off:,.0f}** |",
+    ]
+    per_process = POOL_MAX + 1  # the pool, and the cache's listener
+    lines += [
+        "",
+        f"| Heroku Postgres plan (connection limit) | processes that fit ({per_process} connections each,"
+        f" {RESERVED_CONNECTIONS} kept for release and `heroku run`) | their `GET /`, cache on / off |"
+        " database cores that takes, cache on / off |",
+        "|---|---|---|---|",
+    ]
+    for plan, limit in PLAN_LIMITS:
+        processes = (limit - RESERVED_CONNECTIONS) // per_process
+        rps_on, rps_off = processes * on["rps"], processes * off["rps"]
+        lines.append(
+            f"| {plan} ({limit}) | {processes} | {_f(rps_on)} / {_f(rps_off)} req/s |"
+            f" {rps_on * read_on / 1000:.1f} / {rps_off * read_off / 1000:.1f} |"
+        )
+    return lines
 
 
 def readme_block(results: dict[str, Any]) -> list[str]:
@@ -321,10 +447,13 @@ def readme_block(results: dict[str, Any]) -> list[str]:
                     _ratio(v, vs["cookie"]) if "cookie" in vs else "-",
                 ]
             lines.append("| " + " | ".join(cells) + " |")
+    if "10" in s:
+        lines += ["", f"**{README_TITLES['10']}**", "", *_scale_table(s["10"])]
     t = targets(results)
     if t:
         lines += ["", "**Targets**", "", "| target | measured | |", "|---|---|---|"]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in t]
+    lines += capacity(results)
     lines += ["", README_END]
     return lines
 
@@ -355,6 +484,9 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
             f"Other work on the machine before each round: median {median(loads):.0f}%, max {max(loads):.0f}% of"
             " one core (numbers taken with other work running are noisier)."
         )
+    for source in results.get("sources", []):
+        scenarios = ", ".join(map(str, source["scenarios"]))
+        lines.append(f"Scenarios {scenarios}: run {source['date']}, code {source['code']} ({source['file']}).")
     for key, reason in results.get("skipped", {}).items():
         lines.append(f"Scenario {key} not run: {reason}.")
 
@@ -375,6 +507,10 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     if "9" in s:
         lines += ["", f"## (9) {s['9']['title']}", ""]
         lines += _throughput_table(s["9"], [("app-pg", "own middleware")])
+    if "10" in s:
+        lines += ["", f"## (10) {s['10']['title']}", ""]
+        lines += _throughput_table(s["10"], [("ship", "one process")])
+        lines += ["", *_scale_table(s["10"])]
     if "4" in s:
         x = s["4"]
         lines += ["", f"## (4) {x['title']}", ""]

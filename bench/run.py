@@ -11,6 +11,11 @@ Scenarios
     7  the whole app's RSS over a long run of its GET /, shipped defaults (5 minutes; 1 with --quick)
     8  WEB_CONCURRENCY=2 beside one process
     9  the app's forwarded-header middleware beside aiohttp-remotes doing the same job
+   10  1, 2 and 4 processes of the shipped command against one PostgreSQL, cache on and off:
+       total throughput, the database's connections and its CPU per request
+
+`--from RAW.json ...` builds the report (and with --update-readme the README's block) from
+earlier runs' raw results instead of running anything; a scenario in a later file wins.
 
 Results: bench/results/results.md and chart.png; everything measured in bench/results/raw/.
 """
@@ -62,7 +67,7 @@ from .server import NEW_SESSION_USERS, VARIANTS, WHOLE_APP
 RESULTS = ROOT / "bench" / "results"
 # Variants with a database of their own: the storages', and the shipped command's.
 DB_VARIANTS = _DB_VARIANTS | set(SHIPPED)
-ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 SCENARIO_TITLES = {
     1: "Read-only authenticated GET (hot path)",
     2: "A write on every request (counter in the session)",
@@ -73,7 +78,9 @@ SCENARIO_TITLES = {
     7: "Server RSS over a long run of the whole app's GET /, shipped defaults",
     8: "WEB_CONCURRENCY=2 beside one process (the shipped command, GET /)",
     9: "Forwarded headers and the HTTPS redirect: the app's own middleware beside aiohttp-remotes (GET /)",
+    10: "1, 2 and 4 processes against one PostgreSQL, session cache on and off (the shipped command, GET /)",
 }
+SCALE_VARIANTS = ["ship", "ship-wc2", "ship-wc4", "ship-nocache", "ship-nocache-wc2", "ship-nocache-wc4"]
 
 
 @dataclass
@@ -181,7 +188,9 @@ class Bench:
 
     async def start(self, variant: str, label: str, db_url: str | None, **kw: Any) -> Server:
         server = Server(variant, label, self.raw, database_url=db_url, redis_prefix=self.redis_prefix, **kw)
-        wait_cache = variant in ("pgcache", "app-pg", "app-pgasync", "app-remotes", "ship", "ship-wc2")
+        wait_cache = variant in ("pgcache", "app-pg", "app-pgasync", "app-remotes") or (
+            variant in SHIPPED and "nocache" not in variant
+        )
         return await server.start(self.http, wait_cache=wait_cache)
 
     async def service_pids(self, server: Server) -> list[int]:
@@ -218,6 +227,11 @@ class Bench:
         noise = busy_s / CLK_TCK - server_s - wrk_s - service_s
         run["noise_cpu_pct"] = max(0.0, round(100 * noise / wall, 1))
         run["rss_kb"] = server.vm("VmRSS")
+        if server.database_url:
+            # What the variant holds open on its database (pools, cache listeners) after the run.
+            run["db_connections"] = await self.admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", urlsplit(server.database_url).path[1:]
+            )
         return run
 
     async def interleave(self, where: str, servers: dict[str, Server], paths: dict[str, str]) -> dict[str, list]:
@@ -266,6 +280,9 @@ class Bench:
             "noise_cpu_pct": median([r.get("noise_cpu_pct") for r in runs]),
             "noise_cpu_pct_max": max(r.get("noise_cpu_pct") or 0 for r in runs),
             "errors": sum(r["non_2xx_or_errors"] for r in runs),
+            "db_connections": max((r.get("db_connections") or 0) for r in runs),
+            # The database's CPU (its backends and writer processes) per request, in ms.
+            "db_cpu_ms_per_request": median([10 * (r.get("service_cpu_pct") or 0) / max(r["rps"], 1) for r in runs]),
         }
 
     async def count_pass(self, variant: str, db_url: str | None, path: str, cookies_file: Path | None, label: str):
@@ -436,6 +453,12 @@ class Bench:
         # (XForwardedRelaxed and Secure in front of it): a well-kept library is used unless it
         # costs the shipped app more than 5% (README).
         await self.throughput(9, ["app-pg", "app-remotes"], "/", logged_in=True)
+
+    async def scenario10(self) -> None:
+        # Where the database becomes the limit: as many processes as cores and more, each with its
+        # pool (and cache listener), against one PostgreSQL; its CPU per request is what carries
+        # over to a bigger machine (the README's capacity model).
+        await self.throughput(10, SCALE_VARIANTS, "/", logged_in=True)
 
     # -- scenario 4: table size --------------------------------------------------------------
 
@@ -722,6 +745,38 @@ class Bench:
         return self.results
 
 
+def merge_runs(sources: list[Path]) -> dict[str, Any]:
+    """Several runs' raw results as one: the first run's machine and settings, each scenario
+    from the last run that has it (each scenario's own code version and date noted)."""
+    runs = [json.loads(path.read_text()) for path in sources]
+    merged = {**runs[0], "scenarios": {}, "skipped": {}, "sources": []}
+    for path, run in zip(sources, runs, strict=True):
+        for key, scenario in run["scenarios"].items():
+            merged["scenarios"][key] = scenario
+            merged["skipped"].pop(key, None)
+        merged["sources"].append(
+            {"file": path.name, "date": run["machine"]["date"], "code": run.get("code"), "scenarios": sorted(
+                run["scenarios"], key=int)}
+        )  # fmt: skip
+    merged["total_seconds"] = sum(run.get("total_seconds", 0) for run in runs)
+    return merged
+
+
+def report_only(sources: list[Path], out: Path, *, update: bool) -> int:
+    from .report import update_readme, write_report
+
+    missing = [str(path) for path in sources if not path.is_file()]
+    if missing:
+        print(f"error: no such results file: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    results = merge_runs(sources)
+    md = write_report(results, out)
+    if update:
+        update_readme(results, ROOT / "README.md")
+    print(md.read_text())
+    return 0
+
+
 def _processes() -> list[tuple[int, str]]:
     out = []
     for entry in Path("/proc").iterdir():
@@ -819,10 +874,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     parser.add_argument(
+        "--from",
+        dest="sources",
+        type=Path,
+        nargs="+",
+        metavar="RAW.json",
+        help="build the report from these raw results (bench/results/raw/results-*.json) instead of running",
+    )
+    parser.add_argument(
         "--update-readme", action="store_true", help="replace the README's performance tables with this run's"
     )
     args = parser.parse_args(argv)
 
+    if args.sources:
+        return report_only(args.sources, args.out, update=args.update_readme)
     if (os.cpu_count() or 1) < 2:
         print("error: the benchmark pins the server and wrk to different cores: it needs 2", file=sys.stderr)
         return 1
