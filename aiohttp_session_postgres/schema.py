@@ -88,8 +88,14 @@ def schema_sql(table: str = "sessions", schema: str = "public", *, partitions: i
     triggers: schema.sql with the names filled in. Idempotent. The PostgreSQL `schema` must exist.
 
     partitions: None for an ordinary table; N (2 to 1024) for a table hash-partitioned by id_hash
-        into N partitions, as a sharded cluster (Citus) distributes it. Only a new table can be
-        partitioned; an existing one keeps its layout.
+        into N partitions, the layout a sharded cluster (Citus) gives the table distributed by
+        id_hash. Only a new table can be partitioned; an existing one keeps its layout. What it
+        costs (measured with EXPLAIN ANALYZE, tests/test_partitioned.py): every statement of a
+        request on its own session (load, touch, write, merge, logout, a new session) still
+        touches one partition, a login or renewal that uses up a session two; what selects by
+        user_id (the per-user cap after a login, listing, ending a user's sessions) reads all N,
+        and the sweeper deletes from each. On one server it gains smaller indexes per partition,
+        nothing more: it is the way to a sharded cluster, not a speed-up.
 
     Raises ValueError for bad names or a bad partition count.
     """
@@ -144,7 +150,7 @@ async def create_schema(
     """Create the sessions table (or bring it up to date) on `conn`, in one transaction under an
     advisory lock, so any number of processes may call it at once (for example at every start).
     True when it changed something; False when the table was already at this version, in which
-    case no lock on the table is taken.
+    case no lock on the table is taken. `partitions`: as for schema_sql (a new table only).
 
     Raises ValueError for bad names, asyncpg.PostgresError from the database (for example
     LockNotAvailableError when the table stays locked by others for more than 5 seconds).
