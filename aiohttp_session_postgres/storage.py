@@ -52,7 +52,10 @@ _LOADED = web.RequestKey("aiohttp_session_postgres.loaded", bytes)
 # touch interval, slide its idle deadline (never past the absolute one) and note the client.
 # Inside the interval the UPDATE matches no row, and so writes nothing. The UPDATE re-checks the
 # row itself: if a login or renewal used the session up after `live` read it (this UPDATE then
-# waited on its lock), it meets the changed row, a tombstone, and must not slide it back to life.
+# waited on its lock), it meets the changed row, a tombstone, and must not slide it back to life;
+# and against the clock (clock_timestamp(), not now(): the transaction's start, before any wait).
+# `s.id_hash = $1` as well as the join: a constant lets a partitioned table be pruned to one
+# partition when the statement is planned.
 LOAD_SQL = """
 WITH live AS (
     SELECT id_hash, data, version, created_at, idle_expires_at, absolute_expires_at, last_seen_at,
@@ -65,8 +68,8 @@ WITH live AS (
         idle_expires_at = least(now() + make_interval(secs => $2), s.absolute_expires_at),
         client_ip = $4, user_agent = $5
     FROM live
-    WHERE s.id_hash = live.id_hash AND live.due AND s.replaced_at IS NULL
-      AND s.idle_expires_at > now() AND s.absolute_expires_at > now() {async_commit}
+    WHERE s.id_hash = $1 AND s.id_hash = live.id_hash AND live.due AND s.replaced_at IS NULL
+      AND s.idle_expires_at > clock_timestamp() AND s.absolute_expires_at > clock_timestamp() {async_commit}
 )
 SELECT data, version,
        extract(epoch FROM created_at)::bigint AS created,
@@ -112,12 +115,16 @@ RETURNING extract(epoch FROM absolute_expires_at)::float8 AS absolute_deadline
 
 # renew_session: the same, for a live session only ($5), keeping its creation time and absolute
 # deadline. Of two concurrent renewals one wins; the other, and a renewal of a session that ended
-# meanwhile, creates nothing.
+# meanwhile, creates nothing. A renewal of a user's session holds that user's lock (USER_LOCK_SQL)
+# shared, taken before the row's: "end all of a user's sessions" takes it exclusively first, so a
+# renewal in flight is either done before that statement looks (its new row is then ended too)
+# or finds the old row gone; without it, the new row was made where that statement never looked.
 RENEW_SQL = """
 WITH used AS (
     UPDATE {table}
     SET data = '\\x'::bytea, user_id = NULL, version = version + 1, replaced_at = now(), idle_expires_at = now()
     WHERE id_hash = $5 AND replaced_at IS NULL AND idle_expires_at > now() AND absolute_expires_at > now()
+        AND ($2::bigint IS NULL OR pg_advisory_xact_lock_shared(hashtextextended($8, $2)) IS NOT NULL)
     RETURNING created_at, absolute_expires_at
 )
 INSERT INTO {table} (id_hash, user_id, data, created_at, idle_expires_at, absolute_expires_at, client_ip, user_agent)
@@ -149,20 +156,27 @@ RETURNING id_hash
 """
 
 # Optimistic: only if nobody saved since we loaded. Never an upsert: an ended session stays ended.
+# Expiry against the clock, not now() (the transaction's start: a merge may have waited for the
+# row's lock past the deadline).
 UPDATE_SQL = """
 UPDATE {table}
 SET data = $2, user_id = $3, version = version + 1, last_seen_at = now(),
     idle_expires_at = least(now() + make_interval(secs => $4), absolute_expires_at)
-WHERE id_hash = $1 AND version = $5 AND idle_expires_at > now() AND absolute_expires_at > now() {async_commit}
+WHERE id_hash = $1 AND version = $5
+    AND idle_expires_at > clock_timestamp() AND absolute_expires_at > clock_timestamp() {async_commit}
 RETURNING version
 """
 
 # After a version conflict: lock the row for the length of one merge (never across a handler).
 LOCK_SQL = """
 SELECT data, version FROM {table}
-WHERE id_hash = $1 AND idle_expires_at > now() AND absolute_expires_at > now()
+WHERE id_hash = $1 AND idle_expires_at > clock_timestamp() AND absolute_expires_at > clock_timestamp()
 FOR UPDATE
 """
+
+# Taken by what ends all of a user's sessions (or all but one), for its transaction, before it
+# looks: renewals of that user's sessions (RENEW_SQL) wait, or are waited for.
+USER_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))"
 
 # Logout. A tombstone stays (its cookie was used by a login, whose cookie the browser now has).
 END_SQL = "DELETE FROM {table} WHERE id_hash = $1 AND replaced_at IS NULL RETURNING 1"
@@ -196,6 +210,7 @@ class _Statements:
         self.end_one = END_ONE_SQL.format(table=table)
         self.end_others = END_OTHERS_SQL.format(table=table)
         self.end_all = END_ALL_SQL.format(table=table)
+        self.user_lock = USER_LOCK_SQL
 
 
 class PostgresStorage(AbstractStorage):
@@ -475,7 +490,7 @@ class PostgresStorage(AbstractStorage):
         generation = self._generation()
         args: tuple[object, ...]
         if renewing:
-            sql, args = self._sql.renew, (id_hash, user_id, sealed, self._idle, replaced, *client)
+            sql, args = self._sql.renew, (id_hash, user_id, sealed, self._idle, replaced, *client, self._names.channel)
         else:
             # A session that uses up another (a login from a pre-login session) ends that one;
             # one created under a precondition (a check that grants it) must not outlive a crash
@@ -650,7 +665,8 @@ class PostgresStorage(AbstractStorage):
         everywhere else". The number ended. Raises DatabaseUnavailable."""
         if keep.id_hash is None:
             raise ValueError("keep must be a saved session (the request's own)")
-        async with self._connection(conn) as c:
+        async with self._connection(conn) as c, c.transaction():
+            await c.execute(self._sql.user_lock, self._names.channel, user_id)
             ended = [row["id_hash"] for row in await c.fetch(self._sql.end_others, user_id, keep.id_hash)]
         self._ended(ended, "session.revoked")
         return len(ended)
@@ -659,7 +675,8 @@ class PostgresStorage(AbstractStorage):
         """End every session of the user (OWASP: after a password change or when disabling the
         account). The number ended. Pass `conn` to make it part of the caller's transaction (the
         password change itself). Raises DatabaseUnavailable."""
-        async with self._connection(conn) as c:
+        async with self._connection(conn) as c, c.transaction():
+            await c.execute(self._sql.user_lock, self._names.channel, user_id)
             ended = [row["id_hash"] for row in await c.fetch(self._sql.end_all, user_id)]
         self._ended(ended, "session.revoked")
         return len(ended)

@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres import SessionCache, create_schema
 from aiohttp_session_postgres.tokens import TokenSigner, id_hash_of
 from conftest import AUTH_KEY, TEST_PASSWORD_COST, AppLog, make_settings, run_app_command
-from library_app import library_app, started, with_cookie
+from library_app import USER, library_app, started, with_cookie
 
 from app.appkeys import HASHER
 from app.config import Settings
@@ -167,3 +167,67 @@ async def test_a_new_hash_is_derived_with_the_configured_parameters(db_url: str,
     unb64 = lambda text: base64.b64decode(text + "=" * (-len(text) % 4))  # noqa: E731
     expected = hashlib.scrypt(password.encode(), salt=unb64(salt), n=2**cost, r=8, p=1, dklen=32)
     assert unb64(digest) == expected
+
+
+# -- found by review: waits that outlive a deadline or a revocation --------------------------------
+
+
+async def test_a_merge_that_waited_past_the_idle_deadline_does_not_bring_the_session_back(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_url: str
+) -> None:
+    # The late save conflicts (another write came first), so it merges: it waits for the row's
+    # lock, held elsewhere past the session's idle deadline. Its transaction began before the
+    # deadline (now() is its start): the expiry is checked against the clock, so it writes nothing.
+    client = await library_app(aiohttp_client, pool, idle_timeout=3, absolute_timeout=60, touch_interval=1,
+                               database_timeout=6)  # fmt: skip
+    cookie = await started(client)
+    row = id_hash_of(cookie.split(".")[0])
+    late = asyncio.ensure_future(client.post("/write-after?seconds=1.0", headers=with_cookie(cookie)))
+    await asyncio.sleep(0.3)
+    assert (await client.post("/write", headers=with_cookie(cookie))).status == 200  # deadline now +3 s
+    holder = await asyncpg.connect(lib_url)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM sessions WHERE id_hash = $1 FOR UPDATE", row)
+            await asyncio.sleep(3.5)  # the late save's merge waits here; the idle deadline passes
+            assert await holder.fetchval(
+                "SELECT idle_expires_at < clock_timestamp() FROM sessions WHERE id_hash = $1", row
+            )
+        response = await late
+    finally:
+        await holder.close()
+    assert response.status == 200
+    assert "session" not in response.cookies
+    assert await read(client, cookie) == {}
+
+
+async def test_ending_all_of_a_users_sessions_catches_a_renewal_in_flight(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_url: str
+) -> None:
+    # An attacker's stolen session is being renewed (the renewal waits on the row) when the user
+    # ends all their sessions: the renewal's new row must be ended too, not left live.
+    client = await library_app(aiohttp_client, pool, touch_interval=60, database_timeout=5)
+    stolen = await started(client)
+    row = id_hash_of(stolen.split(".")[0])
+    holder = await asyncpg.connect(lib_url)
+    try:
+        tr = holder.transaction()
+        await tr.start()
+        await holder.execute("SELECT 1 FROM sessions WHERE id_hash = $1 FOR UPDATE", row)
+        renewing = asyncio.ensure_future(client.post("/renew", headers=with_cookie(stolen)))
+        await asyncio.sleep(0.3)
+        ending = asyncio.ensure_future(client.post("/end-all"))
+        await asyncio.sleep(0.3)
+        await tr.rollback()
+        renewed, ended = await renewing, await ending
+    finally:
+        await holder.close()
+    assert renewed.status == 200
+    assert ended.status == 200
+    assert (
+        await pool.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1 AND idle_expires_at > now()", USER) == 0
+    )
+    # The renewal went first (it waited on the row, holding the user's lock): its new session was
+    # ended with the rest.
+    assert await ended.text() == "1"
+    assert await read(client, renewed.cookies["session"].value) == {}

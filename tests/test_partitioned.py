@@ -270,7 +270,7 @@ async def test_which_partitions_each_statement_touches(
     # A login from a session, and a renewal: the used session's partition and the new one's.
     for what, (statement, *args) in {
         "create (a login from a session)": (sql.create, fresh, USER, data, 1800.0, 43200.0, live, ip, agent, 10.0),
-        "renew": (sql.renew, fresh, USER, data, 1800.0, live, ip, agent),
+        "renew": (sql.renew, fresh, USER, data, 1800.0, live, ip, agent, storage._names.channel),
     }.items():
         assert len(await partitions_touched(pg, mode, statement, *args)) == 2, what
 
