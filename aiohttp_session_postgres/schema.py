@@ -33,6 +33,7 @@ _LONGEST_SUFFIX = "_notify_truncate"
 # How long the row of a session whose cookie a login or renewal used stays as a tombstone, during
 # which that cookie cannot start another session (storage.py); the sweeper leaves it until then.
 TOMBSTONE_SECONDS = 10.0
+MAX_PARTITIONS = 64
 
 # Serialises create_schema() across processes (pg_advisory_xact_lock): two concurrent
 # CREATE TABLE IF NOT EXISTS can still collide in the catalog.
@@ -87,7 +88,7 @@ def schema_sql(table: str = "sessions", schema: str = "public", *, partitions: i
     """The SQL that creates (or brings up to date) the sessions table, its indexes and its
     triggers: schema.sql with the names filled in. Idempotent. The PostgreSQL `schema` must exist.
 
-    partitions: None for an ordinary table; N (2 to 1024) for a table hash-partitioned by id_hash
+    partitions: None for an ordinary table; N (2 to 64) for a table hash-partitioned by id_hash
         into N partitions, the layout a sharded cluster (Citus) gives the table distributed by
         id_hash. Only a new table can be partitioned; an existing one keeps its layout. What it
         costs (measured with EXPLAIN ANALYZE, tests/test_partitioned.py): every statement of a
@@ -95,20 +96,32 @@ def schema_sql(table: str = "sessions", schema: str = "public", *, partitions: i
         touches one partition, a login or renewal that uses up a session two; what selects by
         user_id (the per-user cap after a login, listing, ending a user's sessions) reads all N,
         and the sweeper deletes from each. On one server it gains smaller indexes per partition,
-        nothing more: it is the way to a sharded cluster, not a speed-up.
+        nothing more: it is the way to a sharded cluster, not a speed-up. Planning and locking
+        grow with N (a generic plan locks every partition: measured, a read at 1024 partitions
+        took 20 ms and more), hence the bound of 64.
 
     Raises ValueError for bad names or a bad partition count.
     """
     names = TableNames(table, schema)
-    partition_clause, partition_sql = "", ""
+    partition_clause, partition_sql, partition_triggers = "", "", ""
     if partitions is not None:
-        if not 2 <= partitions <= 1024:
-            raise ValueError("partitions must be between 2 and 1024")
+        if not isinstance(partitions, int) or isinstance(partitions, bool) or not 2 <= partitions <= MAX_PARTITIONS:
+            raise ValueError(f"partitions must be an integer from 2 to {MAX_PARTITIONS}")
         partition_clause = " PARTITION BY HASH (id_hash)"
+        parts = [f"{_quote(schema)}.{names.derived(f'p{i}')}" for i in range(partitions)]
         partition_sql = "".join(
-            f"CREATE TABLE IF NOT EXISTS {_quote(schema)}.{names.derived(f'p{i}')} PARTITION OF {names.qualified}"
+            f"CREATE TABLE IF NOT EXISTS {part} PARTITION OF {names.qualified}"
             f" FOR VALUES WITH (MODULUS {partitions}, REMAINDER {i});\n"
-            for i in range(partitions)
+            for i, part in enumerate(parts)
+        )
+        # Statement triggers stay on the table they are made on: a TRUNCATE of one partition
+        # must empty the caches too.
+        trigger = names.derived("notify_truncate")
+        partition_triggers = "".join(
+            f"DROP TRIGGER IF EXISTS {trigger} ON {part};\n"
+            f"CREATE TRIGGER {trigger} AFTER TRUNCATE ON {part}\n"
+            f"    FOR EACH STATEMENT EXECUTE FUNCTION {_quote(schema)}.{names.derived('notify')}();\n"
+            for part in parts
         )
     template = resources.files(__package__).joinpath("schema.sql").read_text(encoding="utf-8")
     return template.format(
@@ -116,6 +129,7 @@ def schema_sql(table: str = "sessions", schema: str = "public", *, partitions: i
         schema=_quote(schema),
         partition_clause=partition_clause,
         partitions=partition_sql,
+        partition_triggers=partition_triggers,
         idle_index=names.derived("idle_expires_at_idx"),
         user_index=names.derived("user_id_idx"),
         notify_function=f"{_quote(schema)}.{names.derived('notify')}",
@@ -162,6 +176,18 @@ async def create_schema(
             return False
         await conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
         await conn.execute(sql)
+        if partitions is not None:
+            # CREATE TABLE IF NOT EXISTS leaves a table already there as it is: a partition's
+            # name taken by another table would leave hash values with nowhere to go.
+            attached = await conn.fetchval(
+                "SELECT count(*) FROM pg_inherits WHERE inhparent = to_regclass($1)",
+                TableNames(table, schema).qualified,
+            )
+            if attached != partitions:
+                raise ValueError(
+                    f"{table} has {attached} partitions, not {partitions}: a table of a partition's name"
+                    " exists already, or the table exists unpartitioned"
+                )
     return True
 
 

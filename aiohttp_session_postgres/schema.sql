@@ -77,5 +77,5 @@ CREATE TRIGGER {delete_trigger} AFTER DELETE ON {table}
 DROP TRIGGER IF EXISTS {truncate_trigger} ON {table};
 CREATE TRIGGER {truncate_trigger} AFTER TRUNCATE ON {table}
     FOR EACH STATEMENT EXECUTE FUNCTION {notify_function}();
-
+{partition_triggers}
 COMMENT ON TABLE {table} IS {version_comment};

@@ -16,7 +16,7 @@ import logging
 import re
 from urllib.parse import urlsplit
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 from aiohttp_session_postgres import DatabaseUnavailable
 
@@ -82,7 +82,9 @@ def _forwarded(request: web.Request) -> web.Request:
 
 
 def _to_https(request: web.Request) -> web.StreamResponse:
-    host = _HOST_RE.fullmatch(request.host)
+    # The Host header itself: without one (HTTP/1.0), aiohttp's request.host is this machine's
+    # own name, which a redirect would disclose.
+    host = _HOST_RE.fullmatch(request.headers.get(hdrs.HOST, ""))
     if host is None or int(host[2] or 0) > 65535:
         response = pages.error(400, "Bad request", "The Host header is not a host name.")
     else:

@@ -43,10 +43,15 @@ class PasswordHasher:
         return encoded
 
     async def verify(self, password: str, encoded: str | None) -> bool:
-        """Constant work whether or not `encoded` is given (None: unknown user)."""
+        """At least one derivation at the configured cost whether or not `encoded` is given
+        (None: unknown user), so login time does not tell who exists: a hash made at a lower
+        cost (before the cost was raised), or a malformed one, is padded with the dummy's."""
         ok, cost = await self._run(_verify, password, encoded or self._dummy)
         if cost is not None:
             self.derivations[cost] += 1
+        if encoded is not None and (cost is None or cost < self._cost):
+            _, padding = await self._run(_verify, password, self._dummy)
+            self.derivations[padding] += 1
         return bool(ok) and encoded is not None
 
     @property

@@ -23,7 +23,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres import SessionCache, create_schema
 from aiohttp_session_postgres.tokens import TokenSigner, id_hash_of
-from conftest import AUTH_KEY, TEST_PASSWORD_COST, AppLog, make_settings, run_app_command
+from conftest import AUTH_KEY, TEST_PASSWORD_COST, AppLog, login, make_settings, run_app_command
 from library_app import USER, library_app, started, with_cookie
 
 from app.appkeys import HASHER
@@ -147,6 +147,22 @@ async def test_a_login_costs_one_derivation_at_the_configured_cost_whoever_tries
         await client.post("/login", data={"username": username, "password": password}, allow_redirects=False)
         done = hasher.derivations - before
         assert done == {TEST_PASSWORD_COST: 1}, (username, dict(done))
+
+
+async def test_a_hash_from_before_the_cost_was_raised_is_padded_to_the_configured_cost(
+    make_client: MakeClient, db_url: str, user: tuple[str, str]
+) -> None:
+    # `user` was hashed at TEST_PASSWORD_COST; the app now asks for more. A wrong password for
+    # them must cost at least what a wrong guess at an unknown name costs.
+    raised = TEST_PASSWORD_COST + 2
+    client = await make_client(make_settings(db_url, password_cost=raised))
+    hasher = client.app[HASHER]
+    for username, expected in ((user[0], {TEST_PASSWORD_COST: 1, raised: 1}), ("nobody", {raised: 1})):
+        before = hasher.derivations.copy()
+        await client.post("/login", data={"username": username, "password": "wrong"}, allow_redirects=False)
+        assert hasher.derivations - before == expected, username
+    await login(client, *user)  # and the right password still signs in
+    assert "Hello" in await (await client.get("/")).text()
 
 
 @pytest.mark.parametrize("cost", [5, 6])

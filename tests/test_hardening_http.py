@@ -355,6 +355,24 @@ async def test_a_scoped_ipv6_forwarded_for_is_no_address(
     assert await pg.fetchval("SELECT client_ip FROM sessions WHERE replaced_at IS NULL") == "127.0.0.1"
 
 
+async def test_a_plain_http_request_without_host_is_refused_not_redirected_to_our_name(
+    make_client: MakeClient, db_url: str
+) -> None:
+    # aiohttp falls back to the machine's own name for request.host: a redirect built from it
+    # would tell anyone who asks what the server calls itself.
+    import socket
+
+    client = await make_client(make_settings(db_url, trust_proxy=True))
+    port = client.server.port
+    assert port is not None
+    status, headers, body = await raw(port, b"GET / HTTP/1.0\r\nX-Forwarded-Proto: http\r\n\r\n")
+    assert status == 400
+    assert "location" not in headers
+    assert socket.getfqdn().encode() not in body
+    status, headers, _ = await raw(port, b"GET /x HTTP/1.0\r\nHost: example.org\r\nX-Forwarded-Proto: http\r\n\r\n")
+    assert (status, headers["location"]) == (308, ["https://example.org/x"])
+
+
 async def test_a_long_forwarded_for_is_no_address_and_is_not_remembered(
     make_client: MakeClient, db_url: str, user: tuple[str, str], pg: asyncpg.Connection
 ) -> None:

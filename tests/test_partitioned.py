@@ -166,6 +166,43 @@ async def test_the_cache_hears_changes_made_in_any_partition(
         assert json.loads(await (await client.get("/read", headers=with_cookie(cookie))).text()) == {}
 
 
+async def test_a_truncate_of_one_partition_empties_the_caches(
+    aiohttp_client: Callable[..., Awaitable[TestClient]],
+    pool: asyncpg.Pool,
+    pg: asyncpg.Connection,
+    partitioned_url: str,
+) -> None:
+    cache = SessionCache()
+    client = await library_app(aiohttp_client, pool, cache=cache, touch_interval=60, listen_dsn=partitioned_url)
+    for _ in range(100):
+        if cache.enabled:
+            break
+        await asyncio.sleep(0.05)
+    cookies = [await started(client) for _ in range(8)]
+    assert len(cache) == 8
+    await pg.execute("TRUNCATE sessions_p0, sessions_p1, sessions_p2, sessions_p3")
+    for _ in range(100):
+        if len(cache) == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert len(cache) == 0
+    for cookie in cookies:
+        assert json.loads(await (await client.get("/read", headers=with_cookie(cookie))).text()) == {}
+
+
+async def test_a_partition_name_taken_by_another_table_is_refused(empty_url: str) -> None:
+    # Left as it was, the hash values of that partition would have nowhere to go (every login
+    # landing there a 500): the creation fails instead, and leaves nothing behind.
+    conn = await asyncpg.connect(empty_url)
+    try:
+        await conn.execute("CREATE TABLE sessions_p1 (note text)")
+        with pytest.raises(ValueError, match="has 3 partitions, not 4"):
+            await create_schema(conn, partitions=PARTITIONS)
+        assert await conn.fetchval("SELECT to_regclass('sessions')") is None
+    finally:
+        await conn.close()
+
+
 # -- which partitions each statement touches ------------------------------------------------------
 
 
