@@ -97,7 +97,7 @@ FILL_SQL = """
 INSERT INTO sessions (id_hash, user_id, data, created_at, last_seen_at, idle_expires_at, absolute_expires_at,
                       version, client_ip, user_agent)
 SELECT sha256(convert_to($1 || i::text, 'UTF8')),
-       1 + i % $4,
+       CASE WHEN $4 > 0 THEN 1 + i % $4 END,
        $5,
        now() - interval '1 hour',
        now() - interval '10 minutes',
@@ -113,8 +113,9 @@ EXPIRED = ("now() - interval '1 second' - (i % 3600) * interval '1 second'", "no
 
 
 async def fill_sessions(url: str, count: int, *, expired: bool, tag: str, users: int, chunks: int = 2) -> float:
-    """Insert `count` generated session rows (id_hash = SHA-256 of tag+i, 32 random-looking bytes)
-    in `chunks` concurrent statements; VACUUM ANALYZE afterwards as autovacuum would in time.
+    """Insert `count` generated session rows (id_hash = SHA-256 of tag+i, 32 random-looking bytes;
+    user ids 1 to `users` in turn, none when `users` is 0) in `chunks` concurrent statements;
+    VACUUM ANALYZE afterwards as autovacuum would in time.
     Returns the seconds it took."""
     idle, absolute = EXPIRED if expired else LIVE
     sql = FILL_SQL.format(idle=idle, absolute=absolute)

@@ -359,7 +359,7 @@ def capacity(results: dict[str, Any]) -> list[str]:
     if "4" in s:
         large = s["4"]["sizes"]["large"]
         per_row = (large["table_bytes"] + large["index_bytes"]) / large["rows"]
-        what = f"bytes per session row, indexes included (at {large['rows']:,} rows)"
+        what = f"bytes per session row, indexes included (at {large['rows']:,} signed-out rows)"
         lines.append(f"| {what} | | {per_row:,.0f} | (4) |")
     if "5" in s:
         what = "expired rows the sweeper deletes per second, under load"
