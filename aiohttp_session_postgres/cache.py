@@ -130,9 +130,9 @@ class SessionCache:
         if entry is not None and (new_version is None or entry.version < new_version):
             del self._entries[id_hash]
 
-    def _disable(self, why: str) -> None:
+    def _disable(self, why: str, *, level: int = logging.WARNING) -> None:
         if self._enabled:
-            log.warning("session cache disabled (%s): reading every session from the database", why)
+            log.log(level, "session cache disabled (%s): reading every session from the database", why)
         self._enabled = False
         self._entries.clear()
         self.generation += 1
@@ -164,7 +164,7 @@ class SessionCache:
                     await conn.execute("SELECT 1", timeout=check_every / 2)
                 self._disable("listener connection closed")
             except asyncio.CancelledError:
-                self._disable("shutting down")
+                self._disable("shutting down", level=logging.INFO)  # expected: no warning
                 raise
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self._disable(f"listener lost: {type(exc).__name__}")

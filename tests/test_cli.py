@@ -7,6 +7,7 @@ exactly one `error:` line on stderr and a non-zero exit status, never a tracebac
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -317,3 +318,15 @@ async def test_unmigrated_database_says_to_run_alembic(unmigrated_url: str, comm
 async def test_dyno_without_database_url_is_one_line() -> None:
     result = await run_app("serve", database_url=None, DYNO="web.1")
     assert "DATABASE_URL" in result.one_error_line()
+
+
+async def test_serve_on_a_port_in_use_is_one_error_line(db_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = await run_app_command("serve", database_url=db_url, PORT=str(port), HOST="127.0.0.1")
+    assert code == 1
+    expected = f"error: cannot listen on 127.0.0.1:{port}: address already in use (set PORT)"
+    assert err.strip().splitlines()[-1] == expected
+    assert "Traceback" not in err
