@@ -49,6 +49,12 @@ async def home(request: web.Request) -> web.Response:
     return pages.html(pages.home(session["username"]), private=True)
 
 
+@routes.get("/login")
+async def login_page(request: web.Request) -> web.Response:
+    # The form lives with the static pages; /login is where people type.
+    raise web.HTTPSeeOther(LOGIN_PAGE)
+
+
 @routes.post("/login")
 async def login(request: web.Request) -> web.Response:
     try:

@@ -651,3 +651,8 @@ async def test_a_request_id_that_is_not_a_token_is_replaced(
     (line,) = [line for line in app_log.events() if line.startswith("event=session.created")]
     assert "forged" not in line
     assert re.search(r" request_id=[0-9a-f]{32}( |$)", line), line
+
+
+async def test_get_login_leads_to_the_login_form(client: TestClient) -> None:
+    response = await client.get("/login", allow_redirects=False)
+    assert (response.status, response.headers["Location"]) == (303, "/public/login.html")
