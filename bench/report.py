@@ -315,6 +315,10 @@ def db_cpu_ms(v: dict[str, Any]) -> float | None:
     return median([10 * r["service_cpu_pct"] / r["rps"] for r in runs]) if runs else None
 
 
+def _us(ms_value: float | None) -> str:
+    return "-" if ms_value is None else f"{1000 * ms_value:,.1f} µs"
+
+
 def _scale_table(scenario: dict[str, Any]) -> list[str]:
     vs = scenario["variants"]
     lines = [
@@ -328,7 +332,7 @@ def _scale_table(scenario: dict[str, Any]) -> list[str]:
         held = max((r.get("db_connections") or 0) for r in v["runs"])
         lines.append(
             f"| {processes} | {cache} | {_f(v['rps'])} | {_f(v['p99_ms'], 2)} | {held} |"
-            f" {_f(v.get('service_cpu_pct'), 0, '% of a core')} | {_f(db_cpu_ms(v), 3, ' ms')} |"
+            f" {_f(v.get('service_cpu_pct'), 0, '% of a core')} | {_us(db_cpu_ms(v))} |"
         )
     return lines
 
@@ -351,11 +355,14 @@ def capacity(results: dict[str, Any]) -> list[str]:
     login_ms = db_cpu_ms(login) if login else None
     lines = ["", "**Capacity of one database**", "", "| measured | cache on | cache off | from |", "|---|---|---|---|"]
     lines.append(f"| `GET /` per process (one core) | {_f(on['rps'])} req/s | {_f(off['rps'])} req/s | (1) |")
-    lines.append(f"| database CPU per `GET /` | {read_on:.3f} ms | {read_off:.3f} ms | (1) |")
+    lines.append(
+        f"| database CPU per `GET /` (with the cache on: of 64 users' requests, each user read once per"
+        f" cache maximum age) | {_us(read_on)} | {_us(read_off)} | (1) |"
+    )
     if write_ms is not None:
-        lines.append(f"| database CPU per request that writes session data | | {write_ms:.3f} ms | (2) |")
+        lines.append(f"| database CPU per request that writes session data | | {_us(write_ms)} | (2) |")
     if login_ms is not None:
-        lines.append(f"| database CPU per login | | {login_ms:.3f} ms | (3) |")
+        lines.append(f"| database CPU per login | | {_us(login_ms)} | (3) |")
     if "4" in s:
         large = s["4"]["sizes"]["large"]
         per_row = (large["table_bytes"] + large["index_bytes"]) / large["rows"]
@@ -393,23 +400,26 @@ def capacity(results: dict[str, Any]) -> list[str]:
         f" {requests} |",
         f"| database writes a minute | {touches + logins:.2f} (a touch per touch interval, the logins) |"
         f" {touches + logins:.2f} |",
-        f"| database CPU a minute | {cpu_on:.2f} ms | {cpu_off:.2f} ms |",
+        f"| database CPU a minute | {_us(cpu_on)} | {_us(cpu_off)} |",
         f"| **active users one database core carries** | **{users_on:,.0f}** | **{users_off:,.0f}** |",
     ]
     per_process = POOL_MAX + 1  # the pool, and the cache's listener
     lines += [
         "",
         f"| Heroku Postgres plan (connection limit) | processes that fit ({per_process} connections each,"
-        f" {RESERVED_CONNECTIONS} kept for release and `heroku run`) | their `GET /`, cache on / off |"
-        " database cores that takes, cache on / off |",
-        "|---|---|---|---|",
+        f" {RESERVED_CONNECTIONS} kept for release and `heroku run`) | their `GET /` at a core each, cache on / off"
+        f" | active users that serves, cache on / off | database cores those users take, cache on / off |",
+        "|---|---|---|---|---|",
     ]
     for plan, limit in PLAN_LIMITS:
         processes = (limit - RESERVED_CONNECTIONS) // per_process
         rps_on, rps_off = processes * on["rps"], processes * off["rps"]
+        # Users at the assumed request rate that the processes can serve; their database CPU.
+        served_on, served_off = rps_on * 60 / requests, rps_off * 60 / requests
+        cores_on, cores_off = served_on * cpu_on / 60_000, served_off * cpu_off / 60_000
         lines.append(
             f"| {plan} ({limit}) | {processes} | {_f(rps_on)} / {_f(rps_off)} req/s |"
-            f" {rps_on * read_on / 1000:.1f} / {rps_off * read_off / 1000:.1f} |"
+            f" {_f(served_on)} / {_f(served_off)} | {cores_on:.1f} / {cores_off:.1f} |"
         )
     return lines
 
