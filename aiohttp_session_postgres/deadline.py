@@ -125,7 +125,7 @@ class FairPool:
     async def _release_in_background(self, conn: PoolConnection) -> None:
         try:
             await self.pool.release(conn, timeout=CANCEL_BUDGET)
-        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+        except DATABASE_ERRORS as exc:
             # asyncpg has terminated the connection; the pool opens a new one when asked.
             log.info("connection released after an error: %s", type(exc).__name__)
         finally:

@@ -194,6 +194,12 @@ def run_app(*args: str, env: dict[str, str | None]) -> subprocess.CompletedProce
     )
 
 
+def is_gunicorn(pid: int) -> bool:
+    """The process is gunicorn: `python -m gunicorn ...`, or, where setproctitle is installed
+    (mutmut brings it), the title gunicorn gives itself ("gunicorn: master [...]")."""
+    return any("gunicorn" in part for part in cmdline(pid))
+
+
 def children(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]

@@ -33,6 +33,7 @@ from servers import (
     handle,
     home,
     is_greeting,
+    is_gunicorn,
     logout,
     new_http,
     revoke,
@@ -203,7 +204,7 @@ async def test_web_concurrency_runs_that_many_gunicorn_workers_on_one_port(
 ) -> None:
     server = await servers.start(mp_url, WEB_CONCURRENCY="3", DATABASE_POOL_MAX="2")
     # `serve` became gunicorn's master (exec: same PID, so signals reach gunicorn directly).
-    assert "gunicorn" in cmdline(server.pid), cmdline(server.pid)
+    assert is_gunicorn(server.pid), cmdline(server.pid)
 
     async def three_workers() -> bool:
         return len(children(server.pid)) == 3
@@ -320,7 +321,7 @@ async def test_sigterm_while_workers_are_still_starting_stops_them_at_once(
     servers.started.append(server)
 
     async def workers_forked() -> bool:
-        return "gunicorn" in cmdline(server.pid) and len(children(server.pid)) == 2
+        return is_gunicorn(server.pid) and len(children(server.pid)) == 2
 
     await eventually(workers_forked, 30, "gunicorn did not fork its workers")
     sigterm_at = time.monotonic()
