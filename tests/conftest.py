@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp_session_postgres import create_schema
 
 from app import logs as app_logs
 from app import schema
@@ -321,6 +322,27 @@ async def run_app_command(
         raise
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+# -- the library alone (tests/library_app.py) ---------------------------------------------
+
+
+@pytest.fixture
+async def lib_url(empty_url: str) -> str:
+    """A database with the library's table alone (no users table, no foreign key)."""
+    conn = await asyncpg.connect(empty_url)
+    try:
+        await create_schema(conn)
+    finally:
+        await conn.close()
+    return empty_url
+
+
+@pytest.fixture
+async def lib_pg(lib_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(lib_url)
+    yield conn
+    await conn.close()
 
 
 # -- the library as installed by others (library_envs.py) -----------------------------------

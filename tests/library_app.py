@@ -33,7 +33,8 @@ async def library_app(
 ) -> TestClient:
     """The app on `pool`, its storage made with `options` (database_timeout 1 s and
     touch_interval 0, so that every read touches, unless given). `listen_dsn`: run the cache's
-    listener on a connection of its own to that database, as an app does (cleanup_ctx)."""
+    listener on a connection of its own to that database, as an app does (cleanup_ctx), and
+    return once it listens."""
     options = {"database_timeout": 1.0, "touch_interval": 0, **options}
     storage = PostgresStorage(pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY], **options)
     app = web.Application()
@@ -124,7 +125,21 @@ async def library_app(
         return web.Response(text=str(await request.app[STORAGE].end_all_sessions(USER)))
 
     app.add_routes(routes)
-    return await aiohttp_client(app, cookie_jar=DummyCookieJar())
+    client = await aiohttp_client(app, cookie_jar=DummyCookieJar())
+    if listen_dsn is not None:
+        await _listening(storage)
+    return client
+
+
+async def _listening(storage: PostgresStorage) -> None:
+    # The listener connects in the background once the app starts; until then the cache is off.
+    cache = storage._cache
+    assert cache is not None, "listen_dsn needs a cache"
+    for _ in range(100):
+        if cache.enabled:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the cache's listener never connected")
 
 
 def with_cookie(cookie: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from aiohttp_session_postgres import SessionCache, create_schema
+from aiohttp_session_postgres import SessionCache
 from aiohttp_session_postgres.tokens import TokenSigner, id_hash_of
 from conftest import AUTH_KEY, TEST_PASSWORD_COST, AppLog, login, make_settings, run_app_command
 from library_app import USER, library_app, started, with_cookie
@@ -30,16 +30,6 @@ from app.appkeys import HASHER
 from app.config import Settings
 
 MakeClient = Callable[[Settings], Awaitable[TestClient]]
-
-
-@pytest.fixture
-async def lib_url(empty_url: str) -> str:
-    conn = await asyncpg.connect(empty_url)
-    try:
-        await create_schema(conn)
-    finally:
-        await conn.close()
-    return empty_url
 
 
 @pytest.fixture
@@ -114,10 +104,6 @@ async def test_a_cached_session_older_than_the_maximum_age_is_read_again(
     client = await library_app(
         aiohttp_client, pool, cache=cache, touch_interval=60, database_timeout=0.5, listen_dsn=lib_url
     )
-    for _ in range(100):
-        if cache.enabled:
-            break
-        await asyncio.sleep(0.05)
     cookie = await started(client)
     async with pool.acquire() as locker, locker.transaction():
         await locker.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")

@@ -19,7 +19,6 @@ from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres import (
     DatabaseUnavailable,
     PostgresStorage,
-    create_schema,
     get_session,
     new_session,
     sweep,
@@ -36,27 +35,9 @@ STORAGE = web.AppKey("storage", PostgresStorage)
 
 
 @pytest.fixture
-async def lib_url(empty_url: str) -> str:
-    """A database with the library's table alone (no users table, no foreign key)."""
-    conn = await asyncpg.connect(empty_url)
-    try:
-        await create_schema(conn)
-    finally:
-        await conn.close()
-    return empty_url
-
-
-@pytest.fixture
 async def pool(lib_url: str) -> AsyncIterator[asyncpg.Pool]:
     async with asyncpg.create_pool(lib_url, min_size=1, max_size=4) as pool:
         yield pool
-
-
-@pytest.fixture
-async def lib_pg(lib_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(lib_url)
-    yield conn
-    await conn.close()
 
 
 async def small_app(
