@@ -15,10 +15,12 @@ normally), not at once. What keeps it honest:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import asyncpg
 
@@ -138,6 +140,10 @@ class SessionCache:
         self.generation += 1
         self._floor = self.generation
 
+    def _lost(self, closed: asyncio.Event, _conn: object) -> None:
+        self._disable("listener connection closed")
+        closed.set()
+
     async def listen(
         self, connect: Callable[[], Awaitable[asyncpg.Connection]], channel: str, *, check_every: float = 2.0
     ) -> None:
@@ -150,7 +156,8 @@ class SessionCache:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await connect()
-                conn.add_termination_listener(lambda _conn: self._disable("listener connection closed"))
+                closed = asyncio.Event()  # so a closed connection is replaced at once, not at the next check
+                conn.add_termination_listener(partial(self._lost, closed))
                 await conn.add_listener(channel, lambda _c, _pid, _ch, payload: self.notified(payload))
                 self._entries.clear()
                 self.generation += 1
@@ -160,7 +167,10 @@ class SessionCache:
                 log.info("session cache enabled: listening for session changes")
                 backoff = 0.5
                 while not conn.is_closed():
-                    await asyncio.sleep(check_every / 2)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(closed.wait(), check_every / 2)
+                    if closed.is_set():
+                        break
                     await conn.execute("SELECT 1", timeout=check_every / 2)
                 self._disable("listener connection closed")
             except asyncio.CancelledError:

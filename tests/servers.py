@@ -376,3 +376,47 @@ async def lock_waiters(conn: asyncpg.Connection, database: str) -> int:
 
 def database_name(url: str) -> str:
     return urlsplit(url).path.lstrip("/")
+
+
+class SilenceableProxy:
+    """A TCP proxy to `host:port` that can go silent: after `silence()` it keeps every connection
+    open but forwards nothing either way, as a network path that drops packets does (no RST, no
+    FIN: the client learns nothing unless it times out). `url(database_url)` routes a URL through it."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self.silent = False
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> SilenceableProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+
+    def url(self, database_url: str) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        parts = urlsplit(database_url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        return parts._replace(netloc=f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}").geturl()
+
+    def silence(self) -> None:
+        self.silent = True
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        self._writers += [writer, up_writer]
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if not self.silent:  # silent: read and dropped, so nothing backs up to tell the sender
+                writer.write(data)
+                await writer.drain()
+        writer.close()

@@ -5,8 +5,11 @@ processes."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -14,8 +17,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from aiohttp_session import get_session
 from aiohttp_session_postgres.cache import Entry, SessionCache
+from aiohttp_session_postgres.schema import TableNames
 from aiohttp_session_postgres.tokens import id_hash_of
 from conftest import login, make_settings, session_cookie
+from servers import SilenceableProxy, free_port
 
 from app.appkeys import STORAGE
 from app.config import Settings
@@ -314,3 +319,166 @@ def test_a_load_that_raced_a_notification_for_its_session_is_not_cached() -> Non
     cache.notified(mine.hex())
     cache.put(mine, _entry(9), generation=generation)
     assert cache.get(mine, now) is None
+
+
+def test_an_entry_is_trusted_until_its_idle_deadline_and_not_at_it() -> None:
+    """The idle deadline alone ends an entry (the absolute one is later): at that instant the
+    database would refuse the session, so the cache must too."""
+    cache = SessionCache()
+    cache._enabled = True
+    mine = b"\x04" * 32
+    now = time.time()
+    entry = Entry(b"{}", 1, int(now), now + 60, now + 3600, touched_at=now, cached_at=time.monotonic())
+    cache.put(mine, entry, generation=cache.generation)
+    assert cache.get(mine, now + 59.999) is entry
+    assert cache.get(mine, now + 60) is None
+    assert cache.get(mine, now) is None  # dropped, not just hidden
+
+
+def test_a_truncate_or_an_unreadable_notification_empties_and_bars_loads_in_flight() -> None:
+    """`*` (the table was truncated) empties the cache; it and a payload that names no session
+    also bar every load that began before them (which may have read a row that is gone), but not
+    loads that began after."""
+    for payload, emptied in (("*", True), ("not-hex", False)):
+        cache = SessionCache()
+        cache._enabled = True
+        kept, in_flight, later = b"\x05" * 32, b"\x06" * 32, b"\x07" * 32
+        cache.put(kept, _entry(1), generation=cache.generation)
+        generation = cache.generation  # a load of `in_flight` begins
+        cache.notified(payload)
+        cache.put(in_flight, _entry(1), generation=generation)
+        assert cache.get(in_flight, time.time()) is None, payload
+        cache.put(later, _entry(1), generation=cache.generation)
+        assert cache.get(later, time.time()) is not None, payload
+        assert (cache.get(kept, time.time()) is None) is emptied, payload
+
+
+def test_the_record_of_notified_sessions_is_bounded_at_four_times_max_entries() -> None:
+    """Past 4 x max_entries notified sessions the record is forgotten, and then (only then) every
+    load in flight is barred, whatever session it is for: memory stays bounded under a flood of
+    notifications without a stale load slipping through."""
+    cache = SessionCache(max_entries=2)
+    cache._enabled = True
+    notified = [bytes([n]) * 32 for n in range(1, 10)]
+    load = b"\xaa" * 32
+    for id_hash in notified[:7]:
+        cache.notified(id_hash.hex())
+    generation = cache.generation
+    cache.notified(notified[7].hex())  # the 8th: the record is at 7, under 4 x 2
+    cache.put(load, _entry(1), generation=generation)
+    assert cache.get(load, time.time()) is not None
+
+    other_load = b"\xbb" * 32
+    generation = cache.generation
+    cache.notified(notified[8].hex())  # the 9th: the record holds 8 = 4 x 2, and is forgotten
+    cache.put(other_load, _entry(1), generation=generation)
+    assert cache.get(other_load, time.time()) is None
+
+
+def test_the_echo_of_this_process_own_write_keeps_its_entry() -> None:
+    """A process's own write caches the version it wrote; its notification, when it comes back,
+    announces that same version and must not evict it (a newer one does)."""
+    cache = SessionCache()
+    cache._enabled = True
+    mine = b"\x08" * 32
+    cache.put(mine, _entry(3), generation=cache.generation)
+    cache.notified(mine.hex() + ":3")
+    assert cache.get(mine, time.time()) is not None
+    cache.notified(mine.hex() + ":4")
+    assert cache.get(mine, time.time()) is None
+
+
+def _channel() -> str:
+    return TableNames("sessions", "public").channel
+
+
+async def _listening(cache: SessionCache, seconds: float = 10.0) -> None:
+    assert await _eventually(_enabled(cache, True), seconds), "the cache listener never came up"
+
+
+def _enabled(cache: SessionCache, state: bool) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return cache.enabled is state
+
+    return check
+
+
+async def test_a_listener_gone_silent_is_noticed_within_the_health_check(db_url: str) -> None:
+    """The README: the loss of a listener connection that vanishes silently (no FIN, no RST: a
+    network path that drops packets) is noticed within 2 seconds, with the default check. Until
+    then a healthy connection keeps the cache on: the check itself never fails."""
+    parts = urlsplit(db_url)
+    async with SilenceableProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        cache = SessionCache()
+        listener = asyncio.ensure_future(cache.listen(partial(asyncpg.connect, proxy.url(db_url)), _channel()))
+        try:
+            await _listening(cache)
+            for _ in range(60):  # 3 s, that is at least one health check answered
+                assert cache.enabled, "a healthy listener was dropped"
+                await asyncio.sleep(0.05)
+            proxy.silence()
+            began = time.monotonic()
+            while cache.enabled:
+                assert time.monotonic() - began < 2.5, "a silent listener went unnoticed for 2.5 s"
+                await asyncio.sleep(0.02)
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+
+
+async def test_a_closed_listener_is_noticed_at_once_logged_and_replaced(
+    db_url: str, pg: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server closing the listener's connection disables the cache as the connection closes
+    (not at the next health check, a minute away here), with a warning saying why; the listener
+    reconnects by itself. A load that began before the reconnection may have missed a
+    notification: it is never cached; one that began after is."""
+    caplog.set_level(logging.INFO, logger="aiohttp_session_postgres")
+    cache = SessionCache()
+    listener = asyncio.ensure_future(cache.listen(partial(asyncpg.connect, db_url), _channel(), check_every=120))
+    try:
+        await _listening(cache)
+        assert "session cache enabled: listening for session changes" in caplog.messages
+        for _ in range(3):
+            cache.notified((b"\x09" * 32).hex())  # the generation moves on, as on a busy system
+        before = cache.generation  # a load begins
+        killed = await pg.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        )
+        assert killed == 1
+        assert await _eventually(_enabled(cache, False), 10), "the closed listener went unnoticed"
+        assert (
+            "session cache disabled (listener connection closed): reading every session from the database"
+            in caplog.messages
+        )
+        await _listening(cache)
+        stale, fresh = b"\x0a" * 32, b"\x0b" * 32
+        cache.put(stale, _entry(1), generation=before)
+        assert cache.get(stale, time.time()) is None
+        cache.put(fresh, _entry(1), generation=cache.generation)
+        assert cache.get(fresh, time.time()) is not None
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+
+
+async def test_a_listener_that_cannot_connect_at_first_keeps_trying(db_url: str) -> None:
+    """The database is unreachable when the app starts (a refused connection): the listener
+    retries with backoff, and the cache comes up once it can connect."""
+    refused = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    attempts = 0
+
+    async def connect() -> asyncpg.Connection:
+        nonlocal attempts
+        attempts += 1
+        return await asyncpg.connect(refused if attempts <= 2 else db_url)
+
+    cache = SessionCache()
+    listener = asyncio.ensure_future(cache.listen(connect, _channel()))
+    try:
+        await _listening(cache)
+        assert attempts == 3
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)

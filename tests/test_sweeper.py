@@ -1,6 +1,7 @@
-"""The sweeper on real PostgreSQL: it deletes exactly the expired sessions, in batches of the
-configured size, only while it holds the sweep lock, each row once under concurrency, and the
-app runs it in the background.
+"""The sweeper on real PostgreSQL: it deletes exactly the expired sessions (tombstones once their
+time is up), in batches of the configured size, in the table and schema it is given, only while
+it holds the sweep lock, each row once under concurrency, within its timeout, and the app runs it
+in the background.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from aiohttp_session_postgres import PostgresStorage
+from aiohttp_session_postgres import PostgresStorage, create_schema, sweep
+from aiohttp_session_postgres.schema import TOMBSTONE_SECONDS
 from aiohttp_session_postgres.sweeper import SWEEP_LOCK_KEY
 from conftest import AUTH_KEY, ENC_KEY, make_settings
 from servers import database_name, wait_for_lock_waiters
@@ -138,6 +140,114 @@ async def test_concurrent_sweeps_take_turns_and_delete_each_row_once(
     finally:
         await holder.close()
     assert await remaining_ids(pg) == live
+
+
+async def test_a_tombstone_is_kept_its_time_then_swept(pool: asyncpg.Pool, pg: asyncpg.Connection) -> None:
+    """A tombstone (the row of a session a login or renewal used up) outlives its idle deadline
+    for TOMBSTONE_SECONDS after it was replaced: until then its cookie must not start another
+    session. Then it goes like any expired row."""
+    young = await insert_sessions(pg, 2, IDLE_EXPIRED)
+    old = await insert_sessions(pg, 3, IDLE_EXPIRED)
+    await pg.execute(
+        "UPDATE sessions SET replaced_at = now() - make_interval(secs => $2) WHERE id_hash = ANY($1::bytea[])",
+        list(young),
+        TOMBSTONE_SECONDS - 2,
+    )
+    await pg.execute(
+        "UPDATE sessions SET replaced_at = now() - make_interval(secs => $2) WHERE id_hash = ANY($1::bytea[])",
+        list(old),
+        TOMBSTONE_SECONDS + 2,
+    )
+    assert await storage_on(pool).sweep(batch_size=100) == 3
+    assert await remaining_ids(pg) == young
+
+
+async def test_sweep_works_on_the_table_and_schema_it_is_given(lib_url: str) -> None:
+    """Table and schema are options: a sweep of `elsewhere.app_sessions` empties that table of
+    expired rows and nothing else (`public.sessions`, from lib_url, keeps its own)."""
+    conn = await asyncpg.connect(lib_url)
+    pool = await asyncpg.create_pool(lib_url, min_size=1, max_size=2)
+    try:
+        await conn.execute("CREATE SCHEMA elsewhere")
+        await create_schema(conn, table="app_sessions", schema="elsewhere")
+        await insert_sessions(conn, 4, IDLE_EXPIRED)  # public.sessions
+        await conn.execute(
+            "INSERT INTO elsewhere.app_sessions (id_hash, data, idle_expires_at, absolute_expires_at)"
+            " SELECT id, '\\x00'::bytea, now() - interval '1 minute', now() + interval '1 hour'"
+            " FROM unnest($1::bytea[]) AS id",
+            [os.urandom(32) for _ in range(6)],
+        )
+        assert await sweep(pool, table="app_sessions", schema="elsewhere", batch_size=100) == 6
+        assert await conn.fetchval("SELECT count(*) FROM elsewhere.app_sessions") == 0
+        assert await conn.fetchval("SELECT count(*) FROM public.sessions") == 4
+    finally:
+        await pool.close()
+        await conn.close()
+
+
+async def test_a_sweep_that_loses_the_lock_between_batches_returns_what_it_deleted(
+    pool: asyncpg.Pool, pg: asyncpg.Connection, db_url: str
+) -> None:
+    """Another process queues for the sweep lock while this sweep's first batch runs: PostgreSQL
+    hands it the lock as that batch commits, so the second batch finds it taken and the sweep
+    stops. It deleted rows, so it returns their number (None means it deleted nothing)."""
+    expired = await insert_sessions(pg, 4, IDLE_EXPIRED)
+    holder = await asyncpg.connect(db_url)
+    other = await asyncpg.connect(db_url)
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM sessions FOR UPDATE")  # the first batch waits on these
+        first = asyncio.ensure_future(storage_on(pool).sweep(batch_size=4))
+        await wait_for_lock_waiters(pg, database_name(db_url), 1)
+        queued = other.transaction()
+        await queued.start()
+        taking = asyncio.ensure_future(other.execute("SELECT pg_advisory_xact_lock($1)", SWEEP_LOCK_KEY))
+        await wait_for_lock_waiters(pg, database_name(db_url), 2)
+        await held.rollback()
+        assert await asyncio.wait_for(first, 10) == 4
+        await asyncio.wait_for(taking, 10)
+        await queued.rollback()
+    finally:
+        await holder.close()
+        await other.close()
+    assert not await remaining_ids(pg) & expired
+
+
+async def gives_up(sweeping: Awaitable[int | None]) -> None:
+    """`sweeping` raises TimeoutError of its own, long before 20 s (a sweep without its timeout
+    would still be waiting then)."""
+    task = asyncio.ensure_future(sweeping)
+    done, _ = await asyncio.wait({task}, timeout=20)
+    if not done:
+        task.cancel()
+        pytest.fail("the sweep was still waiting after 20 s: its timeout was not applied")
+    assert isinstance(task.exception(), TimeoutError)
+
+
+async def test_a_sweep_waits_at_most_timeout_for_a_connection_and_for_each_statement(
+    pool: asyncpg.Pool, pg: asyncpg.Connection, db_url: str
+) -> None:
+    """`timeout` bounds both waits a sweep can meet: for a pooled connection (here the pool's
+    only one is taken) and for its statement (here blocked on rows someone else locked)."""
+    small = await asyncpg.create_pool(db_url, min_size=1, max_size=1)
+    try:
+        async with small.acquire():
+            await gives_up(sweep(small, timeout=0.5))
+    finally:
+        await small.close()
+
+    await insert_sessions(pg, 2, IDLE_EXPIRED)
+    holder = await asyncpg.connect(db_url)
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM sessions FOR UPDATE")
+        await gives_up(sweep(pool, timeout=0.5))
+        await held.rollback()
+    finally:
+        await holder.close()
+    assert await sweep(pool) == 2  # and nothing was left half-done
 
 
 async def test_app_runs_the_sweeper_in_the_background(
