@@ -148,9 +148,10 @@ class SessionCache:
         self, connect: Callable[[], Awaitable[asyncpg.Connection]], channel: str, *, check_every: float = 2.0
     ) -> None:
         """Keep a LISTEN connection on `channel` for as long as the app runs, reconnecting with
-        backoff; a connection that died silently (no RST) is noticed within `check_every`
-        seconds: it is asked something every half of that, and given the other half to answer.
-        Cancel to stop."""
+        backoff (0.5 s, doubling to 5 s). A connection the server closes is noticed, and
+        replaced, at once; one that died silently (no FIN or RST) within `check_every` seconds:
+        it is asked something every half of that, and given the other half to answer. Cancel to
+        stop."""
         backoff = 0.5
         while True:
             conn: asyncpg.Connection | None = None
@@ -166,13 +167,12 @@ class SessionCache:
                 self._enabled = True
                 log.info("session cache enabled: listening for session changes")
                 backoff = 0.5
-                while not conn.is_closed():
+                while True:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(closed.wait(), check_every / 2)
                     if closed.is_set():
-                        break
+                        break  # _lost has disabled the cache
                     await conn.execute("SELECT 1", timeout=check_every / 2)
-                self._disable("listener connection closed")
             except asyncio.CancelledError:
                 self._disable("shutting down", level=logging.INFO)  # expected: no warning
                 raise

@@ -403,10 +403,14 @@ def _enabled(cache: SessionCache, state: bool) -> Callable[[], Awaitable[bool]]:
     return check
 
 
-async def test_a_listener_gone_silent_is_noticed_within_the_health_check(db_url: str) -> None:
+async def test_a_listener_gone_silent_is_noticed_within_the_health_check(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The README: the loss of a listener connection that vanishes silently (no FIN, no RST: a
-    network path that drops packets) is noticed within 2 seconds, with the default check. Until
-    then a healthy connection keeps the cache on: the check itself never fails."""
+    network path that drops packets) is noticed within 2 seconds, with the default check (2.5
+    allowed: the check's own wake-ups). Until then a healthy connection keeps the cache on: the
+    check itself never fails."""
+    caplog.set_level(logging.INFO, logger="aiohttp_session_postgres")
     parts = urlsplit(db_url)
     async with SilenceableProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
         cache = SessionCache()
@@ -421,6 +425,10 @@ async def test_a_listener_gone_silent_is_noticed_within_the_health_check(db_url:
             while cache.enabled:
                 assert time.monotonic() - began < 2.5, "a silent listener went unnoticed for 2.5 s"
                 await asyncio.sleep(0.02)
+            disabled = [r.getMessage() for r in caplog.records if "disabled" in r.getMessage()]
+            assert disabled == [
+                "session cache disabled (listener lost: TimeoutError): reading every session from the database"
+            ]
         finally:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
@@ -461,6 +469,12 @@ async def test_a_closed_listener_is_noticed_at_once_logged_and_replaced(
     finally:
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
+    # Stopping is expected: said at INFO, not as a warning.
+    last = caplog.records[-1]
+    assert (last.levelno, last.getMessage()) == (
+        logging.INFO,
+        "session cache disabled (shutting down): reading every session from the database",
+    )
 
 
 async def test_a_listener_that_cannot_connect_at_first_keeps_trying(db_url: str) -> None:
@@ -482,3 +496,30 @@ async def test_a_listener_that_cannot_connect_at_first_keeps_trying(db_url: str)
     finally:
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
+
+
+def test_a_newer_version_already_cached_is_kept_and_the_same_version_refreshed() -> None:
+    """Two saves (or loads) of one session by this process finish out of order: the newer
+    version stays cached. The same version put again (a read that slid the idle deadline)
+    replaces the entry, so the later deadline holds."""
+    cache = SessionCache()
+    cache._enabled = True
+    mine = b"\x0c" * 32
+    now = time.time()
+    newer = Entry(b'{"v":5}', 5, int(now), now + 60, now + 3600, touched_at=now, cached_at=time.monotonic())
+    cache.put(mine, newer, generation=cache.generation)
+    cache.put(mine, _entry(3), generation=cache.generation)
+    assert cache.get(mine, now) is newer
+
+    slid = Entry(b'{"v":5}', 5, int(now), now + 120, now + 3600, touched_at=now, cached_at=time.monotonic())
+    cache.put(mine, slid, generation=cache.generation)
+    assert cache.get(mine, now + 90) is slid
+
+
+def test_the_cache_holds_10000_sessions_by_default() -> None:
+    cache = SessionCache()
+    cache._enabled = True
+    for n in range(10_001):
+        cache.put(n.to_bytes(32, "big"), _entry(1), generation=cache.generation)
+    assert len(cache) == 10_000
+    assert cache.get((0).to_bytes(32, "big"), time.time()) is None  # the oldest went

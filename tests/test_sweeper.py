@@ -93,6 +93,12 @@ async def test_sweep_deletes_in_batches_of_batch_size(pool: asyncpg.Pool, pg: as
         batches = [row["deleted"] for row in await pg.fetch("SELECT deleted FROM sweep_batches ORDER BY seq")]
         assert batches == [10, 10, 5]
         assert await remaining_ids(pg) == live
+
+        # The default batch: 1,000 rows.
+        await pg.execute("TRUNCATE sweep_batches")
+        await insert_sessions(pg, 1001, IDLE_EXPIRED)
+        assert await sweep(pool) == 1001
+        assert [row["deleted"] for row in await pg.fetch("SELECT deleted FROM sweep_batches ORDER BY seq")] == [1000, 1]
     finally:
         await pg.execute("DROP TRIGGER IF EXISTS record_sweep_batch ON sessions")
         await pg.execute("DROP FUNCTION IF EXISTS record_sweep_batch()")
