@@ -518,6 +518,7 @@ def test_a_newer_version_already_cached_is_kept_and_the_same_version_refreshed()
 
 def test_the_cache_holds_10000_sessions_by_default() -> None:
     cache = SessionCache()
+    assert cache.enabled is False  # until its listener is connected
     cache._enabled = True
     for n in range(10_001):
         cache.put(n.to_bytes(32, "big"), _entry(1), generation=cache.generation)

@@ -7,6 +7,7 @@ in the background.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -14,10 +15,10 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres import PostgresStorage, create_schema, sweep
-from aiohttp_session_postgres.schema import TOMBSTONE_SECONDS
-from aiohttp_session_postgres.sweeper import SWEEP_LOCK_KEY
+from aiohttp_session_postgres.schema import TOMBSTONE_SECONDS, TableNames
+from aiohttp_session_postgres.sweeper import SWEEP_LOCK_KEY, sweep_forever
 from conftest import AUTH_KEY, ENC_KEY, make_settings
-from servers import database_name, wait_for_lock_waiters
+from servers import database_name, eventually, wait_for_lock_waiters
 
 MakeClient = Callable[..., Awaitable[TestClient]]
 
@@ -254,6 +255,75 @@ async def test_a_sweep_waits_at_most_timeout_for_a_connection_and_for_each_state
     finally:
         await holder.close()
     assert await sweep(pool) == 2  # and nothing was left half-done
+
+
+async def test_the_background_sweeper_logs_each_pass_and_outlives_a_failed_one(
+    lib_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """sweep_forever, as storage.sweeper() runs it, on a table of another name in another
+    schema: a pass that cannot finish within its timeout is logged (the README's line) and the
+    next pass goes on; a pass says what it removed, in batches of the given size, or that another
+    process holds the sweep lock."""
+    caplog.set_level(logging.INFO, logger="aiohttp_session_postgres")
+    conn = await asyncpg.connect(lib_url)
+    pool = await asyncpg.create_pool(lib_url, min_size=1, max_size=2)
+    holder = await asyncpg.connect(lib_url)
+    names = TableNames("app_sessions", "elsewhere")
+    background: asyncio.Future[None] | None = None
+
+    def logged(message: str) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return message in caplog.messages
+
+        return check
+
+    try:
+        await conn.execute("CREATE SCHEMA elsewhere")
+        await create_schema(conn, table=names.table, schema=names.schema)
+        await conn.execute("CREATE TABLE sweep_batches (seq serial PRIMARY KEY, deleted bigint NOT NULL)")
+        await conn.execute(
+            "CREATE FUNCTION record_sweep_batch() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN INSERT INTO sweep_batches (deleted) SELECT count(*) FROM old; RETURN NULL; END $$"
+        )
+        await conn.execute(
+            "CREATE TRIGGER record_sweep_batch AFTER DELETE ON elsewhere.app_sessions"
+            " REFERENCING OLD TABLE AS old FOR EACH STATEMENT EXECUTE FUNCTION record_sweep_batch()"
+        )
+        await conn.execute(
+            "INSERT INTO elsewhere.app_sessions (id_hash, data, idle_expires_at, absolute_expires_at)"
+            " SELECT id, '\\x00'::bytea, now() - interval '1 minute', now() + interval '1 hour'"
+            " FROM unnest($1::bytea[]) AS id",
+            [os.urandom(32) for _ in range(5)],
+        )
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM elsewhere.app_sessions FOR UPDATE")  # a pass waits on these
+
+        background = asyncio.ensure_future(sweep_forever(pool, names, interval=0.3, batch_size=2, timeout=0.5))
+        failed = 'sweep of "elsewhere"."app_sessions" failed, will retry next interval: TimeoutError'
+        await eventually(logged(failed), 10, "no failed pass was logged")
+        await held.rollback()
+        await eventually(logged("sweep removed 5 expired sessions"), 10, "the pass after a failure removed nothing")
+        assert [row["deleted"] for row in await conn.fetch("SELECT deleted FROM sweep_batches ORDER BY seq")] == [
+            2,
+            2,
+            1,
+        ]
+        assert await conn.fetchval("SELECT count(*) FROM elsewhere.app_sessions") == 0
+
+        locked = holder.transaction()
+        await locked.start()
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", SWEEP_LOCK_KEY)
+        skipped = "sweep skipped: another process is sweeping"
+        await eventually(logged(skipped), 10, "a pass while another process sweeps was not logged as skipped")
+        await locked.rollback()
+    finally:
+        if background is not None:
+            background.cancel()
+            await asyncio.gather(background, return_exceptions=True)
+        await holder.close()
+        await pool.close()
+        await conn.close()
 
 
 async def test_app_runs_the_sweeper_in_the_background(
