@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import DummyCookieJar
+from aiohttp import DummyCookieJar, web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp_session_postgres import PostgresSession
 from hypothesis import given, settings
@@ -327,14 +327,26 @@ def test_in_place_json_change_is_saved(run: tuple[Callable[[Any], Any], Harness]
     runner(check())
 
 
-@pytest.mark.parametrize("value", ["7", 1.0, True, 2**63, [1], {"id": 1}])
+@pytest.mark.parametrize("value", ["7", 1.0, True, 2**63, -(2**63) - 1, [1], {"id": 1}])
 def test_user_id_must_be_an_int_id(value: Any) -> None:
     session = PostgresSession()
     with pytest.raises(TypeError, match="user_id"):
         session["user_id"] = value
     assert "user_id" not in session
-    session["user_id"] = 42
-    session["user_id"] = None
+    # Any PostgreSQL bigint (the user_id column's type), negative ones included.
+    for user_id in (42, -1000, -(2**63), 2**63 - 1, None):
+        session["user_id"] = user_id
+        assert session["user_id"] == user_id
+
+
+def test_require_guards_only_the_creation_of_a_session() -> None:
+    async def check(conn: object) -> bool:
+        return True
+
+    saved = PostgresSession(id_hash=b"\x01" * 32, data={})
+    with pytest.raises(RuntimeError, match=r"^require\(\) guards the creation of a new session; this one exists$"):
+        saved.require(check, otherwise=web.HTTPForbidden())
+    assert saved.precondition is None
 
 
 def test_values_nested_too_deep_or_containing_themselves_are_refused_at_assignment() -> None:
