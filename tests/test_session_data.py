@@ -349,6 +349,25 @@ def test_require_guards_only_the_creation_of_a_session() -> None:
     assert saved.precondition is None
 
 
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        ("\ud800", "a string with unpaired surrogates is not valid UTF-8"),
+        ([{"\udfff": 1}], "a dict key with unpaired surrogates is not valid UTF-8"),
+        ({"a": {1: "x"}}, "dict keys must be str, got int"),
+        (2**64, "18446744073709551616 is outside the 64-bit integer range"),
+        ([float("nan")], "nan is not a JSON number"),
+        ({1, 2}, "set is not a JSON value (use str, int, float, bool, None, list, dict)"),
+    ],
+    ids=["lone-surrogate", "surrogate-key", "int-key", "int-range", "nan", "set"],
+)
+def test_the_error_names_the_key_and_the_problem(bad: Any, problem: str) -> None:
+    session = PostgresSession()
+    with pytest.raises(TypeError) as raised:
+        session["s"] = bad
+    assert str(raised.value) == f"session['s']: {problem}"
+
+
 def test_values_nested_too_deep_or_containing_themselves_are_refused_at_assignment() -> None:
     from aiohttp_session_postgres.session import MAX_DEPTH
 
@@ -362,6 +381,11 @@ def test_values_nested_too_deep_or_containing_themselves_are_refused_at_assignme
     for _ in range(MAX_DEPTH - 1):
         within = [within]
     session["within"] = within  # as deep as allowed: kept
+    deep_dicts: dict[str, object] = {}
+    for _ in range(MAX_DEPTH):
+        deep_dicts = {"d": deep_dicts}
+    with pytest.raises(TypeError, match="nested 64 deep at most"):
+        session["deep_dicts"] = deep_dicts
     loop: list[object] = []
     loop.append(loop)
     with pytest.raises(TypeError, match="contains itself"):
