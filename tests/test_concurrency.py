@@ -91,6 +91,35 @@ async def test_fifty_concurrent_writers_of_different_keys_all_survive(
     assert await session_count(pg) == 1
 
 
+async def test_a_save_nobody_raced_is_one_update_and_no_merge(
+    harness: tuple[TestClient, Control], pg: asyncpg.Connection
+) -> None:
+    """The optimistic save: the version loaded is the row's, so a save that nobody raced is one
+    UPDATE statement; only a conflict costs the merge (a second UPDATE under a row lock). A
+    statement-level trigger counts the UPDATE statements on the table (a touch inside the load
+    would count too: there is none within the touch interval of the session's creation)."""
+    client, _ = harness
+    cookie = await start(client, a=1)
+    await pg.execute("CREATE TABLE update_statements (seq serial PRIMARY KEY, rows bigint NOT NULL)")
+    try:
+        await pg.execute(
+            "CREATE FUNCTION count_update() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN INSERT INTO update_statements (rows) SELECT count(*) FROM new; RETURN NULL; END $$"
+        )
+        await pg.execute(
+            "CREATE TRIGGER count_update AFTER UPDATE ON sessions REFERENCING NEW TABLE AS new"
+            " FOR EACH STATEMENT EXECUTE FUNCTION count_update()"
+        )
+        response = await client.post("/set/b", json=2, headers=cookies(cookie))
+        assert response.status == 200
+        assert [row["rows"] for row in await pg.fetch("SELECT rows FROM update_statements ORDER BY seq")] == [1]
+        assert await read(client, cookie) == {"a": 1, "b": 2}
+    finally:
+        await pg.execute("DROP TRIGGER IF EXISTS count_update ON sessions")
+        await pg.execute("DROP FUNCTION IF EXISTS count_update()")
+        await pg.execute("DROP TABLE IF EXISTS update_statements")
+
+
 async def test_concurrent_delete_and_set_of_different_keys_both_apply(
     harness: tuple[TestClient, Control], pg: asyncpg.Connection
 ) -> None:
