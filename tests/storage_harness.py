@@ -93,7 +93,9 @@ async def start(request: web.Request) -> web.Response:
 @routes.get("/data")
 async def data(request: web.Request) -> web.Response:
     session = await _loaded(request)
-    return web.json_response({"data": dict(session), "id_hash": session.id_hash and session.id_hash.hex()})
+    return web.json_response(
+        {"data": dict(session), "id_hash": session.id_hash and session.id_hash.hex(), "created": session.created}
+    )
 
 
 @routes.post("/set/{key}")

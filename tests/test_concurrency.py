@@ -120,6 +120,23 @@ async def test_a_save_nobody_raced_is_one_update_and_no_merge(
         await pg.execute("DROP TABLE IF EXISTS update_statements")
 
 
+async def test_a_loaded_session_was_created_when_its_row_was(
+    aiohttp_client: AiohttpClient, db_url: str, pg: asyncpg.Connection
+) -> None:
+    """`session.created` (aiohttp-session's API: epoch seconds) is the row's creation time, not
+    the time of the request that loaded it."""
+    client, _ = await open_client(aiohttp_client, db_url, cache=False)
+    cookie = await start(client, a=1)
+    created = await pg.fetchval(
+        "UPDATE sessions SET created_at = created_at - interval '1 hour' WHERE id_hash = $1"
+        " RETURNING extract(epoch FROM created_at)::bigint",
+        id_hash(cookie),
+    )
+    response = await client.get("/data", headers=cookies(cookie))
+    assert response.status == 200
+    assert (await response.json())["created"] == created
+
+
 async def test_concurrent_delete_and_set_of_different_keys_both_apply(
     harness: tuple[TestClient, Control], pg: asyncpg.Connection
 ) -> None:

@@ -368,6 +368,13 @@ def test_the_error_names_the_key_and_the_problem(bad: Any, problem: str) -> None
     assert str(raised.value) == f"session['s']: {problem}"
 
 
+def test_a_key_that_is_not_a_str_is_named_in_the_error() -> None:
+    session = PostgresSession()
+    with pytest.raises(TypeError) as raised:
+        session[1] = "x"  # type: ignore[index]
+    assert str(raised.value) == "session keys must be str (valid UTF-8), got int 1"
+
+
 def test_values_nested_too_deep_or_containing_themselves_are_refused_at_assignment() -> None:
     from aiohttp_session_postgres.session import MAX_DEPTH
 
@@ -386,6 +393,7 @@ def test_values_nested_too_deep_or_containing_themselves_are_refused_at_assignme
         deep_dicts = {"d": deep_dicts}
     with pytest.raises(TypeError, match="nested 64 deep at most"):
         session["deep_dicts"] = deep_dicts
+    session["within_dicts"] = deep_dicts["d"]  # one level less: kept
     loop: list[object] = []
     loop.append(loop)
     with pytest.raises(TypeError, match="contains itself"):
