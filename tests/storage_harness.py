@@ -94,7 +94,13 @@ async def start(request: web.Request) -> web.Response:
 async def data(request: web.Request) -> web.Response:
     session = await _loaded(request)
     return web.json_response(
-        {"data": dict(session), "id_hash": session.id_hash and session.id_hash.hex(), "created": session.created}
+        {
+            "data": dict(session),
+            "id_hash": session.id_hash and session.id_hash.hex(),
+            "created": session.created,
+            "new": session.new,
+            "identity": session.identity,
+        }
     )
 
 

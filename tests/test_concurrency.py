@@ -124,7 +124,8 @@ async def test_a_loaded_session_was_created_when_its_row_was(
     aiohttp_client: AiohttpClient, db_url: str, pg: asyncpg.Connection
 ) -> None:
     """`session.created` (aiohttp-session's API: epoch seconds) is the row's creation time, not
-    the time of the request that loaded it."""
+    the time of the request that loaded it; `new` and `identity` say what aiohttp-session
+    documents."""
     client, _ = await open_client(aiohttp_client, db_url, cache=False)
     cookie = await start(client, a=1)
     created = await pg.fetchval(
@@ -134,7 +135,12 @@ async def test_a_loaded_session_was_created_when_its_row_was(
     )
     response = await client.get("/data", headers=cookies(cookie))
     assert response.status == 200
-    assert (await response.json())["created"] == created
+    loaded = await response.json()
+    assert loaded["created"] == created
+    # And aiohttp-session's other fields: not new, identified by its ID hash (hex).
+    assert (loaded["new"], loaded["identity"]) == (False, id_hash(cookie).hex())
+    fresh = await (await client.get("/data")).json()
+    assert (fresh["new"], fresh["identity"], fresh["data"]) == (True, None, {})
 
 
 async def test_concurrent_delete_and_set_of_different_keys_both_apply(
