@@ -15,7 +15,7 @@ import aiohttp_session
 import asyncpg
 import pytest
 from aiohttp import DummyCookieJar, web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, make_mocked_request
 from aiohttp_session_postgres import (
     DatabaseUnavailable,
     PostgresStorage,
@@ -283,3 +283,15 @@ def test_data_too_short_to_have_been_sealed_opens_to_nothing() -> None:
     assert cipher.open(b"", row) is None
     assert cipher.open(b"\x00" * 27, row) is None
     assert cipher.open(cipher.seal(b"{}", row), row) == (b"{}", True)
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["plain-http", "secure"])
+async def test_load_cookie_returns_the_first_cookie_of_the_storage_name(pool: asyncpg.Pool, secure: bool) -> None:
+    """aiohttp-session's `load_cookie`, for code that calls it: the first value of the session
+    cookie, under the name the storage sets (`__Host-` in front when Secure), never another's."""
+    storage = PostgresStorage(pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY], secure=secure)
+    ours, other = ("__Host-session", "session") if secure else ("session", "__Host-session")
+    request = make_mocked_request("GET", "/", headers={"Cookie": f"{other}=theirs; {ours}=first; {ours}=second"})
+    assert storage.load_cookie(request) == "first"
+    assert storage.load_cookie(make_mocked_request("GET", "/", headers={"Cookie": f"{other}=theirs"})) is None
+    assert storage.load_cookie(make_mocked_request("GET", "/")) is None
