@@ -10,7 +10,10 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp_session_postgres import PostgresStorage, SessionCache, schema_sql
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from aiohttp_session import Session
+from aiohttp_session_postgres import PostgresSession, PostgresStorage, SessionCache, schema_sql
 from aiohttp_session_postgres.cipher import DataCipher
 from aiohttp_session_postgres.tokens import MIN_KEY_BYTES, TokenSigner
 from conftest import AUTH_KEY, ENC_KEY
@@ -106,3 +109,15 @@ def test_sealed_data_opens_whatever_its_length() -> None:
     row = os.urandom(32)
     for plaintext in (b"", b"x", b"{}" * 1000):
         assert cipher.open(cipher.seal(plaintext, row), row) == (plaintext, True)
+
+
+async def test_the_storage_methods_refuse_what_they_cannot_do(pool: asyncpg.Pool) -> None:
+    """Errors a developer meets before any database work, whole."""
+    plain = storage(pool)
+    with pytest.raises(ValueError, match=r"^this storage was made without a cache$"):
+        plain.cache_listener(lambda: asyncpg.connect())
+    with pytest.raises(ValueError, match=r"^keep must be a saved session \(the request's own\)$"):
+        await plain.end_other_sessions(1, PostgresSession())
+    request = make_mocked_request("GET", "/")
+    with pytest.raises(TypeError, match=r"^PostgresStorage saves only the sessions it hands out$"):
+        await plain.save_session(request, web.Response(), Session("x", data=None, new=True))
