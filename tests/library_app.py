@@ -84,6 +84,14 @@ async def library_app(
         session["late"] = True
         return web.Response(text="written late")
 
+    @routes.post("/switch-after")
+    async def switch_after(request: web.Request) -> web.Response:
+        # As /write-after, but the late change is of the user_id.
+        session = await get_session(request)
+        await asyncio.sleep(float(request.query["seconds"]))
+        session["user_id"] = USER + 1
+        return web.Response(text="switched late")
+
     @routes.post("/switch")
     async def switch(request: web.Request) -> web.Response:
         (await get_session(request))["user_id"] = USER + 1

@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres import create_schema
+from aiohttp_session_postgres.tokens import id_hash_of
 from conftest import start_embedded
 from library_app import library_app, started
 
@@ -109,6 +110,37 @@ async def test_only_writes_that_end_nothing_skip_the_flush(
         expected = {path: skips and not durable_writes for path, _, skips in OPERATIONS}
         answered_first = {what for path, what, _ in OPERATIONS if seen[path]}
         assert seen == expected, f"answered before the flush: {sorted(answered_first)}"
+
+
+@pytest.mark.parametrize(
+    ("late", "skips"), [("/write-after", True), ("/switch-after", False)], ids=["keeps-user_id", "changes-user_id"]
+)
+async def test_a_merged_save_skips_the_flush_only_if_it_keeps_the_user_id(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], ghost_url: str, late: str, skips: bool
+) -> None:
+    """A save that lost the race (another request saved the session after it loaded) is merged
+    into the newer data: the same rule decides whether it waits for the flush, judged against
+    the data it merges into. With durable_writes=False, keeping the user_id skips the flush; a
+    change of the user_id (ends the session's tie to its user) waits, and so is a 503 here."""
+    async with asyncpg.create_pool(ghost_url, min_size=2, max_size=4) as pool:
+        client = await library_app(aiohttp_client, pool, durable_writes=False)
+        cookie = await started(client)
+        header = {"Cookie": f"session={cookie}"}
+        seen_sql = "SELECT last_seen_at FROM sessions WHERE id_hash = $1"
+        row = id_hash_of(cookie.split(".")[0])
+        async with flushes_never_confirmed(ghost_url):
+            before = await pool.fetchval(seen_sql, row)
+            slow = asyncio.ensure_future(client.post(f"{late}?seconds=1", headers=header))
+            for _ in range(100):  # its load touches the row (touch_interval 0): it has loaded
+                if await pool.fetchval(seen_sql, row) != before:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the slow request never loaded its session")
+            assert (await client.post("/write", headers=header)).status == 200  # saves first
+            assert (await slow).status == (200 if skips else 503)
+        data = await (await client.get("/read", headers=header)).json()
+        assert data["count"] == 1  # the other request's change is kept either way
 
 
 async def test_skipping_the_flush_is_this_transaction_only(
