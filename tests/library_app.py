@@ -109,6 +109,12 @@ async def library_app(
         (await get_session(request)).invalidate()
         return web.Response(text="bye")
 
+    @routes.post("/replace-and-invalidate")
+    async def replace_and_invalidate(request: web.Request) -> web.Response:
+        # A fresh session, invalidated before it was ever saved: the request's own session ends.
+        (await new_session(request)).invalidate()
+        return web.Response(text="bye")
+
     @routes.post("/renew")
     async def renew(request: web.Request) -> web.Response:
         await renew_session(request)

@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres import SessionCache
-from aiohttp_session_postgres.tokens import TokenSigner, id_hash_of
+from aiohttp_session_postgres.tokens import TokenSigner, fingerprint_of, handle_of, id_hash_of
 from conftest import AUTH_KEY, TEST_PASSWORD_COST, AppLog, login, make_settings, run_app_command
 from library_app import USER, library_app, started, with_cookie
 
@@ -92,6 +92,38 @@ async def test_every_documented_session_event_is_logged(
     logged = {line.split()[0].removeprefix("event=") for line in app_log.events()}
     assert documented <= logged, f"never logged: {sorted(documented - logged)}"
     assert TokenSigner((AUTH_KEY,)).verify(bad) is None
+
+
+async def test_each_ending_event_names_the_session_it_ended(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, app_log: AppLog
+) -> None:
+    """A line per session ended, with that session's fingerprint (and no other's): a logout, a
+    logout by a fresh session invalidated unsaved (it ends the request's session), a
+    revocation of one session, of all others."""
+    client = await library_app(aiohttp_client, pool)
+
+    def fp(cookie: str) -> str:
+        return fingerprint_of(id_hash_of(cookie.split(".")[0]))
+
+    def lines(event: str) -> list[str]:
+        return [line.split(" request_id=")[0] for line in app_log.events() if line.startswith(f"event={event} ")]
+
+    logged_out = await started(client)
+    response = await client.post("/logout", headers=with_cookie(logged_out))
+    assert response.cookies["session"]["max-age"] == "0"
+    replaced = await started(client)
+    response = await client.post("/replace-and-invalidate", headers=with_cookie(replaced))
+    assert response.cookies["session"]["max-age"] == "0"
+    assert await read(client, replaced) == {}
+    assert lines("session.ended") == [f"event=session.ended fp={fp(cookie)}" for cookie in (logged_out, replaced)]
+
+    kept, other, third = await started(client), await started(client), await started(client)
+    assert (await client.post("/end-others", headers=with_cookie(kept))).status == 200
+    assert sorted(lines("session.revoked")) == sorted(
+        f"event=session.revoked fp={fp(cookie)}" for cookie in (other, third)
+    )
+    assert (await client.post(f"/end-one?handle={handle_of(id_hash_of(kept.split('.')[0]))}")).status == 200
+    assert lines("session.revoked")[-1] == f"event=session.revoked fp={fp(kept)}"
 
 
 # -- the cache's maximum age ------------------------------------------------------------------------
