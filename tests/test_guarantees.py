@@ -25,6 +25,7 @@ from aiohttp_session_postgres import SessionCache
 from aiohttp_session_postgres.tokens import TokenSigner, fingerprint_of, handle_of, id_hash_of
 from conftest import AUTH_KEY, TEST_PASSWORD_COST, AppLog, login, make_settings, run_app_command
 from library_app import USER, library_app, started, with_cookie
+from servers import database_name, wait_for_lock_waiters
 
 from app.appkeys import HASHER
 from app.config import Settings
@@ -235,33 +236,36 @@ async def test_a_merge_that_waited_past_the_idle_deadline_does_not_bring_the_ses
     assert await read(client, cookie) == {}
 
 
-async def test_ending_all_of_a_users_sessions_catches_a_renewal_in_flight(
-    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_url: str
+@pytest.mark.parametrize("ending", ["/end-all", "/end-others"])
+async def test_ending_a_users_sessions_catches_a_renewal_in_flight(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_url: str, ending: str
 ) -> None:
     # An attacker's stolen session is being renewed (the renewal waits on the row) when the user
-    # ends all their sessions: the renewal's new row must be ended too, not left live.
+    # ends all their sessions (or all but the one they are using): the renewal's new row must be
+    # ended too, not left live.
     client = await library_app(aiohttp_client, pool, touch_interval=60, database_timeout=5)
     stolen = await started(client)
+    kept = await started(client)  # the user's own, for /end-others
     row = id_hash_of(stolen.split(".")[0])
-    holder = await asyncpg.connect(lib_url)
+    holder, watcher = await asyncpg.connect(lib_url), await asyncpg.connect(lib_url)
     try:
         tr = holder.transaction()
         await tr.start()
         await holder.execute("SELECT 1 FROM sessions WHERE id_hash = $1 FOR UPDATE", row)
         renewing = asyncio.ensure_future(client.post("/renew", headers=with_cookie(stolen)))
-        await asyncio.sleep(0.3)
-        ending = asyncio.ensure_future(client.post("/end-all"))
-        await asyncio.sleep(0.3)
+        await wait_for_lock_waiters(watcher, database_name(lib_url), 1)
+        ended_by = asyncio.ensure_future(client.post(ending, headers=with_cookie(kept)))
+        await wait_for_lock_waiters(watcher, database_name(lib_url), 2)  # behind the renewal's user lock
         await tr.rollback()
-        renewed, ended = await renewing, await ending
+        renewed, ended = await renewing, await ended_by
     finally:
         await holder.close()
+        await watcher.close()
     assert renewed.status == 200
     assert ended.status == 200
-    assert (
-        await pool.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1 AND idle_expires_at > now()", USER) == 0
-    )
+    live = await pool.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1 AND idle_expires_at > now()", USER)
+    assert live == (0 if ending == "/end-all" else 1)
     # The renewal went first (it waited on the row, holding the user's lock): its new session was
     # ended with the rest.
-    assert await ended.text() == "1"
+    assert await ended.text() == ("2" if ending == "/end-all" else "1")
     assert await read(client, renewed.cookies["session"].value) == {}
