@@ -8,12 +8,16 @@ is certain, not left to timing, and reads the row itself from PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import random
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from aiohttp_session_postgres.tokens import fingerprint_of
+from conftest import ENC_KEY
 from storage_harness import (
     Control,
     cookies,
@@ -156,6 +160,46 @@ async def test_concurrent_delete_and_set_of_different_keys_both_apply(
     control.release("d")  # loaded before the setter saved: it must merge, not overwrite
     assert (await deleter).status == 200
     assert await stored(pg, cookie) == ({"keep": 1, "added": 3}, 3)
+
+
+async def test_two_concurrent_deletes_of_one_key_both_succeed(
+    harness: tuple[TestClient, Control], pg: asyncpg.Connection
+) -> None:
+    client, control = harness
+    cookie = await start(client, keep=1, drop=2)
+    first = asyncio.create_task(client.post("/del/drop?hold=a", headers=cookies(cookie)))
+    second = asyncio.create_task(client.post("/del/drop?hold=b", headers=cookies(cookie)))
+    await control.wait_loaded("a", "b")
+    control.release("a")
+    assert (await first).status == 200
+    control.release("b")  # merges a deletion of a key the newer data no longer has
+    assert (await second).status == 200
+    assert await stored(pg, cookie) == ({"keep": 1}, 3)  # both saves wrote
+
+
+async def test_a_merge_into_data_under_an_unknown_key_drops_its_change_and_says_so(
+    aiohttp_client: AiohttpClient, db_url: str, pg: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key rotation rolling out: a process with the new encryption key rewrites a session under
+    it while an old process (old key only) holds a request of the same session. The old one's
+    late save must merge into data it cannot read: it leaves that data alone (its own change is
+    dropped, with a warning naming the session's fingerprint), rather than overwrite it."""
+    caplog.set_level(logging.WARNING, logger="aiohttp_session_postgres")
+    old_client, old_control = await open_client(aiohttp_client, db_url)
+    new_client, _ = await open_client(aiohttp_client, db_url, encryption_keys=[os.urandom(32), ENC_KEY])
+    cookie = await start(old_client, keep=1)
+    held = asyncio.create_task(old_client.post("/set/late?hold=h", json=2, headers=cookies(cookie)))
+    await old_control.wait_loaded("h")
+    assert await read(new_client, cookie) == {"keep": 1}  # read under the old key: rewritten under the new
+    version_sql = "SELECT version FROM sessions WHERE id_hash = $1"
+    assert await pg.fetchval(version_sql, id_hash(cookie)) == 2
+    old_control.release("h")
+    assert (await held).status == 200
+    assert await read(new_client, cookie) == {"keep": 1}
+    assert await pg.fetchval(version_sql, id_hash(cookie)) == 2  # not written again
+    assert caplog.messages == [
+        f"session {fingerprint_of(id_hash(cookie))}: newer data under an unknown key; this change is dropped"
+    ]
 
 
 # -- the same key --------------------------------------------------------------------------
