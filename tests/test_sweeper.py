@@ -7,16 +7,18 @@ in the background.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres import PostgresStorage, create_schema, sweep
 from aiohttp_session_postgres.schema import TOMBSTONE_SECONDS, TableNames
-from aiohttp_session_postgres.sweeper import SWEEP_LOCK_KEY, sweep_forever
+from aiohttp_session_postgres.sweeper import SWEEP_LOCK_KEY
 from conftest import AUTH_KEY, ENC_KEY, make_settings
 from servers import database_name, eventually, wait_for_lock_waiters
 
@@ -260,8 +262,8 @@ async def test_a_sweep_waits_at_most_timeout_for_a_connection_and_for_each_state
 async def test_the_background_sweeper_logs_each_pass_and_outlives_a_failed_one(
     lib_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """sweep_forever, as storage.sweeper() runs it, on a table of another name in another
-    schema: a pass that cannot finish within its timeout is logged (the README's line) and the
+    """storage.sweeper(), run as an app's cleanup_ctx runs it, on a table of another name in
+    another schema: a pass that cannot finish within its timeout is logged (the README's line) and the
     next pass goes on; a pass says what it removed, in batches of the given size, or that another
     process holds the sweep lock."""
     caplog.set_level(logging.INFO, logger="aiohttp_session_postgres")
@@ -269,7 +271,11 @@ async def test_the_background_sweeper_logs_each_pass_and_outlives_a_failed_one(
     pool = await asyncpg.create_pool(lib_url, min_size=1, max_size=2)
     holder = await asyncpg.connect(lib_url)
     names = TableNames("app_sessions", "elsewhere")
-    background: asyncio.Future[None] | None = None
+    storage = PostgresStorage(
+        pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY], table=names.table, schema=names.schema
+    )
+    background = storage.sweeper(interval=0.3, batch_size=2, timeout=0.5)(web.Application())
+    started = False
 
     def logged(message: str) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
@@ -299,7 +305,8 @@ async def test_the_background_sweeper_logs_each_pass_and_outlives_a_failed_one(
         await held.start()
         await holder.execute("SELECT 1 FROM elsewhere.app_sessions FOR UPDATE")  # a pass waits on these
 
-        background = asyncio.ensure_future(sweep_forever(pool, names, interval=0.3, batch_size=2, timeout=0.5))
+        await background.__anext__()  # the app starts
+        started = True
         failed = 'sweep of "elsewhere"."app_sessions" failed, will retry next interval: TimeoutError'
         await eventually(logged(failed), 10, "no failed pass was logged")
         await held.rollback()
@@ -318,9 +325,9 @@ async def test_the_background_sweeper_logs_each_pass_and_outlives_a_failed_one(
         await eventually(logged(skipped), 10, "a pass while another process sweeps was not logged as skipped")
         await locked.rollback()
     finally:
-        if background is not None:
-            background.cancel()
-            await asyncio.gather(background, return_exceptions=True)
+        if started:  # the app's cleanup: the sweeper is cancelled and awaited
+            with contextlib.suppress(StopAsyncIteration):
+                await background.__anext__()
         await holder.close()
         await pool.close()
         await conn.close()
