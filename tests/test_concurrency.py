@@ -118,6 +118,12 @@ async def test_a_save_nobody_raced_is_one_update_and_no_merge(
         assert response.status == 200
         assert [row["rows"] for row in await pg.fetch("SELECT rows FROM update_statements ORDER BY seq")] == [1]
         assert await read(client, cookie) == {"a": 1, "b": 2}
+        # Nor does it lock the row first: with a FOR KEY SHARE lock held on it (which the UPDATE,
+        # changing no key, does not conflict with, and the merge's FOR UPDATE does), it saves.
+        async with pg.transaction():
+            await pg.execute("SELECT 1 FROM sessions WHERE id_hash = $1 FOR KEY SHARE", id_hash(cookie))
+            response = await asyncio.wait_for(client.post("/set/c", json=3, headers=cookies(cookie)), 30)
+            assert response.status == 200
     finally:
         await pg.execute("DROP TRIGGER IF EXISTS count_update ON sessions")
         await pg.execute("DROP FUNCTION IF EXISTS count_update()")

@@ -126,6 +126,32 @@ async def test_each_ending_event_names_the_session_it_ended(
     assert (await client.post(f"/end-one?handle={handle_of(id_hash_of(kept.split('.')[0]))}")).status == 200
     assert lines("session.revoked")[-1] == f"event=session.revoked fp={fp(kept)}"
 
+    # Logged out while a request of it was running: that request's save says so.
+    late = await started(client)
+    seen_sql = "SELECT last_seen_at FROM sessions WHERE id_hash = $1"
+    before = await pool.fetchval(seen_sql, id_hash_of(late.split(".")[0]))
+    writing = asyncio.ensure_future(client.post("/write-after?seconds=1", headers=with_cookie(late)))
+    for _ in range(100):  # its load touches the row (touch_interval 0): it has loaded
+        if await pool.fetchval(seen_sql, id_hash_of(late.split(".")[0])) != before:
+            break
+        await asyncio.sleep(0.02)
+    assert (await client.post("/logout", headers=with_cookie(late))).status == 200
+    assert (await writing).status == 200
+    assert lines("session.ended_during_request") == [f"event=session.ended_during_request fp={fp(late)}"]
+
+
+async def test_a_session_this_process_just_wrote_is_served_from_its_cache(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_url: str
+) -> None:
+    """A process's own write puts what it wrote in its cache: the next read asks no database
+    (here the table is locked: a read that asked would wait out database_timeout, a 503)."""
+    client = await library_app(aiohttp_client, pool, listen_dsn=lib_url, cache=SessionCache(), touch_interval=60)
+    cookie = await started(client)
+    assert (await client.post("/write", headers=with_cookie(cookie))).status == 200
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+        assert await read(client, cookie) == {"user_id": USER, "count": 1}
+
 
 # -- the cache's maximum age ------------------------------------------------------------------------
 

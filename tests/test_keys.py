@@ -87,6 +87,11 @@ async def test_rotation_rewrites_on_first_read_and_old_keys_can_then_go(
     # ... and re-signed the same token with K2.
     resigned = set_cookie_value(home)
     assert resigned is not None
+    # Its Max-Age is what is left of the session's absolute lifetime (the database's clock).
+    left = await pg.fetchval(
+        "SELECT extract(epoch FROM absolute_expires_at - now()) FROM sessions WHERE id_hash = $1", id_hash(touched)
+    )
+    assert abs(int(home.cookies["session"]["max-age"]) - float(left)) <= 2
     assert resigned != touched
     verified = TokenSigner((K2,)).verify(resigned)
     assert verified is not None
