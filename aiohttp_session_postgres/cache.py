@@ -125,7 +125,14 @@ class SessionCache:
             # Bounded memory: forget who was notified, and refuse every load already in flight.
             self._notified_at.clear()
             self._floor = self.generation
-        new_version = int(version) if version.isdigit() else None
+        # Not plain ASCII digits (str.isdigit() also takes "²", which int() refuses): read as a
+        # deletion, the safe side.
+        new_version = int(version) if version.isascii() and version.isdigit() else None
+        # What was announced only ever grows (a deletion is final): a forged or reordered
+        # notification of a lower version must not make a load in flight look current again.
+        previous = self._notified_at.get(id_hash)
+        if previous is not None and (previous[1] is None or (new_version is not None and previous[1] > new_version)):
+            new_version = previous[1]
         self._notified_at[id_hash] = (self.generation, new_version)
         entry = self._entries.get(id_hash)
         # Our own write already cached that version; anything else is news.
@@ -176,7 +183,10 @@ class SessionCache:
             except asyncio.CancelledError:
                 self._disable("shutting down", level=logging.INFO)  # expected: no warning
                 raise
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:
+                # Whatever ends the loop (asyncpg can also close a connection on a protocol error
+                # without calling its termination listeners, then raise anything), the cache must
+                # not outlive its listener: disable, and try again.
                 self._disable(f"listener lost: {type(exc).__name__}")
             finally:
                 if conn is not None and not conn.is_closed():

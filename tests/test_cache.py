@@ -300,25 +300,26 @@ def test_a_load_that_raced_a_notification_for_its_session_is_not_cached() -> Non
     cache.put(mine, _entry(3), generation=generation)
     assert cache.get(mine, now) is not None
 
-    # A newer version of this session was announced while the load ran: its result is stale.
-    cache.evict(mine)
+    # A newer version of a session was announced while its load ran: its result is stale.
+    # (Each case with a session of its own: an evicted session is ended for good.)
+    changed = b"\x11" * 32
     generation = cache.generation
-    cache.notified(mine.hex() + ":4")
-    cache.put(mine, _entry(3), generation=generation)
-    assert cache.get(mine, now) is None
+    cache.notified(changed.hex() + ":4")
+    cache.put(changed, _entry(3), generation=generation)
+    assert cache.get(changed, now) is None
 
     # The announcement of the very version we wrote (our own echo) does not.
     generation = cache.generation
-    cache.notified(mine.hex() + ":4")
-    cache.put(mine, _entry(4), generation=generation)
-    assert cache.get(mine, now) is not None
+    cache.notified(changed.hex() + ":4")
+    cache.put(changed, _entry(4), generation=generation)
+    assert cache.get(changed, now) is not None
 
     # A deletion announced while the load ran: never cached.
-    cache.evict(mine)
+    deleted = b"\x12" * 32
     generation = cache.generation
-    cache.notified(mine.hex())
-    cache.put(mine, _entry(9), generation=generation)
-    assert cache.get(mine, now) is None
+    cache.notified(deleted.hex())
+    cache.put(deleted, _entry(9), generation=generation)
+    assert cache.get(deleted, now) is None
 
 
 def test_an_entry_is_trusted_until_its_idle_deadline_and_not_at_it() -> None:
@@ -524,3 +525,57 @@ def test_the_cache_holds_10000_sessions_by_default() -> None:
         cache.put(n.to_bytes(32, "big"), _entry(1), generation=cache.generation)
     assert len(cache) == 10_000
     assert cache.get((0).to_bytes(32, "big"), time.time()) is None  # the oldest went
+
+
+def test_a_lower_version_announced_after_a_deletion_does_not_let_a_stale_load_in() -> None:
+    """Any database role may NOTIFY on the channel. A forged (or reordered) `<hex>:1` right after
+    the real deletion of that session must not make a load that read the row before the
+    deletion look current: what was announced only grows, and a deletion is final."""
+    cache = SessionCache()
+    cache._enabled = True
+    mine = b"\x0d" * 32
+    generation = cache.generation  # a load reads the row ...
+    cache.notified(mine.hex())  # ... the session is logged out ...
+    cache.notified(mine.hex() + ":1")  # ... and a forged notification follows
+    cache.put(mine, _entry(1), generation=generation)
+    assert cache.get(mine, time.time()) is None
+
+    generation = cache.generation
+    cache.notified(mine.hex() + ":9")
+    cache.notified(mine.hex() + ":2")
+    cache.put(mine, _entry(5), generation=generation)  # read before version 9 was announced
+    assert cache.get(mine, time.time()) is None
+
+
+def test_a_version_that_is_not_ascii_digits_is_read_as_a_deletion() -> None:
+    """`str.isdigit()` accepts "²", which `int()` refuses: such a payload (only a forged one can
+    carry it) evicts and bars, and raises nothing inside asyncpg's callback."""
+    cache = SessionCache()
+    cache._enabled = True
+    mine = b"\x0e" * 32
+    cache.put(mine, _entry(3), generation=cache.generation)
+    generation = cache.generation
+    cache.notified(mine.hex() + ":\u00b2")
+    assert cache.get(mine, time.time()) is None
+    cache.put(mine, _entry(3), generation=generation)
+    assert cache.get(mine, time.time()) is None
+
+
+async def test_a_listener_that_fails_in_any_way_keeps_trying(db_url: str) -> None:
+    """Not only network and database errors: whatever ends the listener's loop (here a DSN asyncpg
+    refuses with ValueError) leaves the cache disabled and is tried again."""
+    attempts = 0
+
+    async def connect() -> asyncpg.Connection:
+        nonlocal attempts
+        attempts += 1
+        return await asyncpg.connect("postgresql://127.0.0.1:not-a-port/x" if attempts == 1 else db_url)
+
+    cache = SessionCache()
+    listener = asyncio.ensure_future(cache.listen(connect, _channel()))
+    try:
+        await _listening(cache)
+        assert attempts == 2
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
