@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ)
     server = None
     if not (env.get("TEST_DATABASE_URL") or env.get("DATABASE_URL")):
-        sys.path.insert(0, str(ROOT / "tests"))
+        sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # conftest imports the library and the app
         from conftest import start_embedded
 
         server = start_embedded("pgmutants-")
@@ -40,6 +40,10 @@ def main(argv: list[str]) -> int:
         if server is not None:
             server.cleanup()  # type: ignore[attr-defined]
     minutes = (time.monotonic() - began) / 60
+    if run != 0:
+        # mutmut first runs the tests without mutants: they must pass before any mutant means anything.
+        print(f"\nmutants: mutmut failed (exit {run}) after {minutes:.0f} min; see above", file=sys.stderr)
+        return run
     results = subprocess.run([mutmut, "results"], cwd=ROOT, env=env, capture_output=True, text=True)
     # mutmut lists every mutant not killed, those outside this run's selection ("not checked")
     # too: only what this run found is shown.

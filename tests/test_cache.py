@@ -9,7 +9,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -412,10 +411,9 @@ async def test_a_listener_gone_silent_is_noticed_within_the_health_check(
     allowed: the check's own wake-ups). Until then a healthy connection keeps the cache on: the
     check itself never fails."""
     caplog.set_level(logging.INFO, logger="aiohttp_session_postgres")
-    parts = urlsplit(db_url)
-    async with SilenceableProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+    async with SilenceableProxy(db_url) as proxy:
         cache = SessionCache()
-        listener = asyncio.ensure_future(cache.listen(partial(asyncpg.connect, proxy.url(db_url)), _channel()))
+        listener = asyncio.ensure_future(cache.listen(partial(asyncpg.connect, proxy.url()), _channel()))
         try:
             await _listening(cache)
             for _ in range(60):  # 3 s, that is at least one health check answered
