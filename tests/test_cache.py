@@ -544,6 +544,13 @@ def test_a_lower_version_announced_after_a_deletion_does_not_let_a_stale_load_in
     cache.put(mine, _entry(5), generation=generation)  # read before version 9 was announced
     assert cache.get(mine, time.time()) is None
 
+    # Nor does it make a current entry look stale: version 9, written here, stays cached.
+    current = b"\x0f" * 32
+    cache.put(current, _entry(9), generation=cache.generation)
+    cache.notified(current.hex() + ":9")  # the echo of that write
+    cache.notified(current.hex() + ":2")
+    assert cache.get(current, time.time()) is not None
+
 
 def test_a_version_that_is_not_ascii_digits_is_read_as_a_deletion() -> None:
     """`str.isdigit()` accepts "²", which `int()` refuses: such a payload (only a forged one can
