@@ -285,10 +285,13 @@ def test_data_too_short_to_have_been_sealed_opens_to_nothing() -> None:
     assert cipher.open(cipher.seal(b"{}", row), row) == (b"{}", True)
 
 
-@pytest.mark.parametrize("secure", [False, True], ids=["plain-http", "secure"])
-async def test_load_cookie_returns_the_first_cookie_of_the_storage_name(pool: asyncpg.Pool, secure: bool) -> None:
+@pytest.mark.parametrize("secure", [False, True, None], ids=["never-secure", "always-secure", "per-request"])
+async def test_load_cookie_returns_the_first_cookie_of_the_storage_name(
+    pool: asyncpg.Pool, secure: bool | None
+) -> None:
     """aiohttp-session's `load_cookie`, for code that calls it: the first value of the session
-    cookie, under the name the storage sets (`__Host-` in front when Secure), never another's."""
+    cookie, under the name the storage sets (`__Host-` in front when Secure; per request, a
+    plain-HTTP one here, by default), never another's."""
     storage = PostgresStorage(pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY], secure=secure)
     ours, other = ("__Host-session", "session") if secure else ("session", "__Host-session")
     request = make_mocked_request("GET", "/", headers={"Cookie": f"{other}=theirs; {ours}=first; {ours}=second"})
