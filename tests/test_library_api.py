@@ -298,3 +298,33 @@ async def test_load_cookie_returns_the_first_cookie_of_the_storage_name(
     assert storage.load_cookie(request) == "first"
     assert storage.load_cookie(make_mocked_request("GET", "/", headers={"Cookie": f"{other}=theirs"})) is None
     assert storage.load_cookie(make_mocked_request("GET", "/")) is None
+
+
+async def test_a_trim_that_deadlocks_is_tried_again_and_the_cap_holds(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_url: str
+) -> None:
+    """The per-user cap's trim locks its rows in id_hash order, but an outsider (a cascade, a
+    hand-written statement) may lock them in the other order. PostgreSQL then rolls back the
+    trim (it waited first, so its deadlock check fires first), and the trim, which changed
+    nothing, is tried again: the login succeeds and the cap holds."""
+    plain = await library_app(aiohttp_client, pool)
+    older = [id_hash_of((await started(plain)).split(".")[0]) for _ in range(2)]
+    low, high = sorted(older)
+    capped = await library_app(aiohttp_client, pool, max_sessions_per_user=1, database_timeout=10)
+    outsider, watcher = await asyncpg.connect(lib_url), await asyncpg.connect(lib_url)
+    lock = "UPDATE sessions SET last_seen_at = last_seen_at WHERE id_hash = $1"
+    try:
+        held = outsider.transaction()
+        await held.start()
+        await outsider.execute(lock, high)
+        login = asyncio.ensure_future(capped.post("/start"))
+        await wait_for_lock_waiters(watcher, database_name(lib_url), 1)  # the trim: `low` locked, waits on `high`
+        await outsider.execute(lock, low)  # the cycle: the trim is rolled back, this goes on
+        await held.commit()
+        response = await login
+    finally:
+        await outsider.close()
+        await watcher.close()
+    assert response.status == 200
+    live = await pool.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1 AND replaced_at IS NULL", USER)
+    assert live == 1

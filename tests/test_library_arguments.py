@@ -6,14 +6,24 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp_session
 import asyncpg
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
-from aiohttp_session import Session
-from aiohttp_session_postgres import PostgresSession, PostgresStorage, SessionCache, schema_sql
+from aiohttp.test_utils import TestClient, make_mocked_request
+from aiohttp_session import Session, SimpleCookieStorage
+from aiohttp_session_postgres import (
+    PostgresSession,
+    PostgresStorage,
+    SessionCache,
+    get_session,
+    new_session,
+    renew_session,
+    schema_sql,
+)
 from aiohttp_session_postgres.cipher import DataCipher
 from aiohttp_session_postgres.tokens import MIN_KEY_BYTES, TokenSigner
 from conftest import AUTH_KEY, ENC_KEY
@@ -121,3 +131,33 @@ async def test_the_storage_methods_refuse_what_they_cannot_do(pool: asyncpg.Pool
     request = make_mocked_request("GET", "/")
     with pytest.raises(TypeError, match=r"^PostgresStorage saves only the sessions it hands out$"):
         await plain.save_session(request, web.Response(), Session("x", data=None, new=True))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (get_session, "get_session needs aiohttp_session.setup(app, PostgresStorage(...))"),
+        (new_session, "new_session needs aiohttp_session.setup(app, PostgresStorage(...))"),
+        (renew_session, "get_session needs aiohttp_session.setup(app, PostgresStorage(...))"),
+    ],
+    ids=["get_session", "new_session", "renew_session"],
+)
+async def test_the_typed_helpers_refuse_another_storage(
+    aiohttp_client: Callable[..., Awaitable[TestClient]],
+    call: Callable[[web.Request], Awaitable[PostgresSession]],
+    message: str,
+) -> None:
+    """get_session, new_session and renew_session promise a PostgresSession: under another
+    storage they raise TypeError saying what is missing."""
+
+    async def handler(request: web.Request) -> web.Response:
+        with pytest.raises(TypeError) as raised:
+            await call(request)
+        return web.Response(text=str(raised.value))
+
+    app = web.Application()
+    aiohttp_session.setup(app, SimpleCookieStorage())
+    app.router.add_get("/", handler)
+    client = await aiohttp_client(app)
+    response = await client.get("/")
+    assert (response.status, await response.text()) == (200, message)
