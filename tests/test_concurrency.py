@@ -152,6 +152,12 @@ async def test_a_loaded_session_was_created_when_its_row_was(
     fresh = await (await client.get("/data")).json()
     assert (fresh["new"], fresh["identity"], fresh["data"]) == (True, None, {})
 
+    # The same from another process's cache: its first read fills it, the second is a hit.
+    cached, _ = await open_client(aiohttp_client, db_url, cache=True)
+    for _ in range(2):
+        response = await cached.get("/data", headers=cookies(cookie))
+        assert (await response.json())["created"] == created
+
 
 async def test_concurrent_delete_and_set_of_different_keys_both_apply(
     harness: tuple[TestClient, Control], pg: asyncpg.Connection
