@@ -130,6 +130,35 @@ async def test_a_save_nobody_raced_is_one_update_and_no_merge(
         await pg.execute("DROP TABLE IF EXISTS update_statements")
 
 
+async def test_a_read_within_the_touch_interval_of_its_last_touch_writes_nothing(
+    aiohttp_client: AiohttpClient, db_url: str, pg: asyncpg.Connection
+) -> None:
+    """A process that has just read (and so touched) a session reads it again with a plain
+    SELECT: not even an UPDATE that matches nothing. A statement-level trigger counts UPDATE
+    statements (it fires for one that changes no row, too)."""
+    maker, _ = await open_client(aiohttp_client, db_url)
+    cookie = await start(maker, a=1)
+    reader, _ = await open_client(aiohttp_client, db_url)  # another process: it knows nothing yet
+    await pg.execute("CREATE TABLE update_statements (seq serial PRIMARY KEY, rows bigint NOT NULL)")
+    try:
+        await pg.execute(
+            "CREATE FUNCTION count_update() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN INSERT INTO update_statements (rows) SELECT count(*) FROM new; RETURN NULL; END $$"
+        )
+        await pg.execute(
+            "CREATE TRIGGER count_update AFTER UPDATE ON sessions REFERENCING NEW TABLE AS new"
+            " FOR EACH STATEMENT EXECUTE FUNCTION count_update()"
+        )
+        for _ in range(3):
+            assert await read(reader, cookie) == {"a": 1}
+        # The first read's statement carries the (conditional) touch; the others none.
+        assert await pg.fetchval("SELECT count(*) FROM update_statements") == 1
+    finally:
+        await pg.execute("DROP TRIGGER IF EXISTS count_update ON sessions")
+        await pg.execute("DROP FUNCTION IF EXISTS count_update()")
+        await pg.execute("DROP TABLE IF EXISTS update_statements")
+
+
 async def test_a_loaded_session_was_created_when_its_row_was(
     aiohttp_client: AiohttpClient, db_url: str, pg: asyncpg.Connection
 ) -> None:

@@ -92,6 +92,13 @@ async def test_every_documented_session_event_is_logged(
     await client.post("/logout", headers=with_cookie(fifth))
     logged = {line.split()[0].removeprefix("event=") for line in app_log.events()}
     assert documented <= logged, f"never logged: {sorted(documented - logged)}"
+    # A dead session is looked up, and logged, once per process, with its fingerprint.
+    assert await read(client, second) == {}
+    assert await read(client, fifth) == {}
+    lines = [line.split(" request_id=")[0] for line in app_log.events()]
+    for event, cookie in (("session.expired_or_unknown", second), ("session.undecryptable", fifth)):
+        fp = fingerprint_of(id_hash_of(cookie.split(".")[0]))
+        assert lines.count(f"event={event} fp={fp}") == 1, (event, lines)
     assert TokenSigner((AUTH_KEY,)).verify(bad) is None
 
 

@@ -14,7 +14,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -26,7 +26,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiohttp_session_postgres import PostgresSession
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from storage_harness import CONTROL, Control, build_app, cookies, id_hash, new_cookie, set_cookies, stored
+from storage_harness import CONTROL, Control, build_app, cookies, id_hash, new_cookie, open_client, set_cookies, stored
 
 # -- strategies ----------------------------------------------------------------------------
 
@@ -337,6 +337,23 @@ def test_user_id_must_be_an_int_id(value: Any) -> None:
     for user_id in (42, -1000, -(2**63), 2**63 - 1, None):
         session["user_id"] = user_id
         assert session["user_id"] == user_id
+
+
+async def test_a_loaded_session_checks_the_storage_user_id_key(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], lib_url: str
+) -> None:
+    """With user_id_key="account", a session loaded from the database refuses a non-int
+    `account` as a new one does (the key reaches loaded sessions too)."""
+    client, control = await open_client(aiohttp_client, lib_url, user_id_key="account")
+    response = await client.post("/start", json={"account": 5})
+    assert response.status == 200
+    cookie = new_cookie(response)
+    control.to_put["t"] = {"account": "five"}
+    response = await client.post("/put?ticket=t", headers=cookies(cookie))
+    assert response.status == 400
+    assert (await response.json())["error"] == (
+        "session['account'] ties the session to a users row: it must be an int id or None"
+    )
 
 
 def test_require_guards_only_the_creation_of_a_session() -> None:
