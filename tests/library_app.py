@@ -49,6 +49,13 @@ async def library_app(
         (await new_session(request))["user_id"] = USER
         return web.Response(text="started")
 
+    @routes.post("/start-after-read")
+    async def start_after_read(request: web.Request) -> web.Response:
+        # A login that looked at the request's session first (loaded it), then replaces it.
+        await get_session(request)
+        (await new_session(request))["user_id"] = USER
+        return web.Response(text="started")
+
     @routes.post("/start-guarded")
     async def start_guarded(request: web.Request) -> web.Response:
         session = await new_session(request)
@@ -165,3 +172,10 @@ async def started(client: TestClient, cookie: str | None = None) -> str:
     response = await client.post("/start", headers=with_cookie(cookie) if cookie else None)
     assert response.status == 200, response.status
     return response.cookies["session"].value
+
+
+async def read(client: TestClient, cookie: str) -> dict[str, object]:
+    """GET /read with `cookie`: the session's data as that request sees it ({} when anonymous)."""
+    response = await client.get("/read", headers=with_cookie(cookie))
+    assert response.status == 200
+    return await response.json()

@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres import SessionCache
 from aiohttp_session_postgres.tokens import TokenSigner, fingerprint_of, handle_of, id_hash_of
 from conftest import AUTH_KEY, TEST_PASSWORD_COST, AppLog, login, make_settings, run_app_command
-from library_app import USER, library_app, started, with_cookie
+from library_app import USER, library_app, read, started, with_cookie
 from servers import database_name, wait_for_lock_waiters
 
 from app.appkeys import HASHER
@@ -37,12 +37,6 @@ MakeClient = Callable[[Settings], Awaitable[TestClient]]
 async def pool(lib_url: str) -> AsyncIterator[asyncpg.Pool]:
     async with asyncpg.create_pool(lib_url, min_size=1, max_size=4) as pool:
         yield pool
-
-
-async def read(client: TestClient, cookie: str) -> dict[str, object]:
-    response = await client.get("/read", headers=with_cookie(cookie))
-    assert response.status == 200
-    return await response.json()
 
 
 # -- the versioned UPDATE checks expiry -------------------------------------------------------------

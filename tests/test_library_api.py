@@ -25,9 +25,10 @@ from aiohttp_session_postgres import (
 )
 from aiohttp_session_postgres.cache import SessionCache
 from aiohttp_session_postgres.cipher import DataCipher
-from aiohttp_session_postgres.tokens import TokenSigner, id_hash_of
+from aiohttp_session_postgres.tokens import TokenSigner, fingerprint_of, id_hash_of
 from conftest import AUTH_KEY, ENC_KEY, AppLog
-from library_app import USER, library_app, started, with_cookie
+from library_app import STORAGE as LIBRARY_STORAGE
+from library_app import USER, library_app, read, started, with_cookie
 from library_envs import run_in
 from servers import database_name, wait_for_lock_waiters
 
@@ -328,3 +329,47 @@ async def test_a_trim_that_deadlocks_is_tried_again_and_the_cap_holds(
     assert response.status == 200
     live = await pool.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1 AND replaced_at IS NULL", USER)
     assert live == 1
+
+
+async def test_a_login_uses_up_the_session_the_request_loaded_not_merely_the_first_cookie(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool
+) -> None:
+    """Two cookies of the session's name, a dead one first (a stale one from another path, say):
+    a login that loaded the request's session uses up the live one it loaded, so no live
+    session from before the login is left behind."""
+    client = await library_app(aiohttp_client, pool)
+    dead, live = await started(client), await started(client)
+    assert (await client.post("/logout", headers=with_cookie(dead))).status == 200
+    response = await client.post("/start-after-read", headers={"Cookie": f"session={dead}; session={live}"})
+    assert response.status == 200
+    assert await read(client, live) == {}
+    assert await read(client, response.cookies["session"].value) == {"user_id": USER}
+
+
+async def test_the_memories_of_touched_and_dead_sessions_stay_bounded_and_work_when_full(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, app_log: AppLog
+) -> None:
+    """Each process remembers at most 10,000 touch times and 10,000 dead session IDs (about 2 MB
+    in all), dropping the oldest: when full, a new one still goes in (the oldest goes), and a
+    dead cookie is still looked up and logged only once. Filled directly here: 10,000 real
+    sessions would take minutes."""
+    client = await library_app(aiohttp_client, pool, touch_interval=60)
+    storage = client.app[LIBRARY_STORAGE]
+    storage._touched.update((os.urandom(32), 0.0) for _ in range(10_000))
+    storage._dead.update((os.urandom(32), None) for _ in range(9_999))
+    oldest_touch, oldest_dead = next(iter(storage._touched)), next(iter(storage._dead))
+    cookie = await started(client)  # its touch time is remembered: the oldest goes
+    assert (len(storage._touched), oldest_touch in storage._touched) == (10_000, False)
+    assert await read(client, cookie) == {"user_id": USER}
+    assert id_hash_of(cookie.split(".")[0]) in storage._touched
+
+    other = await started(client)
+    for dead in (cookie, other):
+        assert (await client.post("/logout", headers=with_cookie(dead))).status == 200
+        for _ in range(2):
+            assert await read(client, dead) == {}
+        # The first fills the memory to 10,000 exactly; the second makes the oldest go.
+        assert (len(storage._dead), oldest_dead in storage._dead) == (10_000, dead is cookie)
+        fp = fingerprint_of(id_hash_of(dead.split(".")[0]))
+        looked_up = [line for line in app_log.events() if line.startswith(f"event=session.expired_or_unknown fp={fp}")]
+        assert len(looked_up) == 1
