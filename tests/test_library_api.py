@@ -373,3 +373,47 @@ async def test_the_memories_of_touched_and_dead_sessions_stay_bounded_and_work_w
         fp = fingerprint_of(id_hash_of(dead.split(".")[0]))
         looked_up = [line for line in app_log.events() if line.startswith(f"event=session.expired_or_unknown fp={fp}")]
         assert len(looked_up) == 1
+
+
+async def test_the_documented_defaults_are_the_defaults(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool
+) -> None:
+    """PostgresStorage(pool, keys...) alone: the cookie `session` (HttpOnly, SameSite=Lax, Path=/,
+    Max-Age the absolute timeout, not Secure over plain HTTP), idle timeout 1,800 s, absolute
+    timeout 43,200 s (12 hours), touch interval 60 s, the user_id key `user_id`, no per-user cap."""
+    client = await small_app(aiohttp_client, pool)
+    response = await client.post("/start")
+    morsel = response.cookies["session"]
+    assert (morsel["max-age"], morsel["path"], morsel["httponly"], morsel["samesite"], morsel["secure"]) == (
+        "43200",
+        "/",
+        True,
+        "Lax",
+        "",
+    )
+    cookie = morsel.value
+    row = id_hash_of(cookie.split(".")[0])
+    deadlines = await pool.fetchrow(
+        "SELECT extract(epoch FROM idle_expires_at - created_at) AS idle,"
+        " extract(epoch FROM absolute_expires_at - created_at) AS absolute, user_id FROM sessions WHERE id_hash = $1",
+        row,
+    )
+    assert (round(deadlines["idle"]), round(deadlines["absolute"]), deadlines["user_id"]) == (1800, 43200, 1)
+
+    # The touch interval, read by processes that have not seen the session yet: 59 s after the
+    # last touch a read writes nothing, 61 s after it slides the idle deadline.
+    for ago, touched in ((59, False), (61, True)):
+        seen = await pool.fetchval(
+            "UPDATE sessions SET last_seen_at = now() - make_interval(secs => $2) WHERE id_hash = $1"
+            " RETURNING last_seen_at",
+            row,
+            float(ago),
+        )
+        reader = await small_app(aiohttp_client, pool)
+        assert (await reader.get("/read", headers=with_cookie(cookie))).status == 200
+        assert (await pool.fetchval("SELECT last_seen_at FROM sessions WHERE id_hash = $1", row) != seen) is touched
+
+    # No per-user cap: eleven sessions of one user all live.
+    for _ in range(10):
+        assert (await client.post("/start")).status == 200
+    assert await pool.fetchval("SELECT count(*) FROM sessions WHERE user_id = 1 AND replaced_at IS NULL") == 11
