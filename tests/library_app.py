@@ -67,6 +67,18 @@ async def library_app(
         session.require(check, otherwise=web.HTTPForbidden())
         return web.Response(text="started")
 
+    @routes.post("/start-refused")
+    async def start_refused(request: web.Request) -> web.Response:
+        # A login whose check fails in the creating transaction: nothing is created.
+        session = await new_session(request)
+        session["user_id"] = USER
+
+        async def check(conn: asyncpg.Connection) -> bool:
+            return bool(await conn.fetchval("SELECT false"))
+
+        session.require(check, otherwise=web.HTTPForbidden())
+        return web.Response(text="started")
+
     @routes.get("/read")
     async def read(request: web.Request) -> web.Response:
         return web.json_response(dict(await get_session(request)))

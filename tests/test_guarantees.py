@@ -141,6 +141,33 @@ async def test_each_ending_event_names_the_session_it_ended(
     assert lines("session.ended_during_request") == [f"event=session.ended_during_request fp={fp(late)}"]
 
 
+async def test_the_creation_events_name_their_sessions_and_reasons(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, app_log: AppLog
+) -> None:
+    """The lines a login, a renewal, a refused or superseded login and the per-user cap write,
+    whole (events.py's format): what an operator follows a session by."""
+    client = await library_app(aiohttp_client, pool, max_sessions_per_user=2)
+
+    def fp(cookie: str) -> str:
+        return fingerprint_of(id_hash_of(cookie.split(".")[0]))
+
+    def lines() -> list[str]:
+        return [line.split(" request_id=")[0] for line in app_log.events()]
+
+    first = await started(client)
+    assert lines()[-1] == f"event=session.created fp={fp(first)} user_id={USER}"
+    renewed = (await client.post("/renew", headers=with_cookie(first))).cookies["session"].value
+    assert lines()[-1] == f"event=session.renewed fp={fp(renewed)} previous={fp(first)}"
+    assert (await client.post("/start", headers=with_cookie(first))).status == 200  # used up already
+    assert lines()[-1] == f"event=session.not_created fp={fp(first)} reason=replaced_or_ended"
+    assert (await client.post("/start-refused", headers=with_cookie(renewed))).status == 403
+    assert lines()[-1] == f"event=session.not_created fp={fp(renewed)} reason=precondition"
+    second, third = await started(client), await started(client)  # the cap of 2 ends the oldest
+    assert f"event=session.ended fp={fp(renewed)} reason=max_sessions_per_user" in lines()
+    assert lines()[-1] == f"event=session.created fp={fp(third)} user_id={USER}"
+    assert await read(client, second) == {"user_id": USER}
+
+
 async def test_a_session_this_process_just_wrote_is_served_from_its_cache(
     aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_url: str
 ) -> None:
