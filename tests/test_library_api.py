@@ -305,14 +305,19 @@ async def test_a_trim_that_deadlocks_is_tried_again_and_the_cap_holds(
     aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_url: str
 ) -> None:
     """The per-user cap's trim locks its rows in id_hash order, but an outsider (a cascade, a
-    hand-written statement) may lock them in the other order. PostgreSQL then rolls back the
-    trim (it waited first, so its deadlock check fires first), and the trim, which changed
-    nothing, is tried again: the login succeeds and the cap holds."""
+    hand-written statement) may lock them in the other order. PostgreSQL then rolls back one of
+    them: here the trim, which changed nothing, and is tried again: the login succeeds and the
+    cap holds."""
     plain = await library_app(aiohttp_client, pool)
     older = [id_hash_of((await started(plain)).split(".")[0]) for _ in range(2)]
     low, high = sorted(older)
-    capped = await library_app(aiohttp_client, pool, max_sessions_per_user=1, database_timeout=10)
+    # Which side PostgreSQL rolls back is the one whose deadlock check (once, deadlock_timeout
+    # after it began to wait) finds the cycle. The trim's check comes 5 s after it waits, time
+    # enough for the outsider to close the cycle on a busy machine; the outsider's never comes.
+    trim_pool = await asyncpg.create_pool(lib_url, min_size=1, max_size=2, server_settings={"deadlock_timeout": "5s"})
+    capped = await library_app(aiohttp_client, trim_pool, max_sessions_per_user=1, database_timeout=20)
     outsider, watcher = await asyncpg.connect(lib_url), await asyncpg.connect(lib_url)
+    await outsider.execute("SET deadlock_timeout = '600s'")
     lock = "UPDATE sessions SET last_seen_at = last_seen_at WHERE id_hash = $1"
     try:
         held = outsider.transaction()
@@ -326,6 +331,7 @@ async def test_a_trim_that_deadlocks_is_tried_again_and_the_cap_holds(
     finally:
         await outsider.close()
         await watcher.close()
+        await trim_pool.close()
     assert response.status == 200
     live = await pool.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1 AND replaced_at IS NULL", USER)
     assert live == 1
