@@ -91,7 +91,8 @@ class PostgresSession(Session):
 
     Use it as any Session (a mutable mapping); assigning a value that is not JSON, or a
     `user_id_key` value that is not an int, raises TypeError at once. `handle` names the session
-    publicly (as `SessionInfo.handle`), or is None for a session not yet saved.
+    publicly (as `SessionInfo.handle`), or is None for a session not yet saved. `created` (epoch
+    seconds) is when the session was created, its row's, whatever changes it since.
     """
 
     def __init__(
@@ -148,8 +149,17 @@ class PostgresSession(Session):
         check_json_value(key, value)
         if key == self._user_id_key and value is not None and not _is_user_id(value):
             raise TypeError(f"session[{key!r}] ties the session to a users row: it must be an int id or None")
+        created = self._created
         super().__setitem__(key, value)
+        self._created = created  # see __delitem__
         self._assigned.add(key)
+
+    def __delitem__(self, key: str) -> None:
+        # aiohttp-session moves `created` to "now" on every change (a cookie storage's notion);
+        # here it stays the session's creation time, as its row has it, cached or not.
+        created = self._created
+        super().__delitem__(key)
+        self._created = created
 
     def require(self, check: Callable[[Connection], Awaitable[bool]], *, otherwise: web.HTTPException) -> None:
         """Create this new session only if `await check(conn)` returns True, run on the connection

@@ -17,6 +17,7 @@ import aiohttp_session
 import asyncpg
 from aiohttp import DummyCookieJar, web
 from aiohttp.test_utils import TestClient
+from aiohttp.typedefs import Handler
 from aiohttp_session_postgres import PostgresStorage, get_session, new_session, renew_session
 from conftest import AUTH_KEY, ENC_KEY
 
@@ -37,7 +38,7 @@ async def library_app(
     return once it listens."""
     options = {"database_timeout": 1.0, "touch_interval": 0, **options}
     storage = PostgresStorage(pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY], **options)
-    app = web.Application()
+    app = web.Application(middlewares=[_remote_from_header])
     app[STORAGE] = storage
     aiohttp_session.setup(app, storage)
     if listen_dsn is not None:
@@ -162,6 +163,14 @@ async def library_app(
     if listen_dsn is not None:
         await _listening(storage)
     return client
+
+
+@web.middleware
+async def _remote_from_header(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # As an app's forwarded-header middleware does: X-Test-Remote sets request.remote.
+    if "X-Test-Remote" in request.headers:
+        request = request.clone(remote=request.headers["X-Test-Remote"])
+    return await handler(request)
 
 
 async def _listening(storage: PostgresStorage) -> None:

@@ -168,6 +168,22 @@ async def test_the_creation_events_name_their_sessions_and_reasons(
     assert await read(client, second) == {"user_id": USER}
 
 
+async def test_cookies_that_fail_their_signature_are_passed_over_and_counted(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, app_log: AppLog
+) -> None:
+    """Other cookies of the session's name (another app's, tampered ones) before the real one:
+    each is passed over, the real one is loaded, and one line counts them; a request with none
+    writes no such line."""
+    client = await library_app(aiohttp_client, pool)
+    good = await started(client)
+    bad = [good.split(".")[0] + "." + "A" * 43, "not-even-a-token"]
+    response = await client.get("/read", headers={"Cookie": f"session={bad[0]}; session={bad[1]}; session={good}"})
+    assert await response.json() == {"user_id": USER}
+    assert await read(client, good) == {"user_id": USER}
+    counted = [line.split(" request_id=")[0] for line in app_log.events() if "session.bad_signature" in line]
+    assert counted == ["event=session.bad_signature cookies=2"]
+
+
 async def test_a_session_this_process_just_wrote_is_served_from_its_cache(
     aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_url: str
 ) -> None:

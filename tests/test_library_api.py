@@ -423,3 +423,29 @@ async def test_the_documented_defaults_are_the_defaults(
     for _ in range(10):
         assert (await client.post("/start")).status == 200
     assert await pool.fetchval("SELECT count(*) FROM sessions WHERE user_id = 1 AND replaced_at IS NULL") == 11
+
+
+@pytest.mark.parametrize(
+    ("headers", "stored"),
+    [
+        ({"User-Agent": "x" * 5000, "X-Test-Remote": "2001:db8::" + "f" * 100}, ("2001:db8::" + "f" * 54, "x" * 512)),
+        ({"X-Test-Remote": ""}, ("", "")),
+    ],
+    ids=["long", "none"],
+)
+async def test_the_client_details_are_stored_cut_to_size_or_empty(
+    aiohttp_client: Callable[..., Awaitable[TestClient]],
+    pool: asyncpg.Pool,
+    headers: dict[str, str],
+    stored: tuple[str, str],
+) -> None:
+    """What a session row keeps of its client (its sessions page shows it): the address and the
+    User-Agent, cut to 64 and 512 characters; none sent, an empty string (not a 500)."""
+    client = await library_app(aiohttp_client, pool)
+    response = await client.post("/start", headers=headers, skip_auto_headers=["User-Agent"])
+    assert response.status == 200
+    row = await pool.fetchrow(
+        "SELECT client_ip, user_agent FROM sessions WHERE id_hash = $1",
+        id_hash_of(response.cookies["session"].value.split(".")[0]),
+    )
+    assert (row["client_ip"], row["user_agent"]) == stored
