@@ -160,6 +160,7 @@ class SessionCache:
         it is asked something every half of that, and given the other half to answer. Cancel to
         stop."""
         backoff = 0.5
+        failing = False  # since the last time the listener was up: say so once, not every retry
         while True:
             conn: asyncpg.Connection | None = None
             try:
@@ -173,7 +174,7 @@ class SessionCache:
                 self._notified_at.clear()
                 self._enabled = True
                 log.info("session cache enabled: listening for session changes")
-                backoff = 0.5
+                backoff, failing = 0.5, False
                 while True:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(closed.wait(), check_every / 2)
@@ -187,7 +188,11 @@ class SessionCache:
                 # Whatever ends the loop (asyncpg can also close a connection on a protocol error
                 # without calling its termination listeners, then raise anything), the cache must
                 # not outlive its listener: disable, and try again.
-                self._disable(f"listener lost: {type(exc).__name__}")
+                why = f"listener lost: {type(exc).__name__}"
+                if not self._enabled and not failing:  # never up, or down already: _disable is silent
+                    log.warning("session cache not enabled (%s): reading every session from the database", why)
+                self._disable(why)
+                failing = True
             finally:
                 if conn is not None and not conn.is_closed():
                     conn.terminate()

@@ -476,9 +476,13 @@ async def test_a_closed_listener_is_noticed_at_once_logged_and_replaced(
     )
 
 
-async def test_a_listener_that_cannot_connect_at_first_keeps_trying(db_url: str) -> None:
+async def test_a_listener_that_cannot_connect_at_first_keeps_trying(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The database is unreachable when the app starts (a refused connection): the listener
-    retries with backoff, and the cache comes up once it can connect."""
+    says so once (not at every retry), retries with backoff, and the cache comes up once it can
+    connect."""
+    caplog.set_level(logging.INFO, logger="aiohttp_session_postgres")
     refused = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
     attempts = 0
 
@@ -492,6 +496,11 @@ async def test_a_listener_that_cannot_connect_at_first_keeps_trying(db_url: str)
     try:
         await _listening(cache)
         assert attempts == 3
+        assert caplog.messages == [
+            "session cache not enabled (listener lost: ConnectionRefusedError):"
+            " reading every session from the database",
+            "session cache enabled: listening for session changes",
+        ]
     finally:
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
