@@ -82,13 +82,15 @@ OPERATIONS = [
 ]
 
 
-@pytest.mark.parametrize("durable_writes", [True, False])
+@pytest.mark.parametrize("durable_writes", [True, False, None], ids=["durable", "not-durable", "default"])
 async def test_only_writes_that_end_nothing_skip_the_flush(
-    aiohttp_client: Callable[..., Awaitable[TestClient]], ghost_url: str, durable_writes: bool
+    aiohttp_client: Callable[..., Awaitable[TestClient]], ghost_url: str, durable_writes: bool | None
 ) -> None:
+    # None: the storage's default, which is durable.
+    options = {} if durable_writes is None else {"durable_writes": durable_writes}
     async with asyncpg.create_pool(ghost_url, min_size=1, max_size=4) as pool:
-        client = await library_app(aiohttp_client, pool, durable_writes=durable_writes)
-        capped = await library_app(aiohttp_client, pool, durable_writes=durable_writes, max_sessions_per_user=1)
+        client = await library_app(aiohttp_client, pool, **options)
+        capped = await library_app(aiohttp_client, pool, max_sessions_per_user=1, **options)
         # A session of its own for each operation, made while flushes are still confirmed.
         cookies = {path: await started(client) for path, _, _ in OPERATIONS}
         seen: dict[str, bool] = {}
@@ -107,7 +109,7 @@ async def test_only_writes_that_end_nothing_skip_the_flush(
                     response = await client.post(path, headers=header)
                 assert response.status in (200, 503), (path, response.status)
                 seen[path] = response.status == 200
-        expected = {path: skips and not durable_writes for path, _, skips in OPERATIONS}
+        expected = {path: skips and durable_writes is False for path, _, skips in OPERATIONS}
         answered_first = {what for path, what, _ in OPERATIONS if seen[path]}
         assert seen == expected, f"answered before the flush: {sorted(answered_first)}"
 

@@ -406,16 +406,16 @@ async def test_the_documented_defaults_are_the_defaults(
     )
     assert (round(deadlines["idle"]), round(deadlines["absolute"]), deadlines["user_id"]) == (1800, 43200, 1)
 
-    # The touch interval, read by processes that have not seen the session yet: 59 s after the
-    # last touch a read writes nothing, 61 s after it slides the idle deadline.
-    for ago, touched in ((59, False), (61, True)):
+    # The touch interval, read by processes that have not seen the session yet: 59.7 s after the
+    # last touch a read writes nothing, 60.3 s after it slides the idle deadline.
+    for ago, touched in ((59.7, False), (60.3, True)):
+        reader = await small_app(aiohttp_client, pool)
         seen = await pool.fetchval(
             "UPDATE sessions SET last_seen_at = now() - make_interval(secs => $2) WHERE id_hash = $1"
             " RETURNING last_seen_at",
             row,
-            float(ago),
+            ago,
         )
-        reader = await small_app(aiohttp_client, pool)
         assert (await reader.get("/read", headers=with_cookie(cookie))).status == 200
         assert (await pool.fetchval("SELECT last_seen_at FROM sessions WHERE id_hash = $1", row) != seen) is touched
 
