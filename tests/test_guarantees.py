@@ -166,6 +166,8 @@ async def test_the_creation_events_name_their_sessions_and_reasons(
     assert f"event=session.ended fp={fp(renewed)} reason=max_sessions_per_user" in lines()
     assert lines()[-1] == f"event=session.created fp={fp(third)} user_id={USER}"
     assert await read(client, second) == {"user_id": USER}
+    anonymous = (await client.post("/mark?key=seen")).cookies["session"].value  # a session of no user
+    assert lines()[-1] == f"event=session.created fp={fp(anonymous)} user_id=-"
 
 
 async def test_cookies_that_fail_their_signature_are_passed_over_and_counted(
@@ -182,6 +184,14 @@ async def test_cookies_that_fail_their_signature_are_passed_over_and_counted(
     assert await read(client, good) == {"user_id": USER}
     counted = [line.split(" request_id=")[0] for line in app_log.events() if "session.bad_signature" in line]
     assert counted == ["event=session.bad_signature cookies=2"]
+
+    # At most 4 validly signed cookies are looked at (each may cost a lookup): a live fifth is not.
+    dead = [await started(client) for _ in range(4)]
+    for cookie in dead:
+        assert (await client.post("/logout", headers=with_cookie(cookie))).status == 200
+    header = "; ".join(f"session={cookie}" for cookie in [*dead, good])
+    response = await client.get("/read", headers={"Cookie": header})
+    assert (response.status, await response.json()) == (200, {})
 
 
 async def test_a_session_this_process_just_wrote_is_served_from_its_cache(

@@ -342,9 +342,12 @@ def test_user_id_must_be_an_int_id(value: Any) -> None:
 async def test_a_loaded_session_checks_the_storage_user_id_key(
     aiohttp_client: Callable[..., Awaitable[TestClient]], lib_url: str
 ) -> None:
-    """With user_id_key="account", a session loaded from the database refuses a non-int
-    `account` as a new one does (the key reaches loaded sessions too)."""
+    """With user_id_key="account", a new session and one loaded from the database both refuse a
+    non-int `account` (the key reaches every session the storage hands out)."""
     client, control = await open_client(aiohttp_client, lib_url, user_id_key="account")
+    control.to_put["new"] = {"account": "five"}
+    response = await client.post("/put?ticket=new")  # a new session: refused as well
+    assert response.status == 400
     response = await client.post("/start", json={"account": 5})
     assert response.status == 200
     cookie = new_cookie(response)
