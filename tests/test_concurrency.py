@@ -186,10 +186,11 @@ async def test_a_loaded_session_was_created_when_its_row_was(
     for _ in range(2):
         response = await cached.get("/data", headers=cookies(cookie))
         assert (await response.json())["created"] == created
-    # And after that process's own write, whose result it caches.
-    assert (await cached.post("/set/b", json=2, headers=cookies(cookie))).status == 200
-    response = await cached.get("/data", headers=cookies(cookie))
-    assert (await response.json())["created"] == created
+    # And after that process's own writes (a key set, a key deleted), whose results it caches.
+    for write in ("/set/b", "/del/b"):
+        assert (await cached.post(write, json=2, headers=cookies(cookie))).status == 200
+        response = await cached.get("/data", headers=cookies(cookie))
+        assert (await response.json())["created"] == created
 
 
 async def test_concurrent_delete_and_set_of_different_keys_both_apply(
