@@ -5,9 +5,10 @@ processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 
 import asyncpg
@@ -272,14 +273,33 @@ async def test_a_dropped_listener_falls_back_to_the_database(
     assert await _eventually(back, seconds=10)
 
 
+def _live_cache(**options: int) -> SessionCache:
+    """A cache enabled as its listener enables it once LISTEN is in place (no listener here)."""
+    cache = SessionCache(**options)
+    cache._enabled = True
+    return cache
+
+
+@contextlib.asynccontextmanager
+async def _listener(
+    cache: SessionCache, connect: Callable[[], Awaitable[asyncpg.Connection]], **options: float
+) -> AsyncIterator[None]:
+    """`cache.listen(connect)` running for the block; cancelled and awaited after it."""
+    task = asyncio.ensure_future(cache.listen(connect, _channel(), **options))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 def _entry(version: int) -> Entry:
     now = time.time()
     return Entry(b"{}", version, int(now), now + 60, now + 120, touched_at=now, cached_at=time.monotonic())
 
 
 def test_what_this_process_ended_is_not_put_back_by_a_load_or_write_in_flight() -> None:
-    cache = SessionCache()
-    cache._enabled = True  # as the listener does once LISTEN is in place
+    cache = _live_cache()
     mine = b"\x03" * 32
     generation = cache.generation  # a load (or a save) of it begins
     cache.evict(mine)  # meanwhile this process logs it out
@@ -288,8 +308,7 @@ def test_what_this_process_ended_is_not_put_back_by_a_load_or_write_in_flight() 
 
 
 def test_a_load_that_raced_a_notification_for_its_session_is_not_cached() -> None:
-    cache = SessionCache()
-    cache._enabled = True  # as the listener does once LISTEN is in place
+    cache = _live_cache()
     mine, other = b"\x01" * 32, b"\x02" * 32
     now = time.time()
 
@@ -324,8 +343,7 @@ def test_a_load_that_raced_a_notification_for_its_session_is_not_cached() -> Non
 def test_an_entry_is_trusted_until_its_idle_deadline_and_not_at_it() -> None:
     """The idle deadline alone ends an entry (the absolute one is later): at that instant the
     database would refuse the session, so the cache must too."""
-    cache = SessionCache()
-    cache._enabled = True
+    cache = _live_cache()
     mine = b"\x04" * 32
     now = time.time()
     entry = Entry(b"{}", 1, int(now), now + 60, now + 3600, touched_at=now, cached_at=time.monotonic())
@@ -340,8 +358,7 @@ def test_a_truncate_or_an_unreadable_notification_empties_and_bars_loads_in_flig
     also bar every load that began before them (which may have read a row that is gone), but not
     loads that began after."""
     for payload, emptied in (("*", True), ("not-hex", False)):
-        cache = SessionCache()
-        cache._enabled = True
+        cache = _live_cache()
         kept, in_flight, later = b"\x05" * 32, b"\x06" * 32, b"\x07" * 32
         cache.put(kept, _entry(1), generation=cache.generation)
         generation = cache.generation  # a load of `in_flight` begins
@@ -357,8 +374,7 @@ def test_the_record_of_notified_sessions_is_bounded_at_four_times_max_entries() 
     """Past 4 x max_entries notified sessions the record is forgotten, and then (only then) every
     load in flight is barred, whatever session it is for: memory stays bounded under a flood of
     notifications without a stale load slipping through."""
-    cache = SessionCache(max_entries=2)
-    cache._enabled = True
+    cache = _live_cache(max_entries=2)
     notified = [bytes([n]) * 32 for n in range(1, 10)]
     load = b"\xaa" * 32
     for id_hash in notified[:7]:
@@ -378,8 +394,7 @@ def test_the_record_of_notified_sessions_is_bounded_at_four_times_max_entries() 
 def test_the_echo_of_this_process_own_write_keeps_its_entry() -> None:
     """A process's own write caches the version it wrote; its notification, when it comes back,
     announces that same version and must not evict it (a newer one does)."""
-    cache = SessionCache()
-    cache._enabled = True
+    cache = _live_cache()
     mine = b"\x08" * 32
     cache.put(mine, _entry(3), generation=cache.generation)
     cache.notified(mine.hex() + ":3")
@@ -413,8 +428,7 @@ async def test_a_listener_gone_silent_is_noticed_within_the_health_check(
     caplog.set_level(logging.INFO, logger="aiohttp_session_postgres")
     async with SilenceableProxy(db_url) as proxy:
         cache = SessionCache()
-        listener = asyncio.ensure_future(cache.listen(partial(asyncpg.connect, proxy.url()), _channel()))
-        try:
+        async with _listener(cache, partial(asyncpg.connect, proxy.url())):
             await _listening(cache)
             for _ in range(60):  # 3 s, that is at least one health check answered
                 assert cache.enabled, "a healthy listener was dropped"
@@ -428,9 +442,6 @@ async def test_a_listener_gone_silent_is_noticed_within_the_health_check(
             assert disabled == [
                 "session cache disabled (listener lost: TimeoutError): reading every session from the database"
             ]
-        finally:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
 
 
 async def test_a_closed_listener_is_noticed_at_once_logged_and_replaced(
@@ -442,8 +453,7 @@ async def test_a_closed_listener_is_noticed_at_once_logged_and_replaced(
     notification: it is never cached; one that began after is."""
     caplog.set_level(logging.INFO, logger="aiohttp_session_postgres")
     cache = SessionCache()
-    listener = asyncio.ensure_future(cache.listen(partial(asyncpg.connect, db_url), _channel(), check_every=120))
-    try:
+    async with _listener(cache, partial(asyncpg.connect, db_url), check_every=120):
         await _listening(cache)
         assert "session cache enabled: listening for session changes" in caplog.messages
         for _ in range(3):
@@ -465,9 +475,6 @@ async def test_a_closed_listener_is_noticed_at_once_logged_and_replaced(
         assert cache.get(stale, time.time()) is None
         cache.put(fresh, _entry(1), generation=cache.generation)
         assert cache.get(fresh, time.time()) is not None
-    finally:
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
     # Stopping is expected: said at INFO, not as a warning.
     last = caplog.records[-1]
     assert (last.levelno, last.getMessage()) == (
@@ -492,8 +499,7 @@ async def test_a_listener_that_cannot_connect_at_first_keeps_trying(
         return await asyncpg.connect(refused if attempts <= 2 else db_url)
 
     cache = SessionCache()
-    listener = asyncio.ensure_future(cache.listen(connect, _channel()))
-    try:
+    async with _listener(cache, connect):
         await _listening(cache)
         assert attempts == 3
         assert caplog.messages == [
@@ -501,17 +507,13 @@ async def test_a_listener_that_cannot_connect_at_first_keeps_trying(
             " reading every session from the database",
             "session cache enabled: listening for session changes",
         ]
-    finally:
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
 
 
 def test_a_newer_version_already_cached_is_kept_and_the_same_version_refreshed() -> None:
     """Two saves (or loads) of one session by this process finish out of order: the newer
     version stays cached. The same version put again (a read that slid the idle deadline)
     replaces the entry, so the later deadline holds."""
-    cache = SessionCache()
-    cache._enabled = True
+    cache = _live_cache()
     mine = b"\x0c" * 32
     now = time.time()
     newer = Entry(b'{"v":5}', 5, int(now), now + 60, now + 3600, touched_at=now, cached_at=time.monotonic())
@@ -538,8 +540,7 @@ def test_a_lower_version_announced_after_a_deletion_does_not_let_a_stale_load_in
     """Any database role may NOTIFY on the channel. A forged (or reordered) `<hex>:1` right after
     the real deletion of that session must not make a load that read the row before the
     deletion look current: what was announced only grows, and a deletion is final."""
-    cache = SessionCache()
-    cache._enabled = True
+    cache = _live_cache()
     mine = b"\x0d" * 32
     generation = cache.generation  # a load reads the row ...
     cache.notified(mine.hex())  # ... the session is logged out ...
@@ -564,8 +565,7 @@ def test_a_lower_version_announced_after_a_deletion_does_not_let_a_stale_load_in
 def test_a_version_that_is_not_ascii_digits_is_read_as_a_deletion() -> None:
     """`str.isdigit()` accepts "²", which `int()` refuses: such a payload (only a forged one can
     carry it) evicts and bars, and raises nothing inside asyncpg's callback."""
-    cache = SessionCache()
-    cache._enabled = True
+    cache = _live_cache()
     mine = b"\x0e" * 32
     cache.put(mine, _entry(3), generation=cache.generation)
     generation = cache.generation
@@ -586,10 +586,6 @@ async def test_a_listener_that_fails_in_any_way_keeps_trying(db_url: str) -> Non
         return await asyncpg.connect("postgresql://127.0.0.1:not-a-port/x" if attempts == 1 else db_url)
 
     cache = SessionCache()
-    listener = asyncio.ensure_future(cache.listen(connect, _channel()))
-    try:
+    async with _listener(cache, connect):
         await _listening(cache)
         assert attempts == 2
-    finally:
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)

@@ -8,10 +8,11 @@ is certain, not left to timing, and reads the row itself from PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -95,15 +96,10 @@ async def test_fifty_concurrent_writers_of_different_keys_all_survive(
     assert await session_count(pg) == 1
 
 
-async def test_a_save_nobody_raced_is_one_update_and_no_merge(
-    harness: tuple[TestClient, Control], pg: asyncpg.Connection
-) -> None:
-    """The optimistic save: the version loaded is the row's, so a save that nobody raced is one
-    UPDATE statement; only a conflict costs the merge (a second UPDATE under a row lock). A
-    statement-level trigger counts the UPDATE statements on the table (a touch inside the load
-    would count too: there is none within the touch interval of the session's creation)."""
-    client, _ = harness
-    cookie = await start(client, a=1)
+@contextlib.asynccontextmanager
+async def update_statements(pg: asyncpg.Connection) -> AsyncIterator[Callable[[], Awaitable[list[int]]]]:
+    """While it lasts, a statement-level trigger records every UPDATE statement on the sessions
+    table (one that changes no row too); yields a function listing the rows each one changed."""
     await pg.execute("CREATE TABLE update_statements (seq serial PRIMARY KEY, rows bigint NOT NULL)")
     try:
         await pg.execute(
@@ -114,9 +110,30 @@ async def test_a_save_nobody_raced_is_one_update_and_no_merge(
             "CREATE TRIGGER count_update AFTER UPDATE ON sessions REFERENCING NEW TABLE AS new"
             " FOR EACH STATEMENT EXECUTE FUNCTION count_update()"
         )
+
+        async def updated() -> list[int]:
+            return [row["rows"] for row in await pg.fetch("SELECT rows FROM update_statements ORDER BY seq")]
+
+        yield updated
+    finally:
+        await pg.execute("DROP TRIGGER IF EXISTS count_update ON sessions")
+        await pg.execute("DROP FUNCTION IF EXISTS count_update()")
+        await pg.execute("DROP TABLE IF EXISTS update_statements")
+
+
+async def test_a_save_nobody_raced_is_one_update_and_no_merge(
+    harness: tuple[TestClient, Control], pg: asyncpg.Connection
+) -> None:
+    """The optimistic save: the version loaded is the row's, so a save that nobody raced is one
+    UPDATE statement; only a conflict costs the merge (a second UPDATE under a row lock). A
+    statement-level trigger counts the UPDATE statements on the table (a touch inside the load
+    would count too: there is none within the touch interval of the session's creation)."""
+    client, _ = harness
+    cookie = await start(client, a=1)
+    async with update_statements(pg) as updated:
         response = await client.post("/set/b", json=2, headers=cookies(cookie))
         assert response.status == 200
-        assert [row["rows"] for row in await pg.fetch("SELECT rows FROM update_statements ORDER BY seq")] == [1]
+        assert await updated() == [1]
         assert await read(client, cookie) == {"a": 1, "b": 2}
         # Nor does it lock the row first: with a FOR KEY SHARE lock held on it (which the UPDATE,
         # changing no key, does not conflict with, and the merge's FOR UPDATE does), it saves.
@@ -124,10 +141,6 @@ async def test_a_save_nobody_raced_is_one_update_and_no_merge(
             await pg.execute("SELECT 1 FROM sessions WHERE id_hash = $1 FOR KEY SHARE", id_hash(cookie))
             response = await asyncio.wait_for(client.post("/set/c", json=3, headers=cookies(cookie)), 30)
             assert response.status == 200
-    finally:
-        await pg.execute("DROP TRIGGER IF EXISTS count_update ON sessions")
-        await pg.execute("DROP FUNCTION IF EXISTS count_update()")
-        await pg.execute("DROP TABLE IF EXISTS update_statements")
 
 
 async def test_a_read_within_the_touch_interval_of_its_last_touch_writes_nothing(
@@ -139,24 +152,11 @@ async def test_a_read_within_the_touch_interval_of_its_last_touch_writes_nothing
     maker, _ = await open_client(aiohttp_client, db_url)
     cookie = await start(maker, a=1)
     reader, _ = await open_client(aiohttp_client, db_url)  # another process: it knows nothing yet
-    await pg.execute("CREATE TABLE update_statements (seq serial PRIMARY KEY, rows bigint NOT NULL)")
-    try:
-        await pg.execute(
-            "CREATE FUNCTION count_update() RETURNS trigger LANGUAGE plpgsql AS"
-            " $$ BEGIN INSERT INTO update_statements (rows) SELECT count(*) FROM new; RETURN NULL; END $$"
-        )
-        await pg.execute(
-            "CREATE TRIGGER count_update AFTER UPDATE ON sessions REFERENCING NEW TABLE AS new"
-            " FOR EACH STATEMENT EXECUTE FUNCTION count_update()"
-        )
+    async with update_statements(pg) as updated:
         for _ in range(3):
             assert await read(reader, cookie) == {"a": 1}
         # The first read's statement carries the (conditional) touch; the others none.
-        assert await pg.fetchval("SELECT count(*) FROM update_statements") == 1
-    finally:
-        await pg.execute("DROP TRIGGER IF EXISTS count_update ON sessions")
-        await pg.execute("DROP FUNCTION IF EXISTS count_update()")
-        await pg.execute("DROP TABLE IF EXISTS update_statements")
+        assert len(await updated()) == 1
 
 
 async def test_a_loaded_session_was_created_when_its_row_was(
