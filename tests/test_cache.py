@@ -589,3 +589,46 @@ async def test_a_listener_that_fails_in_any_way_keeps_trying(db_url: str) -> Non
     async with _listener(cache, connect):
         await _listening(cache)
         assert attempts == 2
+
+
+async def test_forged_notifications_only_make_a_process_forget(
+    make_client: MakeClient,
+    db_url: str,
+    user: tuple[str, str],
+    pg: asyncpg.Connection,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The README: any role that can connect can NOTIFY on the channel, and a forged notification
+    can only make a process forget what it cached. Sent for real to the app's listener: a
+    truncation, garbage, versions that are no number, lower, negative or huge, a payload near
+    PostgreSQL's 8,000-byte limit. The session is still served right, nothing is logged as an
+    error, the cache stays on, and a real logout through another process still takes effect."""
+    a, b = await _two_processes(make_client, db_url)
+    await login(a, *user)
+    cookie = session_cookie(a)
+    assert cookie is not None
+    assert (await a.get("/", allow_redirects=False)).status == 200
+    cache = a.app[STORAGE]._cache
+    assert cache is not None
+    row = id_hash_of(cookie.split(".")[0]).hex()
+    payloads = ["*", "not-hex", f"{row}:\u00b2", f"{row}:1", f"{row}:-1", f"{row}:" + "9" * 30, ":", "x" * 7900]
+    before = cache.generation
+    for payload in payloads:
+        await pg.execute("SELECT pg_notify($1, $2)", _channel(), payload)
+
+    async def all_arrived() -> bool:
+        return cache.generation >= before + len(payloads)
+
+    assert await _eventually(all_arrived), "the forged notifications never arrived"
+    home = await a.get("/", allow_redirects=False)
+    assert (home.status, "Hello" in await home.text()) == (200, True)
+    assert cache.enabled
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+    _use_cookie(b, cookie)
+    assert (await b.post("/logout", allow_redirects=False)).status == 303
+
+    async def refused() -> bool:
+        return (await a.get("/", allow_redirects=False)).status == 303
+
+    assert await _eventually(refused), "a logout through another process was not seen after forged notifications"
