@@ -119,15 +119,17 @@ class SessionCache:
         try:
             id_hash = bytes.fromhex(hex_id)
         except ValueError:
-            self._floor = self.generation  # unreadable: trust no load in flight
+            id_hash = b""
+        if len(id_hash) != 32:  # no ID hash (SHA-256): unreadable, and never a key held in memory
+            self._floor = self.generation  # trust no load in flight
             return
         if len(self._notified_at) >= 4 * self._max_entries:
             # Bounded memory: forget who was notified, and refuse every load already in flight.
             self._notified_at.clear()
             self._floor = self.generation
-        # Not plain ASCII digits (str.isdigit() also takes "²", which int() refuses): read as a
-        # deletion, the safe side.
-        new_version = int(version) if version.isascii() and version.isdigit() else None
+        # Not a bigint in plain ASCII digits (str.isdigit() also takes "²", which int() refuses,
+        # and int() refuses 4,300 digits and more): read as a deletion, the safe side.
+        new_version = int(version) if version.isascii() and version.isdigit() and len(version) <= 19 else None
         # What was announced only ever grows (a deletion is final): a forged or reordered
         # notification of a lower version must not make a load in flight look current again.
         previous = self._notified_at.get(id_hash)

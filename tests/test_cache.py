@@ -600,9 +600,10 @@ async def test_forged_notifications_only_make_a_process_forget(
 ) -> None:
     """The README: any role that can connect can NOTIFY on the channel, and a forged notification
     can only make a process forget what it cached. Sent for real to the app's listener: a
-    truncation, garbage, versions that are no number, lower, negative or huge, a payload near
-    PostgreSQL's 8,000-byte limit. The session is still served right, nothing is logged as an
-    error, the cache stays on, and a real logout through another process still takes effect."""
+    truncation, garbage, an "ID" of 3,950 bytes, versions that are no number, lower, negative,
+    huge or 5,000 digits long, a payload near PostgreSQL's 8,000-byte limit. The session is still
+    served right, nothing is logged as an error, no long key is held, the cache stays on, and a
+    real logout through another process still takes effect."""
     a, b = await _two_processes(make_client, db_url)
     await login(a, *user)
     cookie = session_cookie(a)
@@ -611,7 +612,10 @@ async def test_forged_notifications_only_make_a_process_forget(
     cache = a.app[STORAGE]._cache
     assert cache is not None
     row = id_hash_of(cookie.split(".")[0]).hex()
-    payloads = ["*", "not-hex", f"{row}:\u00b2", f"{row}:1", f"{row}:-1", f"{row}:" + "9" * 30, ":", "x" * 7900]
+    payloads = [
+        *("*", "not-hex", ":", "x" * 7900, "ab" * 3950),
+        *(f"{row}:{version}" for version in ("\u00b2", "1", "-1", "9" * 30, "9" * 5000)),
+    ]
     before = cache.generation
     for payload in payloads:
         await pg.execute("SELECT pg_notify($1, $2)", _channel(), payload)
@@ -624,6 +628,7 @@ async def test_forged_notifications_only_make_a_process_forget(
     assert (home.status, "Hello" in await home.text()) == (200, True)
     assert cache.enabled
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert all(len(key) == 32 for key in cache._notified_at)  # a long "ID" holds no memory
 
     _use_cookie(b, cookie)
     assert (await b.post("/logout", allow_redirects=False)).status == 303
