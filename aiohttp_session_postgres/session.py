@@ -126,6 +126,13 @@ class PostgresSession(Session):
         if data is not None:
             payload = {"created": created if created is not None else int(time.time()), "session": data}
         super().__init__(None if id_hash is None else id_hash.hex(), data=payload, new=id_hash is None)
+        # aiohttp-session moves its `_created` to "now" on every change (a cookie storage's
+        # notion); here `created` stays the session's creation time, as its row has it.
+        self._creation = self._created
+
+    @property
+    def created(self) -> int:
+        return self._creation
 
     @property
     def loaded(self) -> Mapping[str, Any]:
@@ -149,17 +156,8 @@ class PostgresSession(Session):
         check_json_value(key, value)
         if key == self._user_id_key and value is not None and not _is_user_id(value):
             raise TypeError(f"session[{key!r}] ties the session to a users row: it must be an int id or None")
-        created = self._created
         super().__setitem__(key, value)
-        self._created = created  # see __delitem__
         self._assigned.add(key)
-
-    def __delitem__(self, key: str) -> None:
-        # aiohttp-session moves `created` to "now" on every change (a cookie storage's notion);
-        # here it stays the session's creation time, as its row has it, cached or not.
-        created = self._created
-        super().__delitem__(key)
-        self._created = created
 
     def require(self, check: Callable[[Connection], Awaitable[bool]], *, otherwise: web.HTTPException) -> None:
         """Create this new session only if `await check(conn)` returns True, run on the connection
