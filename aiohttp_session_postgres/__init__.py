@@ -16,12 +16,12 @@ may change.
 """
 
 from .cache import SessionCache
-from .deadline import UNAVAILABLE_ERRORS, DatabaseUnavailable
+from .pool import UNAVAILABLE_ERRORS
+from .rows import SessionInfo
 from .schema import SCHEMA_VERSION, create_schema, schema_sql, schema_statements, schema_version
 from .session import PostgresSession
-from .storage import PostgresStorage, get_session, new_session, renew_session
+from .storage import DatabaseUnavailable, PostgresStorage, get_session, new_session, renew_session
 from .sweeper import sweep
-from .user_sessions import SessionInfo
 
 __version__ = "0.1.0"
 

@@ -16,7 +16,7 @@ import sys
 
 import asyncpg
 
-from .deadline import DATABASE_ERRORS
+from .pool import DATABASE_ERRORS
 from .schema import schema_sql
 from .sweeper import sweep
 

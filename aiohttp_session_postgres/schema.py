@@ -15,6 +15,8 @@ from functools import cached_property
 from importlib import resources
 from typing import TYPE_CHECKING
 
+from .sql import live
+
 if TYPE_CHECKING:
     from ._types import Connection
 
@@ -30,9 +32,6 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_IDENTIFIER_BYTES = 63
 _LONGEST_SUFFIX = "_notify_truncate"
 
-# How long the row of a session whose cookie a login or renewal used stays as a tombstone, during
-# which that cookie cannot start another session (storage.py); the sweeper leaves it until then.
-TOMBSTONE_SECONDS = 10.0
 MAX_PARTITIONS = 64
 
 # Serialises create_schema() across processes (pg_advisory_xact_lock): two concurrent
@@ -136,6 +135,7 @@ def schema_sql(table: str = "sessions", schema: str = "public", *, partitions: i
         channel=_literal(names.channel),
         update_trigger=names.derived("notify_update"),
         delete_trigger=names.derived("notify_delete"),
+        live_old=live(row="OLD"),
         truncate_trigger=names.derived("notify_truncate"),
         version_comment=_literal(_VERSION_COMMENT),
     )

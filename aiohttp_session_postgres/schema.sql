@@ -71,7 +71,7 @@ CREATE TRIGGER {update_trigger} AFTER UPDATE ON {table}
 
 DROP TRIGGER IF EXISTS {delete_trigger} ON {table};
 CREATE TRIGGER {delete_trigger} AFTER DELETE ON {table}
-    FOR EACH ROW WHEN (OLD.idle_expires_at > now() AND OLD.absolute_expires_at > now())
+    FOR EACH ROW WHEN ({live_old})
     EXECUTE FUNCTION {notify_function}();
 
 DROP TRIGGER IF EXISTS {truncate_trigger} ON {table};

@@ -14,28 +14,14 @@ import random
 
 import asyncpg
 
-from .deadline import DATABASE_ERRORS
-from .schema import TOMBSTONE_SECONDS, TableNames
+from .pool import DATABASE_ERRORS
+from .schema import TableNames
+from .sql import SWEEP_SQL, TOMBSTONE_SECONDS, Statement
 
 log = logging.getLogger("aiohttp_session_postgres")
 
 # Arbitrary but fixed: every process sweeping one database must use the same key.
 SWEEP_LOCK_KEY = 0x5E5510_5EEB
-
-# idle_expires_at <= absolute_expires_at always holds (a CHECK constraint), so the idle deadline
-# alone decides expiry and one index serves this query. Deleting by ctid (a TID scan) measured
-# about 8x faster than `id_hash IN (subquery)`; no row locks are needed, since expired rows are
-# never updated, and the outer condition re-checks expiry against the row actually deleted.
-# A tombstone (replaced_at set) is kept TOMBSTONE_SECONDS, the time its cookie cannot start
-# another session.
-DELETE_BATCH_SQL = """
-DELETE FROM {table}
-WHERE ctid = ANY (ARRAY(
-    SELECT ctid FROM {table}
-    WHERE idle_expires_at <= now() AND (replaced_at IS NULL OR replaced_at <= now() - make_interval(secs => $2))
-    LIMIT $1
-)) AND idle_expires_at <= now() AND (replaced_at IS NULL OR replaced_at <= now() - make_interval(secs => $2))
-"""
 
 
 async def sweep(
@@ -47,18 +33,26 @@ async def sweep(
     timeout: float = 10.0,
 ) -> int | None:
     """Delete expired sessions (and tombstones past their time) from `schema`.`table`, in
-    transactions of `batch_size` rows, until none is left. The number deleted, or None when
-    another process holds the sweep lock (one sweeper at a time across all processes: a
-    PostgreSQL advisory lock). Each statement may take `timeout` seconds. For a scheduled job:
-    no keys needed. Raises ValueError for bad names, asyncpg errors from the database."""
-    names = TableNames(table, schema)
-    sql = DELETE_BATCH_SQL.format(table=names.qualified)
+    transactions of `batch_size` rows, until none is left: one sweeper at a time across all
+    processes (a PostgreSQL advisory lock). For a scheduled job: no keys needed.
+
+    :param pool: an asyncpg pool on the database.
+    :param table: the sessions table's name.
+    :param schema: the PostgreSQL schema that holds it.
+    :param batch_size: rows deleted per transaction.
+    :param timeout: seconds each statement (and the wait for a connection) may take.
+    :returns: the number deleted, or None when another process holds the sweep lock.
+    :raises ValueError: for a table or schema name that is not a plain identifier.
+    :raises asyncpg.PostgresError: and asyncpg's other errors, from the database.
+    """
+    statement = Statement(SWEEP_SQL, table=TableNames(table, schema).qualified)
+    args = statement.args(batch_size=batch_size, tombstone_seconds=TOMBSTONE_SECONDS)
     total = 0
     while True:
         async with pool.acquire(timeout=timeout) as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SWEEP_LOCK_KEY):
                 return None if total == 0 else total
-            status = await conn.execute(sql, batch_size, TOMBSTONE_SECONDS, timeout=timeout)
+            status = await conn.execute(statement.sql, *args, timeout=timeout)
         deleted = int(status.split()[-1])
         total += deleted
         if deleted < batch_size:

@@ -51,11 +51,9 @@ def front(trust_proxy: bool) -> Middleware:
                 response = pages.error(403, "Forbidden", "Cross-origin request refused.")
             else:
                 response = await handler(request)
-        except DatabaseUnavailable:
-            response = pages.error(
-                503, "Temporarily unavailable", "The service is briefly unavailable. Please try again in a moment."
-            )
-            response.headers["Retry-After"] = "2"
+        except DatabaseUnavailable as exc:
+            response = pages.error(503, "Temporarily unavailable", exc.MESSAGE)
+            response.headers[hdrs.RETRY_AFTER] = exc.headers[hdrs.RETRY_AFTER]
         except web.HTTPException as exc:  # redirects, 404: a response raised
             headers.secure(exc, https=https)
             raise

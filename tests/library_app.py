@@ -104,6 +104,14 @@ async def library_app(
         session["late"] = True
         return web.Response(text="written late")
 
+    @routes.post("/renew-after")
+    async def renew_after(request: web.Request) -> web.Response:
+        # As /write-after, but the late change is a renewal (a new ID for the session).
+        await get_session(request)
+        await asyncio.sleep(float(request.query["seconds"]))
+        await renew_session(request)
+        return web.Response(text="renewed late")
+
     @routes.post("/switch-after")
     async def switch_after(request: web.Request) -> web.Response:
         # As /write-after, but the late change is of the user_id.
@@ -175,7 +183,7 @@ async def _remote_from_header(request: web.Request, handler: Handler) -> web.Str
 
 async def _listening(storage: PostgresStorage) -> None:
     # The listener connects in the background once the app starts; until then the cache is off.
-    cache = storage._cache
+    cache = storage.cache
     assert cache is not None, "listen_dsn needs a cache"
     for _ in range(100):
         if cache.enabled:

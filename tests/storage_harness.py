@@ -221,7 +221,7 @@ async def open_client(
 
 
 async def cache_ready(app: web.Application) -> None:
-    session_cache = app[STORAGE]._cache
+    session_cache = app[STORAGE].cache
     assert session_cache is not None
     async with asyncio.timeout(WAIT):
         while not session_cache.enabled:  # noqa: ASYNC110 - the cache offers no event to wait on

@@ -30,7 +30,7 @@ MakeClient = Callable[[Settings], Awaitable[TestClient]]
 
 
 async def _cache_ready(client: TestClient) -> None:
-    cache = client.app[STORAGE]._cache
+    cache = client.app[STORAGE].cache
     assert cache is not None
     for _ in range(100):
         if cache.enabled:
@@ -186,7 +186,7 @@ async def test_a_load_racing_a_real_notification_never_leaves_stale_data_cached(
     a, b = await make_client(settings), await make_client(settings)
     await _cache_ready(a)
     await _cache_ready(b)
-    cache = b.app[STORAGE]._cache
+    cache = b.app[STORAGE].cache
     assert cache is not None
     for attempt in range(5):
         a.session.cookie_jar.clear()
@@ -222,7 +222,7 @@ async def test_the_cache_holds_at_most_session_cache_size_sessions(
     for browser in browsers:
         await login(browser, *user)
     # Every browser's requests go to the first process: its cache keeps the three newest.
-    cache = browsers[0].app[STORAGE]._cache
+    cache = browsers[0].app[STORAGE].cache
     assert cache is not None
     cookies = [session_cookie(browser) for browser in browsers]
     for cookie in cookies:
@@ -244,7 +244,7 @@ async def test_a_dropped_listener_falls_back_to_the_database(
     assert cookie is not None
     _use_cookie(b, cookie)
     assert (await b.get("/", allow_redirects=False)).status == 200  # cached in b
-    cache = b.app[STORAGE]._cache
+    cache = b.app[STORAGE].cache
     assert cache is not None
     assert len(cache) == 1
 
@@ -609,7 +609,7 @@ async def test_forged_notifications_only_make_a_process_forget(
     cookie = session_cookie(a)
     assert cookie is not None
     assert (await a.get("/", allow_redirects=False)).status == 200
-    cache = a.app[STORAGE]._cache
+    cache = a.app[STORAGE].cache
     assert cache is not None
     row = id_hash_of(cookie.split(".")[0]).hex()
     payloads = [

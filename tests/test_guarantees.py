@@ -54,6 +54,21 @@ async def test_a_save_held_past_the_idle_deadline_does_not_bring_the_session_bac
     assert await read(client, cookie) == {}  # still ended: the late save wrote nothing
 
 
+async def test_a_renewal_held_past_the_idle_deadline_does_not_carry_the_session_into_a_new_id(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_pg: asyncpg.Connection
+) -> None:
+    """The renewal uses up only a live session (sql.RENEW_SQL, `idle_expires_at > now()`): one
+    loaded before its idle deadline and renewed after it creates nothing, however far off its
+    absolute deadline is."""
+    client = await library_app(aiohttp_client, pool, idle_timeout=2, absolute_timeout=60, touch_interval=1)
+    cookie = await started(client)
+    late = await client.post("/renew-after?seconds=3", headers=with_cookie(cookie))
+    assert late.status == 200
+    assert "session" not in late.cookies  # no new ID was handed out
+    assert await lib_pg.fetchval("SELECT count(*) FROM sessions WHERE idle_expires_at > now()") == 0
+    assert await read(client, cookie) == {}
+
+
 # -- every documented event -------------------------------------------------------------------------
 
 

@@ -361,13 +361,13 @@ async def test_the_memories_of_touched_and_dead_sessions_stay_bounded_and_work_w
     sessions would take minutes."""
     client = await library_app(aiohttp_client, pool, touch_interval=60)
     storage = client.app[LIBRARY_STORAGE]
-    storage._touched.update((os.urandom(32), 0.0) for _ in range(10_000))
-    storage._dead.update((os.urandom(32), None) for _ in range(9_999))
-    oldest_touch, oldest_dead = next(iter(storage._touched)), next(iter(storage._dead))
+    storage._rows._touch_times.update((os.urandom(32), 0.0) for _ in range(10_000))
+    storage._rows._dead.update((os.urandom(32), None) for _ in range(9_999))
+    oldest_touch, oldest_dead = next(iter(storage._rows._touch_times)), next(iter(storage._rows._dead))
     cookie = await started(client)  # its touch time is remembered: the oldest goes
-    assert (len(storage._touched), oldest_touch in storage._touched) == (10_000, False)
+    assert (len(storage._rows._touch_times), oldest_touch in storage._rows._touch_times) == (10_000, False)
     assert await read(client, cookie) == {"user_id": USER}
-    assert id_hash_of(cookie.split(".")[0]) in storage._touched
+    assert id_hash_of(cookie.split(".")[0]) in storage._rows._touch_times
 
     other = await started(client)
     for dead in (cookie, other):
@@ -375,7 +375,7 @@ async def test_the_memories_of_touched_and_dead_sessions_stay_bounded_and_work_w
         for _ in range(2):
             assert await read(client, dead) == {}
         # The first fills the memory to 10,000 exactly; the second makes the oldest go.
-        assert (len(storage._dead), oldest_dead in storage._dead) == (10_000, dead is cookie)
+        assert (len(storage._rows._dead), oldest_dead in storage._rows._dead) == (10_000, dead is cookie)
         fp = fingerprint_of(id_hash_of(dead.split(".")[0]))
         looked_up = [line for line in app_log.events() if line.startswith(f"event=session.expired_or_unknown fp={fp}")]
         assert len(looked_up) == 1

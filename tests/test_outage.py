@@ -138,7 +138,7 @@ async def test_database_outage_answers_503_in_time_and_session_survives(
             # the server closes the connection, within 2 s (the health check) when it goes silent.
             noticed_within = 1.0 if how == "stopped" else 2.5
             began = time.monotonic()
-            while client.app[STORAGE]._cache.enabled:  # type: ignore[union-attr]
+            while client.app[STORAGE].cache.enabled:  # type: ignore[union-attr]
                 assert time.monotonic() - began < noticed_within, "the listener's loss went unnoticed"
                 await asyncio.sleep(0.05)
         response, elapsed = await timed(client.get("/", allow_redirects=False))
@@ -237,7 +237,7 @@ async def test_logout_through_the_other_instance(
     if cache:  # both listeners in place, or the cache is off and the test proves nothing
         for app in (first.app, second.app):
             for _ in range(100):
-                if app[STORAGE]._cache is not None and app[STORAGE]._cache.enabled:
+                if app[STORAGE].cache is not None and app[STORAGE].cache.enabled:
                     break
                 await asyncio.sleep(0.05)
             else:

@@ -279,36 +279,39 @@ async def test_which_partitions_each_statement_touches(
     fresh = os.urandom(32)
     while await partition_of(pg, fresh) == await partition_of(pg, live):  # a new ID elsewhere
         fresh = os.urandom(32)
-    sql = storage._sql
+    sql = storage._rows.sql
     ip, agent, data = "203.0.113.7", "test", b"\x00" * 40
+    one = {"id_hash": live, "idle_timeout": 1800.0, "client_ip": ip, "user_agent": agent}
+    new = {**one, "id_hash": fresh, "user_id": USER, "data": data, "absolute_timeout": 43200.0}
+    new |= {"tombstone_seconds": 10.0}
+    write = {"id_hash": live, "data": data, "user_id": USER, "idle_timeout": 1800.0, "version": version}
 
     # A request on its own session: one partition, the session's.
-    for what, (statement, *args) in {
-        "load (a read that touches)": (sql.load, live, 1800.0, 0.0, ip, agent),
-        "read (inside the touch interval)": (sql.read, live),
-        "update (a write)": (sql.update, live, data, USER, 1800.0, version),
-        "update, durable_writes=False": (sql.update_async, live, data, USER, 1800.0, version),
-        "lock (the merge after a version conflict)": (sql.lock, live),
-        "end (logout)": (sql.end, live),
-        "create (a new session, no cookie before)": (
-            sql.create_async, fresh, USER, data, 1800.0, 43200.0, None, ip, agent, 10.0,
-        ),
-    }.items():  # fmt: skip
-        assert len(await partitions_touched(pg, mode, statement, *args)) == 1, what
+    for what, (statement, args) in {
+        "load (a read that touches)": (sql.load_and_touch, {**one, "touch_interval": 0.0}),
+        "read (inside the touch interval)": (sql.load, {"id_hash": live}),
+        "update (a write)": (sql.save, write),
+        "update, durable_writes=False": (sql.save_async, write),
+        "lock (the merge after a version conflict)": (sql.lock, {"id_hash": live}),
+        "end (logout)": (sql.end, {"id_hash": live}),
+        "create (a new session, no cookie before)": (sql.create_async, {**new, "replaced": None}),
+    }.items():
+        assert len(await partitions_touched(pg, mode, statement.sql, *statement.args(**args))) == 1, what
 
     # A login from a session, and a renewal: the used session's partition and the new one's.
-    for what, (statement, *args) in {
-        "create (a login from a session)": (sql.create, fresh, USER, data, 1800.0, 43200.0, live, ip, agent, 10.0),
-        "renew": (sql.renew, fresh, USER, data, 1800.0, live, ip, agent, storage._names.channel),
+    renew = {k: v for k, v in new.items() if k not in ("absolute_timeout", "tombstone_seconds")}
+    for what, (statement, args) in {
+        "create (a login from a session)": (sql.create, {**new, "replaced": live}),
+        "renew": (sql.renew, {**renew, "replaced": live, "table_key": storage._rows.names.channel}),
     }.items():
-        assert len(await partitions_touched(pg, mode, statement, *args)) == 2, what
+        assert len(await partitions_touched(pg, mode, statement.sql, *statement.args(**args))) == 2, what
 
     # What selects by user_id reads every partition: once per login (the cap) or sessions page.
-    for what, (statement, *args) in {
-        "trim (the cap, after a login)": (sql.trim, USER, 2),
-        "list a user's sessions": (sql.list, USER, 100),
-        "end one by its handle": (sql.end_one, USER, live[:8]),
-        "end the others": (sql.end_others, USER, live),
-        "end all": (sql.end_all, USER),
+    for what, (statement, args) in {
+        "trim (the cap, after a login)": (sql.trim, {"user_id": USER, "max_sessions": 2}),
+        "list a user's sessions": (sql.list_user, {"user_id": USER, "limit": 100}),
+        "end one by its handle": (sql.end_by_handle, {"user_id": USER, "handle": live[:8]}),
+        "end the others": (sql.end_user, {"user_id": USER, "keep_id_hash": live}),
+        "end all": (sql.end_user, {"user_id": USER, "keep_id_hash": None}),
     }.items():
-        assert await partitions_touched(pg, mode, statement, *args) == NAMES, what
+        assert await partitions_touched(pg, mode, statement.sql, *statement.args(**args)) == NAMES, what

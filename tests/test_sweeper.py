@@ -17,7 +17,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres import PostgresStorage, create_schema, sweep
-from aiohttp_session_postgres.schema import TOMBSTONE_SECONDS, TableNames
+from aiohttp_session_postgres.schema import TableNames
+from aiohttp_session_postgres.sql import TOMBSTONE_SECONDS
 from aiohttp_session_postgres.sweeper import SWEEP_LOCK_KEY
 from conftest import AUTH_KEY, ENC_KEY, make_settings
 from servers import database_name, eventually, wait_for_lock_waiters

@@ -1,4 +1,6 @@
-"""One deadline for each database operation: an outage becomes an HTTP 503, never a hang.
+"""The way to the database: one deadline for each operation, and connections handed out in the
+order they were asked for. An outage becomes `Unavailable` (the storage answers it with an HTTP
+503), never a hang.
 
 Waiting for a pool connection, connecting and the statements all count against the same
 deadline. asyncpg's own defaults (60 s to connect, no statement timeout) would hold a request far
@@ -14,7 +16,6 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import asyncpg
-from aiohttp import web
 
 if TYPE_CHECKING:
     from ._types import Connection, PoolConnection
@@ -50,16 +51,9 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg
 CANCEL_BUDGET = 3.0
 
 
-class DatabaseUnavailable(web.HTTPServiceUnavailable):
-    """HTTP 503 with `Retry-After: 2`, raised when the database does not answer within the
-    storage's `database_timeout`. A subclass of aiohttp's HTTPServiceUnavailable: unhandled, it is
-    the response; a middleware may catch it to render its own page."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            text="The service is briefly unavailable. Please try again in a moment.\n",
-            headers={"Retry-After": "2"},
-        )
+class Unavailable(Exception):
+    """The database did not answer within the deadline, or could not be reached (one of
+    UNAVAILABLE_ERRORS, which is its ``__cause__``)."""
 
 
 class FairPool:
@@ -79,7 +73,7 @@ class FairPool:
     @asynccontextmanager
     async def connection(self, timeout: float) -> AsyncIterator[Connection]:
         """A connection whose whole use (the wait for a turn, acquire, statements, release) ends
-        within `timeout` seconds; otherwise DatabaseUnavailable is raised (the statement cut
+        within `timeout` seconds; otherwise Unavailable is raised (the statement cut
         short is cancelled in the database too). An error raised inside the block by anything
         but the database (an OSError of another service's client, say) passes through."""
         loop = asyncio.get_running_loop()
@@ -141,9 +135,9 @@ async def _release(pool: asyncpg.Pool, conn: PoolConnection, remaining: float) -
         raise _unavailable(exc) from exc
 
 
-def _unavailable(exc: BaseException) -> DatabaseUnavailable:
+def _unavailable(exc: BaseException) -> Unavailable:
     log.warning("database unavailable: %s", type(exc).__name__)
-    return DatabaseUnavailable()
+    return Unavailable()
 
 
 def _closed(conn: Connection) -> bool:

@@ -1,0 +1,406 @@
+"""SessionRows: the sessions table's operations over an asyncpg pool, with typed results.
+
+Each operation is one statement of sql.py (a merge after a version conflict, and ending a user's
+sessions, one short transaction), under the pool's deadline (pool.py: `Unavailable` when the
+database does not answer). Session data goes in sealed and comes out opened (cipher.py), bound to
+its row. It knows rows, not HTTP: cookies, requests and events are the storage's (storage.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, NamedTuple
+
+import asyncpg
+
+from .cipher import DataCipher
+from .memo import BoundedMap
+from .pool import FairPool
+from .schema import TableNames
+from .sql import TOMBSTONE_SECONDS, Statements
+from .sweeper import sweep
+from .tokens import HANDLE_BYTES, handle_of
+
+if TYPE_CHECKING:
+    from ._types import Connection
+
+log = logging.getLogger("aiohttp_session_postgres")
+
+# Session IDs remembered per process, dead ones and touch times (32 bytes and a dict slot each:
+# about 2 MB).
+MEMO_SIZE = 10_000
+
+_HANDLE_RE = re.compile(rf"[0-9a-f]{{{HANDLE_BYTES * 2}}}")
+
+
+class Client(NamedTuple):
+    """What a session keeps of the client at its last touch, valid text for PostgreSQL."""
+
+    ip: str
+    user_agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A live session's row, its data opened. Times are epoch seconds, the database's clock."""
+
+    plaintext: bytes  # the data as JSON
+    version: int
+    created: int
+    idle_deadline: float
+    absolute_deadline: float
+    touched_at: float  # last_seen_at
+    current_key: bool = True  # sealed under the newest encryption key
+
+
+class Gone(enum.Enum):
+    """Why `load` found no live session; the value is the event that says so ("": none)."""
+
+    KNOWN_DEAD = ""  # this process found it dead before: no lookup
+    EXPIRED_OR_UNKNOWN = "session.expired_or_unknown"
+    UNDECRYPTABLE = "session.undecryptable"
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """A session made by `create` or `renew`, and the user's sessions the cap ended for it."""
+
+    row: Row
+    ended: tuple[bytes, ...] = ()
+
+
+class NotCreated(enum.Enum):
+    """Why `create` or `renew` made nothing; the value is the reason logged."""
+
+    REPLACED_OR_ENDED = "replaced_or_ended"  # the session to replace was used by another, or ended
+    PRECONDITION = "precondition"  # the creation's check said no
+
+
+class NotSaved(enum.Enum):
+    """Why `save` wrote nothing."""
+
+    ENDED = "ended"  # the session ended while the request ran
+    UNKNOWN_KEY = "unknown_key"  # newer data under a key this process lacks: left as it is
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """One live session, as a user's device list shows it.
+
+    :param handle: names the session publicly (16 hex digits, from the ID hash): it can end the
+        session through `PostgresStorage.end_session`, never authenticate.
+    :param created_at: when the session began (timezone-aware, UTC).
+    :param last_seen_at: its last touch (timezone-aware, UTC).
+    :param client_ip: the client address of the last touch, as sent (escape before display).
+    :param user_agent: the User-Agent of the last touch, as sent (escape before display).
+    """
+
+    handle: str
+    created_at: datetime
+    last_seen_at: datetime
+    client_ip: str
+    user_agent: str
+
+
+class _Refused(Exception):
+    pass
+
+
+def handle_prefix(handle: str) -> bytes | None:
+    """The ID-hash prefix a handle names, or None when it is not a well-formed handle."""
+    return bytes.fromhex(handle) if _HANDLE_RE.fullmatch(handle) else None
+
+
+class SessionRows:
+    """The table's operations for one storage.
+
+    :param pool: an asyncpg pool on a database that has the table.
+    :param cipher: seals and opens session data.
+    :param names: the table.
+    :param idle_timeout: seconds without a touch that end a session.
+    :param absolute_timeout: seconds after creation that end a session.
+    :param touch_interval: a load slides the idle deadline at most this often (seconds).
+    :param database_timeout: seconds one operation may take, pool wait included.
+    :param max_sessions_per_user: live sessions kept per user after a creation; None: no cap.
+    :param durable_writes: False: writes that end nothing skip waiting for the WAL flush.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        cipher: DataCipher,
+        *,
+        names: TableNames,
+        idle_timeout: float,
+        absolute_timeout: float,
+        touch_interval: float,
+        database_timeout: float,
+        max_sessions_per_user: int | None,
+        durable_writes: bool,
+    ) -> None:
+        self.pool = pool
+        self.names = names
+        self.idle_timeout = idle_timeout
+        self.absolute_timeout = absolute_timeout
+        self.touch_interval = touch_interval
+        self.database_timeout = database_timeout
+        self.max_sessions_per_user = max_sessions_per_user
+        self.sql = Statements(names.qualified, durable_writes=durable_writes)
+        self._cipher = cipher
+        self._fair = FairPool(pool)
+        # IDs found dead (unknown, expired, used up): an ID never comes back to life, so a browser
+        # that keeps sending a dead cookie costs a lookup once, not on every request.
+        self._dead: BoundedMap[bytes, None] = BoundedMap(MEMO_SIZE)
+        # When each session was last touched (epoch seconds, the database's clock), as this
+        # process last learned it: within the touch interval a load needs no touch.
+        self._touch_times: BoundedMap[bytes, float] = BoundedMap(MEMO_SIZE)
+
+    def connection(self) -> contextlib.AbstractAsyncContextManager[Connection]:
+        """A connection whose whole use ends within `database_timeout`, handed out in the order
+        asked for. Raises pool.Unavailable."""
+        return self._fair.connection(self.database_timeout)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, conn: Connection | None) -> AsyncIterator[Connection]:
+        if conn is not None:
+            yield conn
+            return
+        async with self.connection() as pooled:
+            yield pooled
+
+    # -- one session -----------------------------------------------------------------------
+
+    async def load(self, id_hash: bytes, client: Callable[[], Client], *, cacheable: bool = True) -> Row | Gone:
+        """The live session `id_hash`, its idle deadline slid if its last touch is older than the
+        touch interval (noting `client()`, called only then). `cacheable`: no meaning here (see
+        CachedRows)."""
+        if id_hash in self._dead:
+            return Gone.KNOWN_DEAD
+        touched = self._touch_times.get(id_hash)
+        async with self.connection() as conn:
+            if touched is not None and time.time() - touched < self.touch_interval:
+                record = await conn.fetchrow(self.sql.load.sql, id_hash)
+            else:
+                ip, user_agent = client()
+                args = self.sql.load_and_touch.args(
+                    id_hash=id_hash,
+                    touch_interval=self.touch_interval,
+                    idle_timeout=self.idle_timeout,
+                    client_ip=ip,
+                    user_agent=user_agent,
+                )
+                record = await conn.fetchrow(self.sql.load_and_touch.sql, *args)
+        if record is None:
+            self._dead[id_hash] = None
+            return Gone.EXPIRED_OR_UNKNOWN
+        opened = self._cipher.open(record["data"], id_hash)
+        if opened is None:
+            self._dead[id_hash] = None
+            return Gone.UNDECRYPTABLE
+        return self._row(id_hash, record, *opened)
+
+    async def create(
+        self,
+        id_hash: bytes,
+        plaintext: bytes,
+        *,
+        user_id: int | None,
+        replaces: bytes | None,
+        client: Client,
+        check: Callable[[Connection], Awaitable[bool]] | None = None,
+    ) -> Created | NotCreated:
+        """A new session, using up `replaces` (the session a login came with) in the same
+        statement; then, for a user, the cap. `check`: run first, in the creation's transaction;
+        False creates nothing. A creation that ends a session, or that a check guards, waits for
+        the WAL flush even with durable_writes=False."""
+        durable = replaces is not None or check is not None
+        statement = self.sql.create if durable else self.sql.create_async
+        args = statement.args(
+            id_hash=id_hash,
+            user_id=user_id,
+            data=self._cipher.seal(plaintext, id_hash),
+            idle_timeout=self.idle_timeout,
+            absolute_timeout=self.absolute_timeout,
+            replaced=replaces,
+            client_ip=client.ip,
+            user_agent=client.user_agent,
+            tombstone_seconds=TOMBSTONE_SECONDS,
+        )
+        async with self.connection() as conn:
+            if check is None:
+                record = await conn.fetchrow(statement.sql, *args)
+            else:
+                # The check and the write in one transaction: what the check reads (and locks,
+                # FOR SHARE) cannot change before the session exists.
+                try:
+                    async with conn.transaction():
+                        if not await check(conn):
+                            raise _Refused  # rolls back whatever the check did
+                        record = await conn.fetchrow(statement.sql, *args)
+                except _Refused:
+                    return NotCreated.PRECONDITION
+            return await self._with_cap(conn, id_hash, plaintext, user_id, record)
+
+    async def renew(
+        self, id_hash: bytes, plaintext: bytes, *, user_id: int | None, replaces: bytes, client: Client
+    ) -> Created | NotCreated:
+        """A new session replacing the live session `replaces`, keeping its creation time and
+        absolute deadline, in one statement; then, for a user, the cap."""
+        statement = self.sql.renew
+        args = statement.args(
+            id_hash=id_hash,
+            user_id=user_id,
+            data=self._cipher.seal(plaintext, id_hash),
+            idle_timeout=self.idle_timeout,
+            replaced=replaces,
+            client_ip=client.ip,
+            user_agent=client.user_agent,
+            table_key=self.names.channel,
+        )
+        async with self.connection() as conn:
+            record = await conn.fetchrow(statement.sql, *args)
+            return await self._with_cap(conn, id_hash, plaintext, user_id, record)
+
+    async def _with_cap(
+        self, conn: Connection, id_hash: bytes, plaintext: bytes, user_id: int | None, record: asyncpg.Record | None
+    ) -> Created | NotCreated:
+        if record is None:
+            return NotCreated.REPLACED_OR_ENDED
+        ended: tuple[bytes, ...] = ()
+        if user_id is not None and self.max_sessions_per_user is not None:
+            ended = await self._trim(conn, user_id, self.max_sessions_per_user)
+        return Created(self._row(id_hash, record, plaintext, True), ended)
+
+    async def _trim(self, conn: Connection, user_id: int, keep: int) -> tuple[bytes, ...]:
+        """TRIM_SQL. Its rows are locked in id_hash order, but a statement that locks one of them
+        otherwise (a cascade from the app's own tables, a hand-written DELETE) can still form a
+        cycle with it: PostgreSQL then rolls one back, and the trim, which changes nothing else,
+        is simply tried again."""
+        args = self.sql.trim.args(user_id=user_id, max_sessions=keep)
+        for attempt in range(3):
+            try:
+                return tuple(record["id_hash"] for record in await conn.fetch(self.sql.trim.sql, *args))
+            except asyncpg.exceptions.TransactionRollbackError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def save(
+        self,
+        id_hash: bytes,
+        plaintext: bytes,
+        *,
+        user_id: int | None,
+        version: int,
+        durable: bool,
+        rebase: Callable[[bytes], tuple[bytes, int | None]],
+    ) -> Row | NotSaved:
+        """Write `plaintext` over the row if it is still at `version`. If someone saved since,
+        `rebase(latest)` re-applies this request's changes to the latest data (returning it and
+        its user_id), under the row's lock, for the length of one merge. `durable`: wait for the
+        flush even with durable_writes=False (a merge decides for itself: a change of user_id
+        ends something)."""
+        async with self.connection() as conn:
+            record = await self._write(conn, id_hash, plaintext, user_id, version, durable=durable)
+            if record is None:
+                return await self._merge(conn, id_hash, rebase)
+        return self._row(id_hash, record, plaintext, True)
+
+    async def _merge(
+        self, conn: Connection, id_hash: bytes, rebase: Callable[[bytes], tuple[bytes, int | None]]
+    ) -> Row | NotSaved:
+        async with conn.transaction():
+            latest = await conn.fetchrow(self.sql.lock.sql, id_hash)
+            if latest is None:
+                return NotSaved.ENDED
+            opened = self._cipher.open(latest["data"], id_hash)
+            if opened is None:
+                # Re-written under a key this process does not have (a rotation rolling out):
+                # leave it alone rather than replace data we cannot read.
+                return NotSaved.UNKNOWN_KEY
+            plaintext, user_id = rebase(opened[0])
+            durable = user_id != latest["user_id"]
+            record = await self._write(conn, id_hash, plaintext, user_id, latest["version"], durable=durable)
+        return NotSaved.ENDED if record is None else self._row(id_hash, record, plaintext, True)
+
+    async def _write(
+        self, conn: Connection, id_hash: bytes, plaintext: bytes, user_id: int | None, version: int, *, durable: bool
+    ) -> asyncpg.Record | None:
+        statement = self.sql.save if durable else self.sql.save_async
+        args = statement.args(
+            id_hash=id_hash,
+            data=self._cipher.seal(plaintext, id_hash),
+            user_id=user_id,
+            idle_timeout=self.idle_timeout,
+            version=version,
+        )
+        record: asyncpg.Record | None = await conn.fetchrow(statement.sql, *args)
+        return record
+
+    async def end(self, id_hash: bytes) -> bool:
+        """Delete the session (a logout). False when it was not live, or a tombstone (whose
+        cookie a login used)."""
+        async with self.connection() as conn:
+            return bool(await conn.fetchval(self.sql.end.sql, id_hash))
+
+    # -- one user's sessions ---------------------------------------------------------------
+
+    async def list_user(self, user_id: int, *, limit: int, conn: Connection | None = None) -> list[SessionInfo]:
+        """The user's live sessions, most recently active first, at most `limit`."""
+        async with self._connection(conn) as c:
+            records = await c.fetch(self.sql.list_user.sql, *self.sql.list_user.args(user_id=user_id, limit=limit))
+        return [
+            SessionInfo(handle_of(r["id_hash"]), r["created_at"], r["last_seen_at"], r["client_ip"], r["user_agent"])
+            for r in records
+        ]
+
+    async def end_by_handle(self, user_id: int, handle: str, *, conn: Connection | None = None) -> tuple[bytes, ...]:
+        """End the user's live session named `handle`: its ID hash, or nothing for another
+        user's handle, a malformed one, or one already ended."""
+        prefix = handle_prefix(handle)
+        if prefix is None:
+            return ()
+        statement = self.sql.end_by_handle
+        async with self._connection(conn) as c:
+            records = await c.fetch(statement.sql, *statement.args(user_id=user_id, handle=prefix))
+        return tuple(r["id_hash"] for r in records)
+
+    async def end_user(
+        self, user_id: int, *, keep: bytes | None = None, conn: Connection | None = None
+    ) -> tuple[bytes, ...]:
+        """End every live session of the user but `keep`, under the user's lock (a renewal in
+        flight is ended too, or finds its session gone): the ID hashes ended."""
+        async with self._connection(conn) as c, c.transaction():
+            lock, end = self.sql.user_lock, self.sql.end_user
+            await c.execute(lock.sql, *lock.args(table_key=self.names.channel, user_id=user_id))
+            records = await c.fetch(end.sql, *end.args(user_id=user_id, keep_id_hash=keep))
+        return tuple(r["id_hash"] for r in records)
+
+    # -- the table -------------------------------------------------------------------------
+
+    async def sweep(self, *, batch_size: int, timeout: float) -> int | None:
+        """Delete expired rows (sweeper.sweep): the number deleted, None when another process
+        is sweeping."""
+        return await sweep(
+            self.pool, table=self.names.table, schema=self.names.schema, batch_size=batch_size, timeout=timeout
+        )
+
+    def _row(self, id_hash: bytes, record: asyncpg.Record, plaintext: bytes, current_key: bool) -> Row:
+        row = Row(
+            plaintext,
+            record["version"],
+            record["created"],
+            record["idle_deadline"],
+            record["absolute_deadline"],
+            record["last_seen"],
+            current_key,
+        )
+        self._touch_times[id_hash] = row.touched_at
+        return row
