@@ -10,9 +10,9 @@ by the database's clock.
     app.cleanup_ctx.append(storage.sweeper())
 
 Public names: PostgresStorage, PostgresSession, SessionCache, SessionInfo, get_session,
-new_session, renew_session, sweep, DatabaseUnavailable, UNAVAILABLE_ERRORS, create_schema,
-schema_sql, schema_statements, schema_version, SCHEMA_VERSION. Everything else is internal and
-may change.
+new_session, renew_session, sweep, ArgumentError, DatabaseUnavailable, UNAVAILABLE_ERRORS,
+create_schema, schema_sql, schema_statements, schema_version, SCHEMA_VERSION. Everything else is
+internal and may change.
 """
 
 from .cache import SessionCache
@@ -20,7 +20,7 @@ from .pool import UNAVAILABLE_ERRORS
 from .rows import SessionInfo
 from .schema import SCHEMA_VERSION, create_schema, schema_sql, schema_statements, schema_version
 from .session import PostgresSession
-from .storage import DatabaseUnavailable, PostgresStorage, get_session, new_session, renew_session
+from .storage import ArgumentError, DatabaseUnavailable, PostgresStorage, get_session, new_session, renew_session
 from .sweeper import sweep
 
 __version__ = "0.1.0"
@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SCHEMA_VERSION",
     "UNAVAILABLE_ERRORS",
+    "ArgumentError",
     "DatabaseUnavailable",
     "PostgresSession",
     "PostgresStorage",

@@ -14,15 +14,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
+AES_KEY_BYTES = (16, 24, 32)  # AES-128, -192, -256
 
 
 class DataCipher:
+    """Seals with the first of `keys`, opens with any (PostgresStorage.check_arguments checks
+    them: at least one, each of AES_KEY_BYTES)."""
+
     def __init__(self, keys: tuple[bytes, ...]) -> None:
-        if not keys:
-            raise ValueError("at least one encryption key is required")
-        for i, key in enumerate(keys, 1):
-            if not isinstance(key, bytes) or len(key) not in (16, 24, 32):
-                raise ValueError(f"encryption key {i} must be bytes, 16, 24 or 32 long (AES-128, -192, -256)")
         self._aeads = tuple(AESGCM(k) for k in keys)
 
     def seal(self, plaintext: bytes, id_hash: bytes) -> bytes:

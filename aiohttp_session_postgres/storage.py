@@ -24,14 +24,14 @@ from aiohttp_session import AbstractStorage, Session
 
 from . import events
 from .cache import CachedRows, SessionCache
-from .cipher import DataCipher
+from .cipher import AES_KEY_BYTES, DataCipher
 from .cookies import SessionCookie
 from .pool import Unavailable
 from .rows import Client, Created, NotCreated, NotSaved, Row, SessionInfo, SessionRows
 from .schema import TableNames
 from .session import PostgresSession, check_json_value
 from .sweeper import sweep_forever
-from .tokens import TokenSigner, VerifiedToken
+from .tokens import MIN_KEY_BYTES, TokenSigner, VerifiedToken
 
 if TYPE_CHECKING:
     from ._types import Connection
@@ -57,6 +57,19 @@ class DatabaseUnavailable(web.HTTPServiceUnavailable):
 
     def __init__(self) -> None:
         super().__init__(text=self.MESSAGE + "\n", headers={"Retry-After": str(self.RETRY_AFTER)})
+
+
+class ArgumentError(ValueError):
+    """A keyword argument of PostgresStorage that breaks its rule; the message says which rule.
+
+    :ivar argument: the keyword's name (for the timeouts' order, the one found at fault).
+    :ivar index: for a key list, the position (from 1) of the key at fault; else None.
+    """
+
+    def __init__(self, message: str, *, argument: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
+        self.index = index
 
 
 class PostgresStorage(AbstractStorage):
@@ -105,9 +118,8 @@ class PostgresStorage(AbstractStorage):
         session still waits for the flush, and so survives any crash, and PostgreSQL's log being
         one sequence, that flush makes every earlier write durable too. So with False, never take
         a right away by changing session data (a role, an MFA flag): end or renew the session.
-    :raises ValueError: unless ``0 <= touch_interval < idle_timeout <= absolute_timeout``, for a
-        `database_timeout` that is not positive, a `max_sessions_per_user` below 1, keys of the
-        wrong length, or a table or schema name that is not a plain identifier.
+    :raises ArgumentError: (a ValueError) as `check_arguments` says.
+    :raises ValueError: for a table or schema name that is not a plain identifier.
     """
 
     def __init__(
@@ -129,12 +141,15 @@ class PostgresStorage(AbstractStorage):
         cache: SessionCache | None = None,
         durable_writes: bool = True,
     ) -> None:
-        if not 0 <= touch_interval < idle_timeout <= absolute_timeout:
-            raise ValueError("need 0 <= touch_interval < idle_timeout <= absolute_timeout")
-        if database_timeout <= 0:
-            raise ValueError("database_timeout must be positive")
-        if max_sessions_per_user is not None and max_sessions_per_user < 1:
-            raise ValueError("max_sessions_per_user must be at least 1 (or None)")
+        self.check_arguments(
+            authentication_keys=authentication_keys,
+            encryption_keys=encryption_keys,
+            idle_timeout=idle_timeout,
+            absolute_timeout=absolute_timeout,
+            touch_interval=touch_interval,
+            database_timeout=database_timeout,
+            max_sessions_per_user=max_sessions_per_user,
+        )
         attributes: dict[str, Any] = {"path": "/", "httponly": True, "samesite": "Lax"}
         super().__init__(cookie_name=cookie_name, max_age=absolute_timeout, secure=secure, **attributes)
         signer = TokenSigner(tuple(authentication_keys))
@@ -153,6 +168,48 @@ class PostgresStorage(AbstractStorage):
         self._rows = (
             SessionRows(pool, cipher, **options) if cache is None else CachedRows(pool, cipher, cache=cache, **options)
         )
+
+    @staticmethod
+    def check_arguments(
+        *,
+        authentication_keys: Sequence[bytes],
+        encryption_keys: Sequence[bytes],
+        idle_timeout: float,
+        absolute_timeout: float,
+        touch_interval: float,
+        database_timeout: float,
+        max_sessions_per_user: int | None,
+    ) -> None:
+        """Check these arguments as the constructor does, without a pool: for an app that reads
+        them from its configuration and wants to say what is wrong at start-up.
+
+        :raises ArgumentError: unless ``0 <= touch_interval < idle_timeout <= absolute_timeout``;
+            for a `database_timeout` that is not positive, a `max_sessions_per_user` below 1, no
+            key in a list, an authentication key that is not bytes of at least 32 (RFC 2104: a
+            key shorter than the hash's output weakens it), an encryption key that is not bytes
+            of 16, 24 or 32 (AES-128, -192, -256).
+        """
+        order = "need 0 <= touch_interval < idle_timeout <= absolute_timeout"
+        if not 0 <= touch_interval < idle_timeout:
+            raise ArgumentError(order, argument="touch_interval")
+        if not idle_timeout <= absolute_timeout:
+            raise ArgumentError(order, argument="idle_timeout")
+        if database_timeout <= 0:
+            raise ArgumentError("database_timeout must be positive", argument="database_timeout")
+        if max_sessions_per_user is not None and max_sessions_per_user < 1:
+            raise ArgumentError("max_sessions_per_user must be at least 1 (or None)", argument="max_sessions_per_user")
+        if not authentication_keys:
+            raise ArgumentError("at least one authentication key is required", argument="authentication_keys")
+        for i, key in enumerate(authentication_keys, 1):
+            if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
+                message = f"authentication key {i} must be bytes, at least {MIN_KEY_BYTES} long"
+                raise ArgumentError(message, argument="authentication_keys", index=i)
+        if not encryption_keys:
+            raise ArgumentError("at least one encryption key is required", argument="encryption_keys")
+        for i, key in enumerate(encryption_keys, 1):
+            if not isinstance(key, bytes) or len(key) not in AES_KEY_BYTES:
+                message = f"encryption key {i} must be bytes, 16, 24 or 32 long (AES-128, -192, -256)"
+                raise ArgumentError(message, argument="encryption_keys", index=i)
 
     @property
     def cache(self) -> SessionCache | None:

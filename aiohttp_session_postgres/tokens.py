@@ -38,12 +38,10 @@ MIN_KEY_BYTES = 32
 
 
 class TokenSigner:
+    """Signs with the first of `keys`, verifies with any (PostgresStorage.check_arguments checks
+    them: at least one, each at least MIN_KEY_BYTES)."""
+
     def __init__(self, keys: tuple[bytes, ...]) -> None:
-        if not keys:
-            raise ValueError("at least one authentication key is required")
-        for i, key in enumerate(keys, 1):
-            if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
-                raise ValueError(f"authentication key {i} must be bytes, at least {MIN_KEY_BYTES} long")
         # Keyed once: copying a prepared HMAC skips re-deriving the key pads on every request.
         self._macs = tuple(hmac.new(key, digestmod=hashlib.sha256) for key in keys)
         # Cookies that verified: a returning cookie skips the HMAC and SHA-256 (measured at ~4% of

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from aiohttp_session_postgres import ArgumentError, PostgresStorage
+
 from .throttle import Limits
 
-# The Go sample's determineEncryptionKey: 16, 24 or 32 bytes as they are; longer is cut to 32.
-_AES_KEY_LENGTHS = (16, 24, 32)
-_MIN_AUTHENTICATION_KEY_CHARS = 32
 DEFAULT_EMBEDDED_DIR = Path(__file__).resolve().parent.parent / ".local"
 
 
@@ -119,10 +118,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     idle = _int(env, "SESSION_IDLE_TIMEOUT", 1800, minimum=1)
     absolute = _int(env, "SESSION_ABSOLUTE_TIMEOUT", 43200, minimum=1)
     touch = _int(env, "SESSION_TOUCH_INTERVAL", 60, minimum=0)
-    if not touch < idle:
-        raise ConfigError(f"SESSION_TOUCH_INTERVAL ({touch}) must be less than SESSION_IDLE_TIMEOUT ({idle})")
-    if not idle <= absolute:
-        raise ConfigError(f"SESSION_IDLE_TIMEOUT ({idle}) must not exceed SESSION_ABSOLUTE_TIMEOUT ({absolute})")
 
     cookie_name = env.get("SESSION_COOKIE_NAME", "session")
     if not cookie_name or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in cookie_name):
@@ -143,12 +138,31 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR")
 
+    authentication_keys = _split_keys(auth_raw, "SESSION_AUTHENTICATION_KEY") if auth_raw else ()
+    # The Go sample's determineEncryptionKey: 16, 24 or 32 bytes as they are; longer is cut to 32.
+    encryption_keys = tuple(key[:32] for key in _split_keys(enc_raw, "SESSION_ENCRYPTION_KEY")) if enc_raw else ()
+    database_timeout = _float(env, "DATABASE_TIMEOUT", 1.5, minimum=0.1, maximum=30.0)
+    max_per_user = _int(env, "SESSION_MAX_PER_USER", 10, minimum=1, maximum=10_000)
+    try:  # the library's rules, for what it takes; our own message
+        PostgresStorage.check_arguments(
+            # Embedded mode supplies its own keys later: the timeouts are checked all the same.
+            authentication_keys=authentication_keys or (b"\0" * 32,),
+            encryption_keys=encryption_keys or (b"\0" * 32,),
+            idle_timeout=idle,
+            absolute_timeout=absolute,
+            touch_interval=touch,
+            database_timeout=database_timeout,
+            max_sessions_per_user=max_per_user,
+        )
+    except ArgumentError as exc:
+        raise ConfigError(_setting_error(exc, authentication_keys, encryption_keys)) from None
+
     return Settings(
         database_url=database_url,
         database_pool_max=_int(env, "DATABASE_POOL_MAX", 5, minimum=1, maximum=100),
-        database_timeout=_float(env, "DATABASE_TIMEOUT", 1.5, minimum=0.1, maximum=30.0),
-        authentication_keys=parse_authentication_keys(auth_raw) if auth_raw else (),
-        encryption_keys=parse_encryption_keys(enc_raw) if enc_raw else (),
+        database_timeout=database_timeout,
+        authentication_keys=authentication_keys,
+        encryption_keys=encryption_keys,
         idle_timeout=idle,
         absolute_timeout=absolute,
         touch_interval=touch,
@@ -177,43 +191,46 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             per_username=_int(env, "LOGIN_MAX_FAILURES_PER_USERNAME", 100, minimum=1),
             per_device=_int(env, "LOGIN_MAX_FAILURES_PER_DEVICE", 5, minimum=1),
         ),
-        max_sessions_per_user=_int(env, "SESSION_MAX_PER_USER", 10, minimum=1, maximum=10_000),
+        max_sessions_per_user=max_per_user,
         embedded_dir=Path(env.get("EMBEDDED_DATA_DIR") or DEFAULT_EMBEDDED_DIR).resolve(),
         first_user_name=env.get("FIRST_USER_NAME") or "admin",
         first_user_password=env.get("FIRST_USER_PASSWORD") or None,
     )
 
 
-def parse_authentication_keys(raw: str) -> tuple[bytes, ...]:
-    """Comma-separated, newest first; each at least 32 characters."""
-    keys = _split_keys(raw, "SESSION_AUTHENTICATION_KEY")
-    for i, key in enumerate(keys, 1):
-        if len(key) < _MIN_AUTHENTICATION_KEY_CHARS:
-            raise ConfigError(
-                f"SESSION_AUTHENTICATION_KEY key {i} is {len(key)} characters: it must be at least "
-                f"{_MIN_AUTHENTICATION_KEY_CHARS}"
-            )
-    return tuple(k.encode() for k in keys)
+# The library's arguments, as the settings that give them.
+_SETTING_OF = {
+    "idle_timeout": "SESSION_IDLE_TIMEOUT",
+    "absolute_timeout": "SESSION_ABSOLUTE_TIMEOUT",
+    "touch_interval": "SESSION_TOUCH_INTERVAL",
+    "database_timeout": "DATABASE_TIMEOUT",
+    "max_sessions_per_user": "SESSION_MAX_PER_USER",
+    "authentication_keys": "SESSION_AUTHENTICATION_KEY",
+    "encryption_keys": "SESSION_ENCRYPTION_KEY",
+}
 
 
-def parse_encryption_keys(raw: str) -> tuple[bytes, ...]:
+def _setting_error(exc: ArgumentError, authentication: tuple[bytes, ...], encryption: tuple[bytes, ...]) -> str:
+    """The library's ArgumentError, said in terms of the settings."""
+    if exc.argument in ("touch_interval", "idle_timeout"):
+        return (
+            "SESSION_TOUCH_INTERVAL must be less than SESSION_IDLE_TIMEOUT, which must not exceed"
+            f" SESSION_ABSOLUTE_TIMEOUT ({exc})"
+        )
+    setting = _SETTING_OF[exc.argument]
+    if exc.index is not None:
+        key = (authentication if exc.argument == "authentication_keys" else encryption)[exc.index - 1]
+        longer = "; a longer one is cut to 32" if exc.argument == "encryption_keys" else ""
+        return f"{setting} key {exc.index} is {len(key)} bytes: {exc}{longer}"
+    return f"{setting}: {exc}"
+
+
+def _split_keys(raw: str, name: str) -> tuple[bytes, ...]:
     """Comma-separated, newest first; each the UTF-8 bytes of the value, as the Go sample takes them."""
-    result = []
-    for i, key in enumerate(_split_keys(raw, "SESSION_ENCRYPTION_KEY"), 1):
-        data = key.encode()
-        if len(data) > 32:
-            data = data[:32]
-        if len(data) not in _AES_KEY_LENGTHS:
-            raise ConfigError(f"SESSION_ENCRYPTION_KEY key {i} is {len(data)} bytes: it must be 16, 24, or at least 32")
-        result.append(data)
-    return tuple(result)
-
-
-def _split_keys(raw: str, name: str) -> list[str]:
     keys = [k.strip() for k in raw.split(",")]
     if any(not k for k in keys):
         raise ConfigError(f"{name} has an empty entry: list keys comma-separated, newest first")
-    return keys
+    return tuple(k.encode() for k in keys)
 
 
 def _check_database_url(url: str) -> None:
