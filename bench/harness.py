@@ -63,7 +63,15 @@ APP_KEYS = {
 }
 
 
-def app_environment(database_url: str, port: int, **extra: str) -> dict[str, str]:
+BASELINE = "@base"
+
+
+def kind(variant: str) -> str:
+    """The variant a name stands for: `ship@base` is `ship` run from the baseline's checkout."""
+    return variant.split("@", 1)[0]
+
+
+def app_environment(database_url: str, port: int, *, root: Path = ROOT, **extra: str) -> dict[str, str]:
     """The environment of a dyno running the app, as far as the app reads it: the config vars
     Heroku sets (DATABASE_URL, keys, PORT), TRUST_PROXY as on a dyno (DYNO itself is not set:
     it would require TLS to the database, which the local server has not), nothing else."""
@@ -71,7 +79,7 @@ def app_environment(database_url: str, port: int, **extra: str) -> dict[str, str
     env.update(APP_KEYS)
     env.update({"DATABASE_URL": database_url, "PORT": str(port), "HOST": "127.0.0.1", "TRUST_PROXY": "on"})
     env.update(extra)
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(root)
     return env
 
 
@@ -234,20 +242,26 @@ class Server:
     cookies_file: Path | None = None
     # Requests wrk sent it (the shipped command has no /bench/stats to ask).
     wrk_requests: int = 0
+    # The checkout it runs from: this one, or a baseline's worktree (`--baseline`).
+    root: Path = ROOT
     _log: Any = None
 
     @property
+    def kind(self) -> str:
+        return kind(self.variant)
+
+    @property
     def shipped(self) -> bool:
-        return self.variant in SHIPPED
+        return self.kind in SHIPPED
 
     async def start(self, http: aiohttp.ClientSession, *, wait_cache: bool = False) -> Server:
         self.port = free_port()
         if self.shipped:
             # Workers may use both cores (wrk's too: a dyno has its cores to itself, this machine not).
-            cpu = "0,1" if "WEB_CONCURRENCY" in SHIPPED[self.variant] else self.cpu
+            cpu = "0,1" if "WEB_CONCURRENCY" in SHIPPED[self.kind] else self.cpu
             args = ["taskset", "-c", cpu, sys.executable, "-m", "app", "serve"]
         else:
-            args = ["taskset", "-c", self.cpu, sys.executable, "-m", "bench.server", self.variant]
+            args = ["taskset", "-c", self.cpu, sys.executable, "-m", "bench.server", self.kind]
             args += ["--port", str(self.port)]
         if self.database_url and not self.shipped:
             args += ["--database-url", self.database_url]
@@ -255,14 +269,14 @@ class Server:
             args += ["--redis-prefix", self.redis_prefix]
         log_path = self.raw_dir / f"server-{self.label}.log"
         self._log = log_path.open("w")  # closed in stop()
-        if self.shipped or self.variant.startswith("app-"):
-            extra = SHIPPED.get(self.variant) or VARIANT_ENV.get(self.variant, {})
+        if self.shipped or self.kind.startswith("app-"):
+            extra = SHIPPED.get(self.kind) or VARIANT_ENV.get(self.kind, {})
             assert self.database_url is not None
-            env = app_environment(self.database_url, self.port, **extra)
+            env = app_environment(self.database_url, self.port, root=self.root, **extra)
         else:
-            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            env = {**os.environ, "PYTHONPATH": str(self.root)}
         self.proc = await asyncio.create_subprocess_exec(
-            *args, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=env
+            *args, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.root, env=env
         )
         self.pid = self.proc.pid  # taskset execs the interpreter: same pid
         deadline = time.monotonic() + 60

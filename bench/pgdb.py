@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -50,12 +53,18 @@ async def drop_stale() -> list[str]:
     return dropped
 
 
-async def create(label: str) -> str:
-    """A new, migrated database of this run; returns its URL."""
+async def create(label: str, *, root: Path | None = None) -> str:
+    """A new, migrated database of this run; returns its URL. `root`: migrated by the app of that
+    checkout (a baseline's), not this one's."""
     name = f"{PREFIX}{os.getpid()}_{label}"
     await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await _admin(f'CREATE DATABASE "{name}"')
     url = with_database(server_url(), name)
+    if root is not None:
+        upgrade = [sys.executable, "-c", "import sys; from app import schema; schema.upgrade(sys.argv[1])", url]
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        await asyncio.to_thread(subprocess.run, upgrade, cwd=root, env=env, check=True, capture_output=True)
+        return url
     from app import schema
 
     await asyncio.to_thread(schema.upgrade, url)  # Alembic runs its own event loop

@@ -114,6 +114,29 @@ def _throughput_table(scenario: dict[str, Any], ratios: list[tuple[str, str]]) -
     return lines
 
 
+def _baseline_table(scenario: dict[str, Any]) -> list[str]:
+    """Each variant beside itself run from the --baseline revision, in the same rounds."""
+    vs = scenario["variants"]
+    pairs = [(k, vs[k], vs[k + "@base"]) for k in vs if k + "@base" in vs]
+    if not pairs:
+        return []
+    lines = [
+        "",
+        "Against the baseline (`--baseline`), each pair measured back to back in every round:",
+        "",
+        "| Variant | req/s now | req/s baseline | now / baseline (paired) | spread now | spread baseline |"
+        " p50 ms now / baseline | p99 ms now / baseline |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for _, now, base in pairs:
+        lines.append(
+            f"| {now['label']} | {_f(now['rps'])} | {_f(base['rps'])} | {_ratio(now, base)} |"
+            f" {_f(now['rps_min'])}-{_f(now['rps_max'])} | {_f(base['rps_min'])}-{_f(base['rps_max'])} |"
+            f" {_f(now['p50_ms'], 2)} / {_f(base['p50_ms'], 2)} | {_f(now['p99_ms'], 2)} / {_f(base['p99_ms'], 2)} |"
+        )
+    return lines
+
+
 def _statement_details(scenarios: dict[str, Any]) -> list[str]:
     lines = []
     for key in ("1", "2", "3"):
@@ -483,7 +506,8 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
         "",
         f"Run {m['date']} on {m['cores']} cores ({m['cpu_model']}, {m['memory_gib']} GiB), Linux {m['kernel']};"
         f" Python {m['python']}, PostgreSQL {results.get('postgres')}, Redis {results.get('redis_version')},"
-        f" {m['wrk']}. Code: {results.get('code', 'unknown')}.",
+        f" {m['wrk']}. Code: {results.get('code', 'unknown')}"
+        + (f"; baseline: {results['baseline']}." if results.get("baseline") else "."),
         f"{'Quick' if c['quick'] else 'Full'} mode: {c['rounds']} interleaved rounds, {c['duration']} s measured"
         f" after {c['warmup']} s warm-up per variant and round, {c['connections']} connections, one server"
         f" process pinned to core 0, wrk pinned to core 1; medians over the rounds. Total"
@@ -505,12 +529,15 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
         ratios = [("redis", "Redis"), ("cookie", "cookie"), ("db", "DB limit"), ("app-redis", "whole app Redis"),
                   ("app-db", "whole app SELECT 1")]  # fmt: skip
         lines += _throughput_table(s["1"], ratios)
+        lines += _baseline_table(s["1"])
     if "2" in s:
         lines += ["", f"## (2) {s['2']['title']}", ""]
         lines += _throughput_table(s["2"], [("redis", "Redis"), ("cookie", "cookie"), ("app-redis", "whole app Redis")])
+        lines += _baseline_table(s["2"])
     if "3" in s:
         lines += ["", f"## (3) {s['3']['title']}", ""]
         lines += _throughput_table(s["3"], [("redis", "Redis"), ("app-redis", "whole app Redis")])
+        lines += _baseline_table(s["3"])
     if "8" in s:
         lines += ["", f"## (8) {s['8']['title']}", ""]
         lines += _throughput_table(s["8"], [("ship", "one process")])

@@ -30,7 +30,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ import asyncpg
 
 from . import pgdb
 from .harness import (
+    BASELINE,
     CLK_TCK,
     LOAD_CPU,
     ROOT,
@@ -51,6 +54,7 @@ from .harness import (
     background_load,
     children_cpu,
     ensure_wrk,
+    kind,
     log,
     machine_busy,
     machine_facts,
@@ -67,6 +71,8 @@ from .server import NEW_SESSION_USERS, VARIANTS, WHOLE_APP
 RESULTS = ROOT / "bench" / "results"
 # Variants with a database of their own: the storages', and the shipped command's.
 DB_VARIANTS = _DB_VARIANTS | set(SHIPPED)
+# The variants that run this project's store: `--baseline` runs each of them from the baseline too.
+OURS = frozenset({"pg", "pgcache", "app-pg", "app-pgnocache", "app-pgasync", "app-remotes", *SHIPPED})
 ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 SCENARIO_TITLES = {
     1: "Read-only authenticated GET (hot path)",
@@ -105,6 +111,7 @@ class Config:
     quiet_threshold: float
     quiet_timeout: float
     noise_limit: float
+    baseline: str | None = None
 
 
 def make_config(args: argparse.Namespace) -> Config:
@@ -130,6 +137,7 @@ def make_config(args: argparse.Namespace) -> Config:
         quiet_threshold=args.quiet_threshold,
         quiet_timeout=args.quiet_timeout,
         noise_limit=args.noise_limit,
+        baseline=args.baseline,
     )
 
 
@@ -151,6 +159,8 @@ class Bench:
             "background_load": [],
         }
         self.admin: asyncpg.Connection = None  # type: ignore[assignment]
+        # --baseline: a git worktree of that revision, whose code runs the `...@base` variants.
+        self.baseline_root: Path | None = None
         self.redis_pids = [pid for pid, comm in _processes() if comm == "redis-server"]
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -181,22 +191,39 @@ class Bench:
         server.wrk_requests += run["requests"]
         return run
 
-    async def new_db(self, label: str, users: int) -> str:
-        url = await pgdb.create(label)
+    async def new_db(self, label: str, users: int, *, variant: str = "") -> str:
+        url = await pgdb.create(label, root=self.root_of(variant) if variant.endswith(BASELINE) else None)
         await pgdb.add_users(url, users)
         return url
 
+    def root_of(self, variant: str) -> Path:
+        if not variant.endswith(BASELINE):
+            return ROOT
+        assert self.baseline_root is not None, "a baseline variant without --baseline"
+        return self.baseline_root
+
+    def with_baseline(self, variants: list[str]) -> list[str]:
+        """`variants`, and with --baseline each of ours again from the baseline, right after it
+        (so every round measures the two side by side)."""
+        if self.baseline_root is None:
+            return variants
+        return [w for v in variants for w in ((v, v + BASELINE) if v in OURS else (v,))]
+
     async def start(self, variant: str, label: str, db_url: str | None, **kw: Any) -> Server:
-        server = Server(variant, label, self.raw, database_url=db_url, redis_prefix=self.redis_prefix, **kw)
-        wait_cache = variant in ("pgcache", "app-pg", "app-pgasync", "app-remotes") or (
-            variant in SHIPPED and "nocache" not in variant
+        server = Server(
+            variant, label, self.raw, database_url=db_url, redis_prefix=self.redis_prefix, root=self.root_of(variant),
+            **kw,
+        )  # fmt: skip
+        name = kind(variant)
+        wait_cache = name in ("pgcache", "app-pg", "app-pgasync", "app-remotes") or (
+            name in SHIPPED and "nocache" not in name
         )
         return await server.start(self.http, wait_cache=wait_cache)
 
     async def service_pids(self, server: Server) -> list[int]:
         """The processes that serve this variant besides itself: its PostgreSQL backends and
         PostgreSQL's own writer processes, or the Redis server."""
-        if server.variant == "redis":
+        if server.kind == "redis":
             return self.redis_pids
         if not server.database_url:
             return []
@@ -288,7 +315,7 @@ class Bench:
     async def count_pass(self, variant: str, db_url: str | None, path: str, cookies_file: Path | None, label: str):
         """Statements per request, counted on the wire (untimed): a second server of the variant
         connects through the counting proxy to the same database."""
-        if variant not in DB_VARIANTS:
+        if kind(variant) not in DB_VARIANTS:
             return None
         parts = urlsplit(db_url)
         query = parse_qs(parts.query)
@@ -368,15 +395,17 @@ class Bench:
         dbs: dict[str, str] = {}
         before: dict[str, dict] = {}
         whole = WHOLE_APP | set(SHIPPED)
-        paths = {v: (whole_path or path) if v in whole else path for v in variants}
+        variants = self.with_baseline(variants)
+        paths = {v: (whole_path or path) if kind(v) in whole else path for v in variants}
         try:
             for v in variants:
-                if v in DB_VARIANTS:
-                    dbs[v] = await self.new_db(f"s{key}_{v}", max(users or 0, self.c.cookies))
+                if kind(v) in DB_VARIANTS:
+                    label = f"s{key}_{v.replace(BASELINE, '_base')}"
+                    dbs[v] = await self.new_db(label, max(users or 0, self.c.cookies), variant=v)
                 server = await self.start(v, f"s{key}-{v}", dbs.get(v))
-                if logged_in and v not in ("none", "db", "app-db"):
+                if logged_in and kind(v) not in ("none", "db", "app-db"):
                     await server.login(self.http, range(1, self.c.cookies + 1))
-                if v in DB_VARIANTS:
+                if kind(v) in DB_VARIANTS:
                     # Restart, so the logins' statistics are flushed (backends flush on exit) and
                     # the counters below cover benchmark requests only.
                     cookies_file = server.cookies_file
@@ -390,11 +419,14 @@ class Bench:
             runs = await self.interleave(where, servers, paths)
             out: dict[str, Any] = {}
             for v, server in servers.items():
-                out[v] = {"label": {**VARIANTS, **SHIPPED_LABELS}[v], **self.summarize(runs[v]), "runs": runs[v]}
+                label = {**VARIANTS, **SHIPPED_LABELS}[kind(v)]
+                if v.endswith(BASELINE):
+                    label += f", at {self.c.baseline}"
+                out[v] = {"label": label, **self.summarize(runs[v]), "runs": runs[v]}
                 out[v]["peak_rss_mb"] = (server.vm("VmHWM") or 0) / 1024  # whole life, start-up included
                 out[v]["load_rss_mb"] = max(r["rss_kb"] or 0 for r in runs[v]) / 1024  # after each measured run
                 out[v]["requests_served"] = (await server.stats(self.http))["requests"]
-                if v in ("redis", "app-redis"):
+                if kind(v) in ("redis", "app-redis"):
                     out[v]["redis"] = await self.redis_count_pass(server, paths[v])
             for server in servers.values():
                 await server.stop()
@@ -416,7 +448,7 @@ class Bench:
                     "rows_deleted": d["n_tup_del"],
                 }
             for v in variants:
-                if v in DB_VARIANTS:
+                if kind(v) in DB_VARIANTS:
                     log(f"{where}: counting statements of {v} through the wire proxy")
                     out[v]["wire"] = await self.count_pass(v, dbs[v], paths[v], servers[v].cookies_file, f"s{key}-{v}")
             self.results["scenarios"][str(key)] = {"title": SCENARIO_TITLES[key], "variants": out}
@@ -726,6 +758,7 @@ class Bench:
         # X-Forwarded-Proto and redirects plain HTTP to HTTPS).
         self.http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), headers=ROUTER_HEADERS)
         self.admin = await asyncpg.connect(pgdb.server_url())
+        stack = contextlib.ExitStack()
         try:
             dropped = await pgdb.drop_stale()
             if dropped:
@@ -733,12 +766,17 @@ class Bench:
             self.results["postgres"] = await _server_version()
             self.results["redis_version"] = await _redis_version()
             self.results["code"] = _code_version()
+            if self.c.baseline:
+                self.baseline_root = stack.enter_context(_worktree(self.c.baseline))
+                self.results["baseline"] = _code_version(self.baseline_root)
+                log(f"baseline {self.results['baseline']} checked out in {self.baseline_root}")
             for key in self.c.scenarios:
                 log(f"== scenario {key}: {SCENARIO_TITLES[key]}")
                 started = time.monotonic()
                 await getattr(self, f"scenario{key}")()
                 self.results.setdefault("scenario_seconds", {})[str(key)] = round(time.monotonic() - started)
         finally:
+            stack.close()
             await self.http.close()
             await self.admin.close()
             await self.cleanup_redis()
@@ -788,18 +826,42 @@ def _processes() -> list[tuple[int, str]]:
     return out
 
 
-def _code_version() -> str:
-    """The commit measured, and whether app/ had uncommitted changes."""
+@contextlib.contextmanager
+def _worktree(revision: str) -> Iterator[Path]:
+    """A detached git worktree of `revision` in a temporary folder (outside the checkout, so no
+    tool of this one sees its files), removed afterwards. It runs with this run's packages."""
+    git = shutil.which("git")
+    if git is None:
+        sys.exit("error: --baseline needs git")
+    folder = Path(tempfile.mkdtemp(prefix="bench-baseline-")) / "checkout"
+    made = subprocess.run(
+        [git, "worktree", "add", "--detach", str(folder), revision], cwd=ROOT, capture_output=True, text=True
+    )
+    if made.returncode != 0:
+        sys.exit(f"error: cannot check out --baseline {revision}: {made.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run([git, "worktree", "remove", "--force", str(folder)], cwd=ROOT, capture_output=True)
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+def _code_version(root: Path = ROOT) -> str:
+    """The commit measured, and whether its library or app had uncommitted changes."""
     git = shutil.which("git")
     if git is None:
         return "unknown"
-    head = subprocess.run([git, "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    head = subprocess.run([git, "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
     dirty = subprocess.run(
-        [git, "status", "--porcelain", "app", "migrations"], cwd=ROOT, capture_output=True, text=True
+        [git, "status", "--porcelain", "aiohttp_session_postgres", "app", "migrations"],
+        cwd=root,
+        capture_output=True,
+        text=True,
     )
     if head.returncode != 0:
         return "unknown"
-    return head.stdout.strip() + (" with uncommitted changes in app/ or migrations/" if dirty.stdout.strip() else "")
+    changed = " with uncommitted changes in aiohttp_session_postgres/, app/ or migrations/"
+    return head.stdout.strip() + (changed if dirty.stdout.strip() else "")
 
 
 def _pct(values: list[float], p: float) -> float | None:
@@ -873,6 +935,11 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=25.0,
         help="a run during which other work took more CPU than this (%% of one core) is redone (default 25)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run each variant of this project's store from git revision REV (a worktree), side by side",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     parser.add_argument(
