@@ -87,7 +87,9 @@ def schema_sql(table: str = "sessions", schema: str = "public", *, partitions: i
     """The SQL that creates (or brings up to date) the sessions table, its indexes and its
     triggers: schema.sql with the names filled in. Idempotent. The PostgreSQL `schema` must exist.
 
-    partitions: None for an ordinary table; N (2 to 64) for a table hash-partitioned by id_hash
+    :param table: the table's name (a plain identifier: letters, digits, _).
+    :param schema: the PostgreSQL schema that holds it (a plain identifier).
+    :param partitions: None for an ordinary table; N (2 to 64) for a table hash-partitioned by id_hash
         into N partitions, the layout a sharded cluster (Citus) gives the table distributed by
         id_hash. Only a new table can be partitioned; an existing one keeps its layout. What it
         costs (measured with EXPLAIN ANALYZE, tests/test_partitioned.py): every statement of a
@@ -98,8 +100,8 @@ def schema_sql(table: str = "sessions", schema: str = "public", *, partitions: i
         nothing more: it is the way to a sharded cluster, not a speed-up. Planning and locking
         grow with N (a generic plan locks every partition: measured, a read at 1024 partitions
         took 20 ms and more), hence the bound of 64.
-
-    Raises ValueError for bad names or a bad partition count.
+    :returns: the SQL, statements separated by semicolons, ready for psql.
+    :raises ValueError: for bad names or a bad partition count.
     """
     names = TableNames(table, schema)
     partition_clause, partition_sql, partition_triggers = "", "", ""
@@ -142,7 +144,11 @@ def schema_sql(table: str = "sessions", schema: str = "public", *, partitions: i
 
 
 def schema_statements(table: str = "sessions", schema: str = "public", *, partitions: int | None = None) -> list[str]:
-    """`schema_sql` as single statements, for drivers that run one at a time (Alembic's `op.execute`)."""
+    """`schema_sql` as single statements, for drivers that run one at a time (Alembic's `op.execute`).
+
+    :returns: the statements, each without its closing semicolon.
+    :raises ValueError: as `schema_sql`.
+    """
     statements, current, in_body = [], [], False
     for line in schema_sql(table, schema, partitions=partitions).splitlines():
         if line.startswith("--") and not in_body:
@@ -163,11 +169,16 @@ async def create_schema(
 ) -> bool:
     """Create the sessions table (or bring it up to date) on `conn`, in one transaction under an
     advisory lock, so any number of processes may call it at once (for example at every start).
-    True when it changed something; False when the table was already at this version, in which
-    case no lock on the table is taken. `partitions`: as for schema_sql (a new table only).
 
-    Raises ValueError for bad names, asyncpg.PostgresError from the database (for example
-    LockNotAvailableError when the table stays locked by others for more than 5 seconds).
+    :param conn: an asyncpg connection (or one from a pool).
+    :param table: as for `schema_sql`.
+    :param schema: as for `schema_sql`.
+    :param partitions: as for `schema_sql` (a new table only).
+    :returns: True when it changed something; False when the table was already at this version,
+        in which case no lock on the table is taken.
+    :raises ValueError: for bad names, or partitions that do not match the table.
+    :raises asyncpg.PostgresError: from the database (for example LockNotAvailableError when the
+        table stays locked by others for more than 5 seconds).
     """
     sql = schema_sql(table, schema, partitions=partitions)  # ValueError before touching the database
     async with conn.transaction():
@@ -192,8 +203,10 @@ async def create_schema(
 
 
 async def schema_version(conn: Connection, *, table: str = "sessions", schema: str = "public") -> int | None:
-    """The schema version the table's comment records; None when there is no such table or no
-    version of ours on it."""
+    """The schema version the table's comment records.
+
+    :returns: the version, or None when there is no such table or no version of ours on it.
+    """
     names = TableNames(table, schema)
     comment = await conn.fetchval("SELECT obj_description(to_regclass($1), 'pg_class')", names.qualified)
     prefix = _VERSION_COMMENT.rsplit(" ", 1)[0] + " "

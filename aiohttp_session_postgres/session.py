@@ -89,10 +89,13 @@ def _utf8(text: str) -> bool:
 class PostgresSession(Session):
     """An aiohttp-session Session that remembers its row, its version and what it was when loaded.
 
-    Use it as any Session (a mutable mapping); assigning a value that is not JSON, or a
-    `user_id_key` value that is not an int, raises TypeError at once. `handle` names the session
-    publicly (as `SessionInfo.handle`), or is None for a session not yet saved. `created` (epoch
-    seconds) is when the session was created, its row's, whatever changes it since.
+    Use it as any Session (a mutable mapping of JSON values). The storage makes it; an app gets
+    it from `get_session`, `new_session` or `renew_session`.
+
+    :raises TypeError: at assignment, for a value that is not JSON (str, int, float, bool, None,
+        and lists and str-keyed dicts of them; integers within 64 bits, strings valid UTF-8,
+        nested at most 64 deep), or a `user_id_key` value that is not an int: in the handler,
+        never later in the middleware, and the stored session stays as it was.
     """
 
     def __init__(
@@ -132,6 +135,8 @@ class PostgresSession(Session):
 
     @property
     def created(self) -> int:
+        """When the session was created (epoch seconds), its row's, whatever changed it since
+        (aiohttp-session's own moves to "now" at every change)."""
         return self._creation
 
     @property
@@ -141,6 +146,8 @@ class PostgresSession(Session):
 
     @property
     def handle(self) -> str | None:
+        """The session's public name (16 hex digits, as `SessionInfo.handle`), or None for a
+        session not yet saved."""
         return handle_of(self.id_hash) if self.id_hash is not None else None
 
     # aiohttp-session's middleware saves when `_changed` is true; base methods assign it.
@@ -161,20 +168,24 @@ class PostgresSession(Session):
 
     def require(self, check: Callable[[Connection], Awaitable[bool]], *, otherwise: web.HTTPException) -> None:
         """Create this new session only if `await check(conn)` returns True, run on the connection
-        and in the transaction that creates it. If it returns False, nothing is created and
-        `otherwise` is raised from the save (it becomes the response). For a login: check, and
-        lock with FOR SHARE, that the credentials just verified are still the user's, so a
-        password reset or an account deletion that commits meanwhile cannot leave a session
-        created by the old password behind.
+        and in the transaction that creates it. For a login: check, and lock with FOR SHARE, that
+        the credentials just verified are still the user's, so a password reset or an account
+        deletion that commits meanwhile cannot leave a session created by the old password behind.
 
-        Raises RuntimeError on a session that is already saved (only creation is guarded).
+        :param check: an async function of the connection; False creates nothing (and whatever
+            it changed is rolled back).
+        :param otherwise: raised from the save when `check` says no: it becomes the response.
+        :raises RuntimeError: on a session that is already saved (only creation is guarded).
         """
         if self.id_hash is not None:
             raise RuntimeError("require() guards the creation of a new session; this one exists")
         self.precondition = (check, otherwise)
 
     def changes(self) -> tuple[dict[str, Any], set[str]]:
-        """(keys set or changed since load with their values, keys deleted since load)."""
+        """What this request changed, to re-apply over a concurrent save.
+
+        :returns: (keys set or changed since load, with their values; keys deleted since load).
+        """
         current = self._mapping
         updated = {k: v for k, v in current.items() if k in self._assigned or self._snapshot.get(k, _MISSING) != v}
         deleted = {k for k in self._snapshot if k not in current}
