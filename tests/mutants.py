@@ -28,8 +28,8 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ)
     server = None
     if not (env.get("TEST_DATABASE_URL") or env.get("DATABASE_URL")):
-        sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # conftest imports the library and the app
-        from conftest import start_embedded
+        sys.path[:0] = [str(ROOT / "tests")]  # the tests' helpers: support.postgres
+        from support.postgres import start_embedded
 
         server = start_embedded("pgmutants-")
         env["TEST_DATABASE_URL"] = server.get_uri()  # type: ignore[attr-defined]

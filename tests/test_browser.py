@@ -29,8 +29,8 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from conftest import add_user, make_settings
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from support.demo import add_user, make_settings
 
 from app.config import Settings
 from app.server import create_app

@@ -19,8 +19,9 @@ from aiohttp_session import get_session
 from aiohttp_session_postgres.cache import Entry, SessionCache
 from aiohttp_session_postgres.schema import TableNames
 from aiohttp_session_postgres.tokens import id_hash_of
-from conftest import login, make_settings, session_cookie
-from servers import SilenceableProxy, free_port
+from support.demo import login, make_settings, session_cookie
+from support.ports import free_port
+from support.servers import SilenceableProxy
 
 from app.appkeys import STORAGE
 from app.config import Settings

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
-from servers import Server, Servers, home, is_greeting, new_http, signed_in
+from support.servers import Server, Servers, home, is_greeting, new_http, signed_in
 
 # Long enough that a process relying on the maximum age alone would fail every check below.
 MAX_AGE = "60"

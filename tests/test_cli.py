@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import login, make_settings, run_app_command
+from support.demo import login, make_settings, run_app_command
 
 from app.passwords import PasswordHasher
 

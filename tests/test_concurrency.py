@@ -18,8 +18,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres.tokens import fingerprint_of
-from conftest import ENC_KEY
-from storage_harness import (
+from support.keys import ENC_KEY
+from support.storage_harness import (
     Control,
     cookies,
     expires_cookie,

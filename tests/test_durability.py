@@ -19,8 +19,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres import create_schema
 from aiohttp_session_postgres.tokens import id_hash_of
-from conftest import start_embedded
-from library_app import library_app, started
+from support.library_app import library_app, started
+from support.postgres import start_embedded
 
 TIMEOUT = 1.0  # library_app's database_timeout
 

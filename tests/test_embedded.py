@@ -24,7 +24,8 @@ from urllib.parse import urlencode
 
 import psutil
 import pytest
-from conftest import REPO_ROOT, app_env
+from support.demo import app_env
+from support.paths import REPO_ROOT
 
 START_WITHIN = 60.0
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - asked for; embedded mode must not honour it

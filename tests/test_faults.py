@@ -24,22 +24,19 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp_session_postgres import PostgresStorage
-from conftest import AUTH_KEY, ENC_KEY, add_user, database_url, start_embedded
-from servers import (
-    LOGIN_PAGE,
-    Servers,
+from support.demo import add_user
+from support.keys import AUTH_KEY, ENC_KEY
+from support.postgres import (
     connections,
     database_name,
+    database_url,
     eventually,
-    home,
-    is_greeting,
     lock_waiters,
-    login,
-    new_http,
-    row_exists,
+    start_embedded,
     wait_for_lock_waiters,
 )
-from traffic import Mix, Traffic
+from support.servers import LOGIN_PAGE, Servers, home, is_greeting, login, new_http, row_exists
+from support.traffic import Mix, Traffic
 
 from app import schema
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 from aiohttp.test_utils import TestClient
-from conftest import login, session_cookie
+from support.demo import login, session_cookie
 
 
 async def test_anonymous_home_redirects_to_login_form(client: TestClient) -> None:
@@ -75,7 +75,7 @@ async def test_get_logout_changes_nothing(client: TestClient, user: tuple[str, s
 
 
 async def test_username_is_escaped_in_greeting(client: TestClient, pg: asyncpg.Connection) -> None:
-    from conftest import add_user
+    from support.demo import add_user
 
     await add_user(pg, "<b>mallory</b>", "pw")
     await login(client, "<b>mallory</b>", "pw")

@@ -20,9 +20,10 @@ import asyncpg
 from aiohttp import DummyCookieJar
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp_session_postgres.tokens import TokenSigner
-from conftest import AUTH_KEY, add_user, login, make_settings, session_cookie
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from support.demo import add_user, login, make_settings, session_cookie
+from support.keys import AUTH_KEY
 
 from app.server import create_app
 from app.throttle import Limits

@@ -23,9 +23,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres import SessionCache
 from aiohttp_session_postgres.tokens import TokenSigner, fingerprint_of, handle_of, id_hash_of
-from conftest import AUTH_KEY, TEST_PASSWORD_COST, AppLog, login, make_settings, run_app_command
-from library_app import USER, library_app, read, started, with_cookie
-from servers import database_name, wait_for_lock_waiters
+from support.demo import TEST_PASSWORD_COST, AppLog, login, make_settings, run_app_command
+from support.keys import AUTH_KEY
+from support.library_app import USER, library_app, read, started, with_cookie
+from support.postgres import database_name, wait_for_lock_waiters
 
 from app.appkeys import HASHER
 from app.config import Settings

@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from conftest import AppLog, login, make_settings, session_cookie
-from servers import Server, Servers
+from support.demo import AppLog, login, make_settings, session_cookie
+from support.servers import Server, Servers
 
 from app.config import Settings
 from app.headers import CONTENT_SECURITY_POLICY
@@ -59,7 +59,7 @@ async def server(db_url: str, tmp_path: Path, user: tuple[str, str]) -> Server:
 
 
 async def signed_in_cookie(server: Server, user: tuple[str, str]) -> str:
-    from servers import new_http, signed_in
+    from support.servers import new_http, signed_in
 
     async with new_http() as http:
         return await signed_in(http, server.url, *user)
@@ -182,7 +182,7 @@ async def test_a_stale_request_after_a_second_login_leaves_the_new_cookie_alone(
 
 
 async def test_concurrent_renewals_leave_the_losers_cookie_alone(aiohttp_client, db_url: str, pg) -> None:  # type: ignore[no-untyped-def]
-    from storage_harness import cookies, new_cookie, open_client, session_count, set_cookies
+    from support.storage_harness import cookies, new_cookie, open_client, session_count, set_cookies
 
     client, control = await open_client(aiohttp_client, db_url)
     started = await client.post("/start", json={"user_id": None})
@@ -229,7 +229,7 @@ async def test_the_https_redirect_carries_the_headers_and_is_not_cacheable(
 async def test_a_500_carries_the_headers_and_a_fixed_body(tmp_path: Path) -> None:
     """An exception no middleware catches (none is known in the app: this one is made on purpose,
     served by the app's own runner)."""
-    from servers import free_port
+    from support.ports import free_port
 
     from app.runner import runner
 

@@ -13,8 +13,8 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import login, make_settings, run_app_command, session_cookie
-from servers import Servers, new_http
+from support.demo import login, make_settings, run_app_command, session_cookie
+from support.servers import Servers, new_http
 
 from app.appkeys import HASHER
 from app.config import Settings

@@ -19,9 +19,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import AUTH_KEY, ENC_KEY, REPO_ROOT, app_env
-from servers import free_port, is_greeting
-from tls_postgres import DATABASE, PASSWORD, TlsPostgres, assert_all_tls, binaries
+from support.demo import app_env
+from support.keys import AUTH_KEY, ENC_KEY
+from support.paths import REPO_ROOT
+from support.ports import free_port
+from support.servers import is_greeting
+from support.tls_postgres import DATABASE, PASSWORD, TlsPostgres, assert_all_tls, binaries
 
 ROUTER_HEADERS = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9", "X-Request-Start": "0"}
 

@@ -13,7 +13,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres.cipher import DataCipher
 from aiohttp_session_postgres.tokens import TokenSigner, id_hash_of
-from conftest import login, make_settings, session_cookie
+from support.demo import login, make_settings, session_cookie
 
 MakeClient = Callable[..., Awaitable[TestClient]]
 

@@ -26,11 +26,12 @@ from aiohttp_session_postgres import (
 from aiohttp_session_postgres.cache import SessionCache
 from aiohttp_session_postgres.cipher import DataCipher
 from aiohttp_session_postgres.tokens import TokenSigner, fingerprint_of, id_hash_of
-from conftest import AUTH_KEY, ENC_KEY, AppLog
-from library_app import STORAGE as LIBRARY_STORAGE
-from library_app import USER, library_app, read, started, with_cookie
-from library_envs import run_in
-from servers import database_name, wait_for_lock_waiters
+from support.demo import AppLog
+from support.keys import AUTH_KEY, ENC_KEY
+from support.library_app import STORAGE as LIBRARY_STORAGE
+from support.library_app import USER, library_app, read, started, with_cookie
+from support.library_envs import run_in
+from support.postgres import database_name, wait_for_lock_waiters
 
 STORAGE = web.AppKey("storage", PostgresStorage)
 

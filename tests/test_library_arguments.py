@@ -26,7 +26,7 @@ from aiohttp_session_postgres import (
 )
 from aiohttp_session_postgres.cipher import DataCipher
 from aiohttp_session_postgres.tokens import MIN_KEY_BYTES, TokenSigner
-from conftest import AUTH_KEY, ENC_KEY
+from support.keys import AUTH_KEY, ENC_KEY
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from conftest import REPO_ROOT
-from library_envs import Program
-from servers import free_port
+from support.library_envs import Program
+from support.paths import REPO_ROOT
+from support.ports import free_port
 
 COOKIE = "shop_sid"
 IDLE_TIMEOUT = 3
@@ -53,7 +53,7 @@ async def test_an_app_of_another_shape_on_the_installed_library(
     cache: str, checkout_python: Path, empty_url: str, tmp_path: Path
 ) -> None:
     url = empty_url
-    shutil.copy(REPO_ROOT / "tests" / "outside_app.py", tmp_path / "outside_app.py")
+    shutil.copy(REPO_ROOT / "tests" / "support" / "outside_app.py", tmp_path / "outside_app.py")
     env = {"DATABASE_URL": url, "SESSION_CACHE": cache, "IDLE_TIMEOUT": str(IDLE_TIMEOUT)}
     a = Program(checkout_python, tmp_path, "outside_app.py", free_port(), **env)
     b = Program(checkout_python, tmp_path, "outside_app.py", free_port(), **env)

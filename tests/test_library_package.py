@@ -11,8 +11,8 @@ from pathlib import Path
 
 import aiohttp_session_postgres
 import pytest
-from conftest import REPO_ROOT
-from library_envs import run_in
+from support.library_envs import run_in
+from support.paths import REPO_ROOT
 
 LIBRARY = REPO_ROOT / "aiohttp_session_postgres"
 DEMO = [REPO_ROOT / "app", REPO_ROOT / "migrations"]

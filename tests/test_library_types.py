@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
-from test_readme import readme_app
+from support.paths import REPO_ROOT
+from support.readme import readme_app
 
 
 def mypy(*targets: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
@@ -31,7 +31,7 @@ def test_the_package_passes_mypy_strict() -> None:
 
 @pytest.mark.parametrize("app", ["readme", "outside"])
 def test_code_using_the_package_as_documented_passes_mypy_strict(app: str, tmp_path: Path) -> None:
-    source = readme_app() if app == "readme" else (REPO_ROOT / "tests" / "outside_app.py").read_text()
+    source = readme_app() if app == "readme" else (REPO_ROOT / "tests" / "support" / "outside_app.py").read_text()
     target = tmp_path / f"{app}_app.py"
     target.write_text(source)
     # Run from the checkout so that the package is found as a user's installed copy would be.

@@ -18,7 +18,8 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres import PostgresStorage
 from aiohttp_session_postgres.tokens import TokenSigner
-from conftest import AUTH_KEY, ENC_KEY, AppLog, add_user, login, make_settings, run_app_command, session_cookie
+from support.demo import AppLog, add_user, login, make_settings, run_app_command, session_cookie
+from support.keys import AUTH_KEY, ENC_KEY
 
 from app import users
 from app.appkeys import POOL

@@ -15,7 +15,9 @@ import asyncpg
 import pytest
 from aiohttp_session_postgres.cipher import DataCipher
 from aiohttp_session_postgres.tokens import TokenSigner
-from conftest import AUTH_KEY, ENC_KEY, REPO_ROOT, add_user, app_env, make_settings
+from support.demo import add_user, app_env, make_settings
+from support.keys import AUTH_KEY, ENC_KEY
+from support.paths import REPO_ROOT
 
 from app import schema
 

@@ -20,16 +20,15 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
-from conftest import AUTH_KEY, ENC_KEY, add_user
-from servers import (
+from support.demo import add_user
+from support.keys import AUTH_KEY, ENC_KEY
+from support.postgres import connections, database_name, eventually, wait_for_lock_waiters
+from support.servers import (
     LOGIN_PAGE,
     Server,
     Servers,
     children,
     cmdline,
-    connections,
-    database_name,
-    eventually,
     handle,
     home,
     is_greeting,
@@ -41,9 +40,8 @@ from servers import (
     run_app,
     sessions_page,
     signed_in,
-    wait_for_lock_waiters,
 )
-from traffic import NOTIFY_WINDOW
+from support.traffic import NOTIFY_WINDOW
 
 PASSWORD = "correct horse"
 

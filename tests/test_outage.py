@@ -23,7 +23,8 @@ import psutil
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
-from conftest import add_user, login, make_settings, session_cookie, start_embedded
+from support.demo import add_user, login, make_settings, session_cookie
+from support.postgres import start_embedded
 
 from app import schema
 from app.appkeys import STORAGE

@@ -24,7 +24,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres import SessionCache, create_schema
 from aiohttp_session_postgres.tokens import id_hash_of
-from library_app import STORAGE, USER, library_app, started, with_cookie
+from support.library_app import STORAGE, USER, library_app, started, with_cookie
 
 PARTITIONS = 4
 NAMES = {f"sessions_p{i}" for i in range(PARTITIONS)}

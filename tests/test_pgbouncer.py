@@ -26,12 +26,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 import pytest
-from conftest import add_user
-from servers import (
+from support.demo import add_user
+from support.ports import free_port
+from support.postgres import eventually
+from support.servers import (
     Server,
     Servers,
-    eventually,
-    free_port,
     handle,
     home,
     is_greeting,

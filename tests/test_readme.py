@@ -17,19 +17,11 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
-from conftest import REPO_ROOT, app_env
-from library_envs import Program
-from servers import free_port
-
-SECTION = "## Using the store in your own aiohttp app"
-
-
-def readme_app() -> str:
-    text = (REPO_ROOT / "README.md").read_text()
-    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
-    assert len(blocks) == 1, "the section has exactly one Python block: the app"
-    return blocks[0]
+from support.demo import app_env
+from support.library_envs import Program
+from support.paths import REPO_ROOT
+from support.ports import free_port
+from support.readme import readme, readme_app
 
 
 def cookie_of(response: aiohttp.ClientResponse) -> str | None:
@@ -97,10 +89,6 @@ async def test_the_readme_app_runs_as_written(cache: str, wheel_python: Path, em
 
 
 # -- the rest of the README agrees with the code --------------------------------------------------
-
-
-def readme() -> str:
-    return (REPO_ROOT / "README.md").read_text()
 
 
 def test_every_setting_the_app_reads_is_in_the_settings_table_with_its_default() -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 from aiohttp_session_postgres import SCHEMA_VERSION, create_schema, schema_sql, schema_statements, schema_version
-from conftest import AUTH_KEY, ENC_KEY
-from library_envs import run_in
+from support.keys import AUTH_KEY, ENC_KEY
+from support.library_envs import run_in
 
 EXPECTED_COLUMNS = {
     "id_hash": "bytea",

@@ -26,7 +26,17 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiohttp_session_postgres import PostgresSession
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from storage_harness import CONTROL, Control, build_app, cookies, id_hash, new_cookie, open_client, set_cookies, stored
+from support.storage_harness import (
+    CONTROL,
+    Control,
+    build_app,
+    cookies,
+    id_hash,
+    new_cookie,
+    open_client,
+    set_cookies,
+    stored,
+)
 
 # -- strategies ----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import add_user, login, run_app_command, session_cookie
+from support.demo import add_user, login, run_app_command, session_cookie
 
 AiohttpClient = Callable[..., Awaitable[TestClient]]
 

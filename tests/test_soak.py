@@ -19,9 +19,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from conftest import add_user
-from servers import Server, Servers, connections, database_name, home, row_exists
-from traffic import Mix, Traffic
+from support.demo import add_user
+from support.postgres import connections, database_name
+from support.servers import Server, Servers, home, row_exists
+from support.traffic import Mix, Traffic
 
 PASSWORD = "correct horse"
 USERS = {f"soak{n}": PASSWORD for n in range(6)}

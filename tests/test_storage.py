@@ -19,7 +19,8 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres.tokens import TokenSigner, id_hash_of
-from conftest import AUTH_KEY, add_user, login, make_settings, session_cookie
+from support.demo import add_user, login, make_settings, session_cookie
+from support.keys import AUTH_KEY
 from yarl import URL
 
 from app.config import Settings

@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 from aiohttp_session_postgres import PostgresSession, PostgresStorage, create_schema
 from aiohttp_session_postgres.tokens import handle_of
-from conftest import AUTH_KEY, ENC_KEY
+from support.keys import AUTH_KEY, ENC_KEY
 
 ALICE = 1
 BOB = 2

@@ -20,8 +20,9 @@ from aiohttp_session_postgres import PostgresStorage, create_schema, sweep
 from aiohttp_session_postgres.schema import TableNames
 from aiohttp_session_postgres.sql import TOMBSTONE_SECONDS
 from aiohttp_session_postgres.sweeper import SWEEP_LOCK_KEY
-from conftest import AUTH_KEY, ENC_KEY, make_settings
-from servers import database_name, eventually, wait_for_lock_waiters
+from support.demo import make_settings
+from support.keys import AUTH_KEY, ENC_KEY
+from support.postgres import database_name, eventually, wait_for_lock_waiters
 
 MakeClient = Callable[..., Awaitable[TestClient]]
 

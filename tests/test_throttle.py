@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
-from conftest import AppLog, add_user, make_settings
+from support.demo import AppLog, add_user, make_settings
 
 from app.throttle import Limits
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from aiohttp_session_postgres.tokens import _MAX_VERIFIED, TokenSigner, id_hash_of
-from conftest import AUTH_KEY
+from support.keys import AUTH_KEY
 
 COOKIE = re.compile(r"[A-Za-z0-9_-]{43}\.[A-Za-z0-9_-]{43}")
 

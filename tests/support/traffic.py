@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import aiohttp
-from servers import Server, handle, home, is_greeting, login, logout, new_http, revoke, sessions_page
+
+from support.servers import Server, handle, home, is_greeting, login, logout, new_http, revoke, sessions_page
 
 T = TypeVar("T")
 

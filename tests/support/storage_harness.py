@@ -28,7 +28,8 @@ from aiohttp_session_postgres import PostgresSession, PostgresStorage, renew_ses
 from aiohttp_session_postgres.cache import SessionCache
 from aiohttp_session_postgres.cipher import DataCipher
 from aiohttp_session_postgres.tokens import id_hash_of
-from conftest import AUTH_KEY, ENC_KEY
+
+from support.keys import AUTH_KEY, ENC_KEY
 
 COOKIE = "session"
 WAIT = 15.0  # seconds a held request or a test waits before failing instead of hanging

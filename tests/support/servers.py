@@ -12,40 +12,25 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
-from conftest import AUTH_KEY, ENC_KEY, REPO_ROOT, app_env
+
+from support.demo import app_env
+from support.keys import AUTH_KEY, ENC_KEY
+from support.paths import REPO_ROOT
+from support.ports import free_port
 
 COOKIE = "session"
 LOGIN_PAGE = "/public/login.html"
-
-
-def free_port() -> int:
-    """A port free now, below the kernel's ephemeral range, which the clients' own connections
-    use (a port from that range can be taken again before the server binds it)."""
-    low, _ = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    rng = random.SystemRandom()
-    for _ in range(100):
-        port = rng.randrange(10_000, max(low, 10_001))
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port found")
 
 
 class Server:
@@ -339,43 +324,6 @@ async def row_exists(conn: asyncpg.Connection, cookie: str) -> bool:
     return bool(
         await conn.fetchval("SELECT count(*) FROM sessions WHERE id_hash = $1 AND replaced_at IS NULL", id_hash(cookie))
     )
-
-
-async def connections(conn: asyncpg.Connection, database: str) -> int:
-    """Client connections to `database`, not counting `conn` itself."""
-    return await conn.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
-        " AND backend_type = 'client backend'",
-        database,
-    )
-
-
-async def eventually(predicate: Callable[[], Awaitable[bool]], timeout: float, message: str) -> None:
-    """Poll `predicate` until it holds; fail with `message` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{message} (after {timeout} s)")
-        await asyncio.sleep(0.05)
-
-
-async def wait_for_lock_waiters(conn: asyncpg.Connection, database: str, count: int, timeout: float = 10.0) -> None:
-    """Until `count` backends of `database` wait on a lock (requests stuck behind a held lock)."""
-
-    async def waiting() -> bool:
-        return await lock_waiters(conn, database) >= count
-
-    await eventually(waiting, timeout, f"fewer than {count} backends waited on the lock")
-
-
-async def lock_waiters(conn: asyncpg.Connection, database: str) -> int:
-    return await conn.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'", database
-    )
-
-
-def database_name(url: str) -> str:
-    return urlsplit(url).path.lstrip("/")
 
 
 class SilenceableProxy:

@@ -17,7 +17,7 @@ import sys
 import venv
 from pathlib import Path
 
-from conftest import REPO_ROOT
+from support.paths import REPO_ROOT
 
 PIP_TIMEOUT = 600
 

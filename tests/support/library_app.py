@@ -19,7 +19,8 @@ from aiohttp import DummyCookieJar, web
 from aiohttp.test_utils import TestClient
 from aiohttp.typedefs import Handler
 from aiohttp_session_postgres import PostgresStorage, get_session, new_session, renew_session
-from conftest import AUTH_KEY, ENC_KEY
+
+from support.keys import AUTH_KEY, ENC_KEY
 
 STORAGE = web.AppKey("storage", PostgresStorage)
 USER = 1

@@ -23,7 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from servers import free_port
+
+from support.ports import free_port
 
 PASSWORD = "a dyno's password: not% trivial/"
 DATABASE = "app"
