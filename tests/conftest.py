@@ -1,9 +1,11 @@
-"""Fixtures: a real PostgreSQL, a freshly migrated database of the suite's own, and the real app.
+"""Fixtures of every test, with nothing of the demo app: a real PostgreSQL, empty databases of
+the suite's own, the library's table alone, the library's log lines, and the library built and
+installed as others install it. The demo app's fixtures (its migrated database, settings,
+clients, users) are in tests/app/conftest.py; the helpers of both, in tests/support.
 
 The server is the one TEST_DATABASE_URL or DATABASE_URL points at, else an embedded one started
 for this run. The suite creates its own databases on it (never touching the one in the URL) and
-drops them at the end; each test starts on empty tables. The helpers these fixtures use are in
-tests/support.
+drops them at the end.
 """
 
 from __future__ import annotations
@@ -11,21 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres import create_schema
-from support.demo import AppLog, AppTestServer, add_user, make_settings
+from support.logs import LOGGER, LibraryLog
 from support.paths import REPO_ROOT
 from support.postgres import admin, database_url, drop_stale, new_database_name, start_embedded
-
-from app import schema
-from app.config import Settings
-from app.server import create_app
 
 
 @pytest.fixture(scope="session")
@@ -42,104 +38,29 @@ def server_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def create_database(server_url: str) -> Iterator[Callable[..., str]]:
-    """Make a database of our own on the server (migrated unless told not to); dropped at the end."""
+def create_empty_database(server_url: str) -> Iterator[Callable[[], str]]:
+    """Make an empty database of our own on the server (no tables at all); dropped at the end."""
     asyncio.run(drop_stale(server_url))
     made: list[str] = []
 
-    def create(*, migrate: bool = True) -> str:
+    def create() -> str:
         name = new_database_name()
         asyncio.run(admin(server_url, f'CREATE DATABASE "{name}"'))
         made.append(name)
-        url = database_url(server_url, name)
-        if migrate:
-            schema.upgrade(url)
-        return url
+        return database_url(server_url, name)
 
     yield create
     for name in made:
         asyncio.run(admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.fixture(scope="session")
-def migrated_url(create_database: Callable[..., str]) -> str:
-    return create_database()
-
-
 @pytest.fixture
-def empty_url(create_database: Callable[..., str]) -> str:
+def empty_url(create_empty_database: Callable[[], str]) -> str:
     """A new, empty database of the test's own (no tables at all)."""
-    return create_database(migrate=False)
+    return create_empty_database()
 
 
-@pytest.fixture
-async def db_url(migrated_url: str) -> str:
-    """The suite's migrated database, with every table emptied."""
-    conn = await asyncpg.connect(migrated_url)
-    try:
-        tables = await conn.fetch(
-            "SELECT quote_ident(tablename) AS t FROM pg_tables"
-            " WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
-        )
-        await conn.execute(f"TRUNCATE {', '.join(r['t'] for r in tables)} RESTART IDENTITY CASCADE")
-    finally:
-        await conn.close()
-    return migrated_url
-
-
-@pytest.fixture
-async def pg(db_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A direct connection to the test database, for arranging and asserting."""
-    conn = await asyncpg.connect(db_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
-def settings(db_url: str) -> Settings:
-    return make_settings(db_url)
-
-
-@pytest.fixture
-def make_client(aiohttp_client: Callable[..., Awaitable[TestClient]]) -> Callable[..., Awaitable[TestClient]]:
-    """`await make_client(settings)`: a test client on the real app built from those settings,
-    served by the app's own runner."""
-
-    async def make(settings: Settings) -> TestClient:
-        return await aiohttp_client(AppTestServer(await create_app(settings)))
-
-    return make
-
-
-@pytest.fixture
-async def client(make_client: Callable[..., Awaitable[TestClient]], settings: Settings) -> TestClient:
-    return await make_client(settings)
-
-
-@pytest.fixture
-def app_log() -> Iterator[AppLog]:
-    """The app's log lines at DEBUG, formatted by the app's own handler, while the test runs."""
-    log = AppLog()
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(log.handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield log
-    finally:
-        root.removeHandler(log.handler)
-        root.setLevel(level)
-
-
-@pytest.fixture
-async def user(pg: asyncpg.Connection) -> tuple[str, str]:
-    """A user `alice` with a random password: (username, password)."""
-    password = secrets.token_urlsafe(12)
-    await add_user(pg, "alice", password)
-    return "alice", password
-
-
-# -- the library alone (tests/support/library_app.py) ----------------------------------------------
+# -- the library alone (tests/support/library_app.py) ---------------------------------------------
 
 
 @pytest.fixture
@@ -158,6 +79,21 @@ async def lib_pg(lib_url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(lib_url)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+def lib_log() -> Iterator[LibraryLog]:
+    """The library's log lines at DEBUG (logger aiohttp_session_postgres), while the test runs."""
+    log = LibraryLog()
+    logger = logging.getLogger(LOGGER)
+    level = logger.level
+    logger.addHandler(log.handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield log
+    finally:
+        logger.removeHandler(log.handler)
+        logger.setLevel(level)
 
 
 # -- the library as installed by others (support/library_envs.py) ----------------------------------

@@ -4,18 +4,15 @@ it names is changed (issue 14's table), through a real app and a real PostgreSQL
 - the expiry check in the versioned UPDATE (storage.UPDATE_SQL): a save held past the session's
   idle deadline does not bring it back;
 - every documented session event is logged (events.py's list);
-- the cache's maximum age (SessionCache max_age): an entry older than it is read again;
-- the work of a login for a user who does not exist: one scrypt derivation at the configured cost,
-  as for one who does (passwords.PasswordHasher.derivations);
-- the scrypt parameters stored with a new hash are the configured ones, and the hash is really
-  derived with them.
+- the cache's maximum age (SessionCache max_age): an entry older than it is read again.
+
+Those of the demo app (the work of a login, the scrypt parameters) are in
+tests/app/test_app_guarantees.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -23,15 +20,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres import SessionCache
 from aiohttp_session_postgres.tokens import TokenSigner, fingerprint_of, handle_of, id_hash_of
-from support.demo import TEST_PASSWORD_COST, AppLog, login, make_settings, run_app_command
 from support.keys import AUTH_KEY
 from support.library_app import USER, library_app, read, started, with_cookie
+from support.logs import LibraryLog
 from support.postgres import database_name, wait_for_lock_waiters
-
-from app.appkeys import HASHER
-from app.config import Settings
-
-MakeClient = Callable[[Settings], Awaitable[TestClient]]
 
 
 @pytest.fixture
@@ -74,7 +66,7 @@ async def test_a_renewal_held_past_the_idle_deadline_does_not_carry_the_session_
 
 
 async def test_every_documented_session_event_is_logged(
-    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, app_log: AppLog
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_log: LibraryLog
 ) -> None:
     from aiohttp_session_postgres import events
 
@@ -100,12 +92,12 @@ async def test_every_documented_session_event_is_logged(
     assert await read(client, fifth) == {}
     await client.post("/logout", headers=with_cookie(fourth))  # already revoked: nothing ended
     await client.post("/logout", headers=with_cookie(fifth))
-    logged = {line.split()[0].removeprefix("event=") for line in app_log.events()}
+    logged = {line.split()[0].removeprefix("event=") for line in lib_log.events()}
     assert documented <= logged, f"never logged: {sorted(documented - logged)}"
     # A dead session is looked up, and logged, once per process, with its fingerprint.
     assert await read(client, second) == {}
     assert await read(client, fifth) == {}
-    lines = [line.split(" request_id=")[0] for line in app_log.events()]
+    lines = [line.split(" request_id=")[0] for line in lib_log.events()]
     for event, cookie in (("session.expired_or_unknown", second), ("session.undecryptable", fifth)):
         fp = fingerprint_of(id_hash_of(cookie.split(".")[0]))
         assert lines.count(f"event={event} fp={fp}") == 1, (event, lines)
@@ -113,7 +105,7 @@ async def test_every_documented_session_event_is_logged(
 
 
 async def test_each_ending_event_names_the_session_it_ended(
-    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, app_log: AppLog
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_log: LibraryLog
 ) -> None:
     """A line per session ended, with that session's fingerprint (and no other's): a logout, a
     logout by a fresh session invalidated unsaved (it ends the request's session), a
@@ -124,7 +116,7 @@ async def test_each_ending_event_names_the_session_it_ended(
         return fingerprint_of(id_hash_of(cookie.split(".")[0]))
 
     def lines(event: str) -> list[str]:
-        return [line.split(" request_id=")[0] for line in app_log.events() if line.startswith(f"event={event} ")]
+        return [line.split(" request_id=")[0] for line in lib_log.events() if line.startswith(f"event={event} ")]
 
     logged_out = await started(client)
     response = await client.post("/logout", headers=with_cookie(logged_out))
@@ -158,7 +150,7 @@ async def test_each_ending_event_names_the_session_it_ended(
 
 
 async def test_the_creation_events_name_their_sessions_and_reasons(
-    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, app_log: AppLog
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_log: LibraryLog
 ) -> None:
     """The lines a login, a renewal, a refused or superseded login and the per-user cap write,
     whole (events.py's format): what an operator follows a session by."""
@@ -168,7 +160,7 @@ async def test_the_creation_events_name_their_sessions_and_reasons(
         return fingerprint_of(id_hash_of(cookie.split(".")[0]))
 
     def lines() -> list[str]:
-        return [line.split(" request_id=")[0] for line in app_log.events()]
+        return [line.split(" request_id=")[0] for line in lib_log.events()]
 
     first = await started(client)
     assert lines()[-1] == f"event=session.created fp={fp(first)} user_id={USER}"
@@ -187,7 +179,7 @@ async def test_the_creation_events_name_their_sessions_and_reasons(
 
 
 async def test_cookies_that_fail_their_signature_are_passed_over_and_counted(
-    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, app_log: AppLog
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_log: LibraryLog
 ) -> None:
     """Other cookies of the session's name (another app's, tampered ones) before the real one:
     each is passed over, the real one is loaded, and one line counts them; a request with none
@@ -198,7 +190,7 @@ async def test_cookies_that_fail_their_signature_are_passed_over_and_counted(
     response = await client.get("/read", headers={"Cookie": f"session={bad[0]}; session={bad[1]}; session={good}"})
     assert await response.json() == {"user_id": USER}
     assert await read(client, good) == {"user_id": USER}
-    counted = [line.split(" request_id=")[0] for line in app_log.events() if "session.bad_signature" in line]
+    counted = [line.split(" request_id=")[0] for line in lib_log.events() if "session.bad_signature" in line]
     assert counted == ["event=session.bad_signature cookies=2"]
 
     # At most 4 validly signed cookies are looked at (each may cost a lookup): a live fifth is not.
@@ -240,64 +232,6 @@ async def test_a_cached_session_older_than_the_maximum_age_is_read_again(
         await asyncio.sleep(1.2)
         # Older than max_age: asked of the database, which is locked: the deadline answers.
         assert (await client.get("/read", headers=with_cookie(cookie))).status == 503
-
-
-# -- hash work --------------------------------------------------------------------------------------
-
-
-async def test_a_login_costs_one_derivation_at_the_configured_cost_whoever_tries(
-    make_client: MakeClient, db_url: str, user: tuple[str, str]
-) -> None:
-    client = await make_client(make_settings(db_url))
-    hasher = client.app[HASHER]
-    attempts = [
-        user,  # known, right password
-        (user[0], "wrong"),  # known, wrong password
-        ("nobody", "whatever"),  # no such user: the dummy hash
-        ("no\x00body", "x"),  # not a possible username: still hashed
-        (user[0], "x" * 5000),  # an overlong password: still hashed (against the dummy)
-    ]
-    for username, password in attempts:
-        before = hasher.derivations.copy()
-        await client.post("/login", data={"username": username, "password": password}, allow_redirects=False)
-        done = hasher.derivations - before
-        assert done == {TEST_PASSWORD_COST: 1}, (username, dict(done))
-
-
-async def test_a_hash_from_before_the_cost_was_raised_is_padded_to_the_configured_cost(
-    make_client: MakeClient, db_url: str, user: tuple[str, str]
-) -> None:
-    # `user` was hashed at TEST_PASSWORD_COST; the app now asks for more. A wrong password for
-    # them must cost at least what a wrong guess at an unknown name costs.
-    raised = TEST_PASSWORD_COST + 2
-    client = await make_client(make_settings(db_url, password_cost=raised))
-    hasher = client.app[HASHER]
-    for username, expected in ((user[0], {TEST_PASSWORD_COST: 1, raised: 1}), ("nobody", {raised: 1})):
-        before = hasher.derivations.copy()
-        await client.post("/login", data={"username": username, "password": "wrong"}, allow_redirects=False)
-        assert hasher.derivations - before == expected, username
-    await login(client, *user)  # and the right password still signs in
-    assert "Hello" in await (await client.get("/")).text()
-
-
-@pytest.mark.parametrize("cost", [5, 6])
-async def test_a_new_hash_is_derived_with_the_configured_parameters(db_url: str, cost: int) -> None:
-    password = "correct horse battery"
-    result = await run_app_command(
-        "user", "add", "carol", database_url=db_url, stdin=password.encode() + b"\n", PASSWORD_HASH_COST=str(cost)
-    )
-    assert result[0] == 0, result
-    conn = await asyncpg.connect(db_url)
-    try:
-        stored = await conn.fetchval("SELECT password_hash FROM users WHERE username = 'carol'")
-    finally:
-        await conn.close()
-    _, scheme, params, salt, digest = stored.split("$")
-    assert (scheme, params) == ("scrypt", f"ln={cost},r=8,p=1")
-    # Derived with exactly those parameters: recomputed here with the standard library's scrypt.
-    unb64 = lambda text: base64.b64decode(text + "=" * (-len(text) % 4))  # noqa: E731
-    expected = hashlib.scrypt(password.encode(), salt=unb64(salt), n=2**cost, r=8, p=1, dklen=32)
-    assert unb64(digest) == expected
 
 
 # -- found by review: waits that outlive a deadline or a revocation --------------------------------

@@ -26,11 +26,11 @@ from aiohttp_session_postgres import (
 from aiohttp_session_postgres.cache import SessionCache
 from aiohttp_session_postgres.cipher import DataCipher
 from aiohttp_session_postgres.tokens import TokenSigner, fingerprint_of, id_hash_of
-from support.demo import AppLog
 from support.keys import AUTH_KEY, ENC_KEY
 from support.library_app import STORAGE as LIBRARY_STORAGE
 from support.library_app import USER, library_app, read, started, with_cookie
 from support.library_envs import run_in
+from support.logs import LibraryLog
 from support.postgres import database_name, wait_for_lock_waiters
 
 STORAGE = web.AppKey("storage", PostgresStorage)
@@ -101,13 +101,13 @@ async def test_a_dead_cookie_costs_one_lookup_per_process(
     aiohttp_client: Callable[..., Awaitable[TestClient]],
     pool: asyncpg.Pool,
     lib_pg: asyncpg.Connection,
-    app_log: AppLog,
+    lib_log: LibraryLog,
 ) -> None:
     client = await small_app(aiohttp_client, pool, database_timeout=0.5)
     dead, _ = TokenSigner((AUTH_KEY,)).new()  # validly signed, no such session
     for _ in range(3):
         assert await (await client.get("/read", headers={"Cookie": f"session={dead}"})).text() == "{}"
-    assert len([line for line in app_log.events() if "expired_or_unknown" in line]) == 1
+    assert len([line for line in lib_log.events() if "expired_or_unknown" in line]) == 1
     # Known dead: answered while the table is locked, so without asking the database.
     async with lib_pg.transaction():
         await lib_pg.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
@@ -354,7 +354,7 @@ async def test_a_login_uses_up_the_session_the_request_loaded_not_merely_the_fir
 
 
 async def test_the_memories_of_touched_and_dead_sessions_stay_bounded_and_work_when_full(
-    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, app_log: AppLog
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_log: LibraryLog
 ) -> None:
     """Each process remembers at most 10,000 touch times and 10,000 dead session IDs (about 2 MB
     in all), dropping the oldest: when full, a new one still goes in (the oldest goes), and a
@@ -378,7 +378,7 @@ async def test_the_memories_of_touched_and_dead_sessions_stay_bounded_and_work_w
         # The first fills the memory to 10,000 exactly; the second makes the oldest go.
         assert (len(storage._rows._dead), oldest_dead in storage._rows._dead) == (10_000, dead is cookie)
         fp = fingerprint_of(id_hash_of(dead.split(".")[0]))
-        looked_up = [line for line in app_log.events() if line.startswith(f"event=session.expired_or_unknown fp={fp}")]
+        looked_up = [line for line in lib_log.events() if line.startswith(f"event=session.expired_or_unknown fp={fp}")]
         assert len(looked_up) == 1
 
 

@@ -61,7 +61,7 @@ LAUNCH_ARGS = [
 # the back button after logout is one of the things tested here.
 IGNORE_DEFAULT_ARGS = ["--disable-back-forward-cache"]
 
-SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
 LOGIN_PAGE = "/public/login.html"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -188,7 +188,7 @@ async def chromium(request: pytest.FixtureRequest) -> AsyncIterator[Chromium]:
 
 # The README's pictures: these screenshots, copied to docs/ when UPDATE_SCREENSHOTS=1.
 README_PICTURES = {"login-desktop": "login.png", "home-desktop": "home.png", "sessions-desktop": "sessions.png"}
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 async def screenshot(page: Page, name: str) -> None:

@@ -24,7 +24,7 @@ from aiohttp_session_postgres.tokens import handle_of
 
 KEY = b"k" * 32
 CLIENT = Client("192.0.2.1", "test agent")
-PACKAGE = Path(__file__).resolve().parents[1] / "aiohttp_session_postgres"
+PACKAGE = Path(__file__).resolve().parents[2] / "aiohttp_session_postgres"
 
 
 @pytest.fixture

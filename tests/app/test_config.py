@@ -53,7 +53,7 @@ def test_defaults() -> None:
     assert s.on_heroku is False
     assert s.log_level == "INFO"
     assert s.embedded_dir == DEFAULT_EMBEDDED_DIR
-    assert Path(__file__).resolve().parent.parent / ".local" == DEFAULT_EMBEDDED_DIR
+    assert Path(__file__).resolve().parents[2] / ".local" == DEFAULT_EMBEDDED_DIR
     # The production defaults of issue 11: cache on, no access log, durable writes.
     assert (s.cache, s.cache_size, s.cache_max_age) == (True, 10_000, 10)
     assert s.access_log is False
