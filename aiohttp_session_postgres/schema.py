@@ -92,7 +92,7 @@ def schema_sql(table: str = "sessions", schema: str = "public", *, partitions: i
     :param partitions: None for an ordinary table; N (2 to 64) for a table hash-partitioned by id_hash
         into N partitions, the layout a sharded cluster (Citus) gives the table distributed by
         id_hash. Only a new table can be partitioned; an existing one keeps its layout. What it
-        costs (measured with EXPLAIN ANALYZE, tests/test_partitioned.py): every statement of a
+        costs (measured with EXPLAIN ANALYZE, tests/library/test_partitioned.py): every statement of a
         request on its own session (load, touch, write, merge, logout, a new session) still
         touches one partition, a login or renewal that uses up a session two; what selects by
         user_id (the per-user cap after a login, listing, ending a user's sessions) reads all N,

@@ -3,7 +3,7 @@ the migrations (Alembic, imported only then: a serving process never loads it).
 
 HEAD_REVISION is the newest revision in migrations/versions, written here so that a serving
 process need not import Alembic and SQLAlchemy to learn it (25 MB of memory, measured);
-tests/test_migrations.py holds it equal to Alembic's own head.
+tests/app/test_migrations.py holds it equal to Alembic's own head.
 """
 
 from __future__ import annotations

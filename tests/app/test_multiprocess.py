@@ -247,7 +247,7 @@ def serve_once(env: dict[str, str | None]) -> subprocess.CompletedProcess[str]:
         ({"WEB_CONCURRENCY": "0"}, "error: WEB_CONCURRENCY must be between 1 and 100, got 0"),
         ({"WEB_CONCURRENCY": "two"}, "error: WEB_CONCURRENCY must be a whole number, got 'two'"),
         ({"DATABASE_POOL_MAX": "0"}, "error: DATABASE_POOL_MAX must be between 1 and 100, got 0"),
-        ({"SESSION_AUTHENTICATION_KEY": "short"}, "error: SESSION_AUTHENTICATION_KEY key 1 is 5 characters"),
+        ({"SESSION_AUTHENTICATION_KEY": "short"}, "error: SESSION_AUTHENTICATION_KEY key 1 is 5 bytes"),
         ({"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nothing"}, "error: cannot connect to the database at"),
     ],
 )
