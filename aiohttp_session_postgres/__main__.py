@@ -1,9 +1,11 @@
 """The library's commands, for set-up and scheduled jobs (no keys needed):
 
-    python -m aiohttp_session_postgres schema [--table NAME] [--schema NAME] [--partitions N]
+    python -m aiohttp_session_postgres schema [--table NAME] [--schema NAME] [--partitions N | --citus]
         print the SQL that creates (or updates) the sessions table, ready for psql
-    python -m aiohttp_session_postgres sweep --dsn URL [--table NAME] [--schema NAME]
+    python -m aiohttp_session_postgres sweep --dsn URL [--table NAME] [--schema NAME] [--citus]
         delete the expired sessions once and print how many (cron, Heroku Scheduler)
+
+--citus: the table distributed by Citus (the SQL distributes it; run it on the coordinator).
 
 A failure prints one line starting `error:` and exits 1; a usage mistake exits 2.
 """
@@ -31,12 +33,14 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--table", default="sessions", help="table name (default: sessions)")
         command.add_argument("--schema", default="public", help="PostgreSQL schema, which must exist (default: public)")
     schema.add_argument("--partitions", type=int, help="hash-partition a new table by id_hash into N partitions")
+    for command in (schema, cleanup):
+        command.add_argument("--citus", action="store_true", help="the table distributed by Citus, by id_hash")
     args = parser.parse_args(argv)
     try:
         if args.command == "schema":
-            sys.stdout.write(schema_sql(args.table, args.schema, partitions=args.partitions))
+            sys.stdout.write(schema_sql(args.table, args.schema, partitions=args.partitions, citus=args.citus))
         else:
-            deleted = asyncio.run(_sweep(args.dsn, args.table, args.schema))
+            deleted = asyncio.run(_sweep(args.dsn, args.table, args.schema, citus=args.citus))
             print(
                 "another process is sweeping: nothing done"
                 if deleted is None
@@ -47,15 +51,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except DATABASE_ERRORS as exc:
         reason = (getattr(exc, "message", None) or str(exc) or type(exc).__name__).splitlines()[0]
-        print(f"error: the database refused or did not answer ({reason})", file=sys.stderr)
+        hint = ""
+        if isinstance(exc, asyncpg.FeatureNotSupportedError) and not args.citus:
+            hint = "; on a Citus cluster, add --citus"
+        print(f"error: the database refused or did not answer ({reason}){hint}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _sweep(dsn: str, table: str, schema: str) -> int | None:
+async def _sweep(dsn: str, table: str, schema: str, *, citus: bool) -> int | None:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1, timeout=10)
     try:
-        return await sweep(pool, table=table, schema=schema)
+        return await sweep(pool, table=table, schema=schema, citus=citus)
     finally:
         await pool.close()
 

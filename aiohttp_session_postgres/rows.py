@@ -4,6 +4,11 @@ Each operation is one statement of sql.py (a merge after a version conflict, and
 sessions, one short transaction), under the pool's deadline (pool.py: `Unavailable` when the
 database does not answer). Session data goes in sealed and comes out opened (cipher.py), bound to
 its row. It knows rows, not HTTP: cookies, requests and events are the storage's (storage.py).
+
+On Citus (`citus=True`) what changes or ends a session runs in a transaction that ends by
+notifying the processes' caches itself (`_changing`): on one PostgreSQL the table's triggers do it,
+but on Citus a trigger would fire on the worker holding the row, and its notification would
+reach only that worker's listeners. There too the per-user lock is a statement of its own.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import asyncpg
 
@@ -130,6 +135,7 @@ class SessionRows:
     :param database_timeout: seconds one operation may take, pool wait included.
     :param max_sessions_per_user: live sessions kept per user after a creation; None: no cap.
     :param durable_writes: False: writes that end nothing skip waiting for the WAL flush.
+    :param citus: the table is distributed by Citus (sql.Statements says what that changes).
     """
 
     def __init__(
@@ -144,15 +150,17 @@ class SessionRows:
         database_timeout: float,
         max_sessions_per_user: int | None,
         durable_writes: bool,
+        citus: bool = False,
     ) -> None:
         self.pool = pool
+        self.citus = citus
         self.names = names
         self.idle_timeout = idle_timeout
         self.absolute_timeout = absolute_timeout
         self.touch_interval = touch_interval
         self.database_timeout = database_timeout
         self.max_sessions_per_user = max_sessions_per_user
-        self.sql = Statements(names.qualified, durable_writes=durable_writes)
+        self.sql = Statements(names.qualified, durable_writes=durable_writes, citus=citus)
         self._cipher = cipher
         self._fair = FairPool(pool)
         # IDs found dead (unknown, expired, used up): an ID never comes back to life, so a browser
@@ -174,6 +182,22 @@ class SessionRows:
             return
         async with self.connection() as pooled:
             yield pooled
+
+    def _changing(
+        self, conn: Connection, *, transaction: bool = False, notifies: bool = True
+    ) -> contextlib.AbstractAsyncContextManager[list[str]]:
+        """Around the statements of one operation that changes or ends sessions (`notifies`), in
+        a transaction if asked for: the caller adds the notification payloads of what they
+        changed (as schema.sql's triggers write them). On one PostgreSQL the triggers notify and
+        the payloads are dropped; on Citus a transaction notifies them on the coordinator before
+        it commits."""
+        if self.citus and (transaction or notifies):
+            return _Notifying(conn, self.sql, self.names.channel)
+        return _Transaction(conn) if transaction else _NOTHING
+
+    async def _user_lock(self, conn: Connection, user_id: int, *, shared: bool = False) -> None:
+        statement = self.sql.user_lock_shared if shared else self.sql.user_lock
+        await conn.execute(statement.sql, *statement.args(table_key=self.names.channel, user_id=user_id))
 
     # -- one session -----------------------------------------------------------------------
 
@@ -234,18 +258,19 @@ class SessionRows:
             tombstone_seconds=TOMBSTONE_SECONDS,
         )
         async with self.connection() as conn:
-            if check is None:
-                record = await conn.fetchrow(statement.sql, *args)
-            else:
-                # The check and the write in one transaction: what the check reads (and locks,
-                # FOR SHARE) cannot change before the session exists.
-                try:
-                    async with conn.transaction():
-                        if not await check(conn):
-                            raise _Refused  # rolls back whatever the check did
-                        record = await conn.fetchrow(statement.sql, *args)
-                except _Refused:
-                    return NotCreated.PRECONDITION
+            try:
+                # With a check, the check and the write in one transaction: what the check reads
+                # (and locks, FOR SHARE) cannot change before the session exists.
+                changing = self._changing(conn, transaction=check is not None, notifies=replaces is not None)
+                async with changing as changed:
+                    if check is not None and not await check(conn):
+                        raise _Refused  # rolls back whatever the check did
+                    record = await conn.fetchrow(statement.sql, *args)
+                    if record is not None and record["replaced_version"] is not None:
+                        assert replaces is not None
+                        changed.append(f"{replaces.hex()}:{record['replaced_version']}")
+            except _Refused:
+                return NotCreated.PRECONDITION
             return await self._with_cap(conn, id_hash, plaintext, user_id, record)
 
     async def renew(
@@ -254,6 +279,7 @@ class SessionRows:
         """A new session replacing the live session `replaces`, keeping its creation time and
         absolute deadline, in one statement; then, for a user, the cap."""
         statement = self.sql.renew
+        values = {"table_key": self.names.channel} if "table_key" in statement.names else {}
         args = statement.args(
             id_hash=id_hash,
             user_id=user_id,
@@ -262,10 +288,15 @@ class SessionRows:
             replaced=replaces,
             client_ip=client.ip,
             user_agent=client.user_agent,
-            table_key=self.names.channel,
+            **values,
         )
         async with self.connection() as conn:
-            record = await conn.fetchrow(statement.sql, *args)
+            async with self._changing(conn) as changed:
+                if self.citus and user_id is not None:
+                    await self._user_lock(conn, user_id, shared=True)  # inside RENEW_SQL elsewhere
+                record = await conn.fetchrow(statement.sql, *args)
+                if record is not None:
+                    changed.append(f"{replaces.hex()}:{record['replaced_version']}")
             return await self._with_cap(conn, id_hash, plaintext, user_id, record)
 
     async def _with_cap(
@@ -286,7 +317,12 @@ class SessionRows:
         args = self.sql.trim.args(user_id=user_id, max_sessions=keep)
         for attempt in range(3):
             try:
-                return tuple(record["id_hash"] for record in await conn.fetch(self.sql.trim.sql, *args))
+                async with self._changing(conn) as changed:
+                    if self.citus:
+                        await self._user_lock(conn, user_id)  # instead of locking the rows in order
+                    ended = tuple(record["id_hash"] for record in await conn.fetch(self.sql.trim.sql, *args))
+                    changed.extend(id_hash.hex() for id_hash in ended)
+                return ended
             except asyncpg.exceptions.TransactionRollbackError:
                 if attempt == 2:
                     raise
@@ -308,7 +344,8 @@ class SessionRows:
         flush even with durable_writes=False (a merge decides for itself: a change of user_id
         ends something)."""
         async with self.connection() as conn:
-            record = await self._write(conn, id_hash, plaintext, user_id, version, durable=durable)
+            async with self._changing(conn) as changed:
+                record = await self._write(conn, id_hash, plaintext, user_id, version, durable=durable, changed=changed)
             if record is None:
                 return await self._merge(conn, id_hash, rebase)
         return self._row(id_hash, record, plaintext, True)
@@ -316,7 +353,7 @@ class SessionRows:
     async def _merge(
         self, conn: Connection, id_hash: bytes, rebase: Callable[[bytes], tuple[bytes, int | None]]
     ) -> Row | NotSaved:
-        async with conn.transaction():
+        async with self._changing(conn, transaction=True) as changed:
             latest = await conn.fetchrow(self.sql.lock.sql, id_hash)
             if latest is None:
                 return NotSaved.ENDED
@@ -327,11 +364,21 @@ class SessionRows:
                 return NotSaved.UNKNOWN_KEY
             plaintext, user_id = rebase(opened[0])
             durable = user_id != latest["user_id"]
-            record = await self._write(conn, id_hash, plaintext, user_id, latest["version"], durable=durable)
+            record = await self._write(
+                conn, id_hash, plaintext, user_id, latest["version"], durable=durable, changed=changed
+            )
         return NotSaved.ENDED if record is None else self._row(id_hash, record, plaintext, True)
 
     async def _write(
-        self, conn: Connection, id_hash: bytes, plaintext: bytes, user_id: int | None, version: int, *, durable: bool
+        self,
+        conn: Connection,
+        id_hash: bytes,
+        plaintext: bytes,
+        user_id: int | None,
+        version: int,
+        *,
+        durable: bool,
+        changed: list[str],
     ) -> asyncpg.Record | None:
         statement = self.sql.save if durable else self.sql.save_async
         args = statement.args(
@@ -342,13 +389,18 @@ class SessionRows:
             version=version,
         )
         record: asyncpg.Record | None = await conn.fetchrow(statement.sql, *args)
+        if record is not None:
+            changed.append(f"{id_hash.hex()}:{record['version']}")
         return record
 
     async def end(self, id_hash: bytes) -> bool:
         """Delete the session (a logout). False when it was not live, or a tombstone (whose
         cookie a login used)."""
-        async with self.connection() as conn:
-            return bool(await conn.fetchval(self.sql.end.sql, id_hash))
+        async with self.connection() as conn, self._changing(conn) as changed:
+            ended = bool(await conn.fetchval(self.sql.end.sql, id_hash))
+            if ended:
+                changed.append(id_hash.hex())
+        return ended
 
     # -- one user's sessions ---------------------------------------------------------------
 
@@ -368,8 +420,9 @@ class SessionRows:
         if prefix is None:
             return ()
         statement = self.sql.end_by_handle
-        async with self._connection(conn) as c:
+        async with self._connection(conn) as c, self._changing(c) as changed:
             records = await c.fetch(statement.sql, *statement.args(user_id=user_id, handle=prefix))
+            changed.extend(r["id_hash"].hex() for r in records)
         return tuple(r["id_hash"] for r in records)
 
     async def end_user(
@@ -377,10 +430,11 @@ class SessionRows:
     ) -> tuple[bytes, ...]:
         """End every live session of the user but `keep`, under the user's lock (a renewal in
         flight is ended too, or finds its session gone): the ID hashes ended."""
-        async with self._connection(conn) as c, c.transaction():
-            lock, end = self.sql.user_lock, self.sql.end_user
-            await c.execute(lock.sql, *lock.args(table_key=self.names.channel, user_id=user_id))
+        async with self._connection(conn) as c, self._changing(c, transaction=True) as changed:
+            await self._user_lock(c, user_id)
+            end = self.sql.end_user
             records = await c.fetch(end.sql, *end.args(user_id=user_id, keep_id_hash=keep))
+            changed.extend(r["id_hash"].hex() for r in records)
         return tuple(r["id_hash"] for r in records)
 
     # -- the table -------------------------------------------------------------------------
@@ -389,7 +443,12 @@ class SessionRows:
         """Delete expired rows (sweeper.sweep): the number deleted, None when another process
         is sweeping."""
         return await sweep(
-            self.pool, table=self.names.table, schema=self.names.schema, batch_size=batch_size, timeout=timeout
+            self.pool,
+            table=self.names.table,
+            schema=self.names.schema,
+            batch_size=batch_size,
+            timeout=timeout,
+            citus=self.citus,
         )
 
     def _row(self, id_hash: bytes, record: asyncpg.Record, plaintext: bytes, current_key: bool) -> Row:
@@ -404,3 +463,58 @@ class SessionRows:
         )
         self._touch_times[id_hash] = row.touched_at
         return row
+
+
+class _Nothing:
+    """`_changing` on one PostgreSQL, no transaction: payloads dropped (the triggers notify)."""
+
+    async def __aenter__(self) -> list[str]:
+        return []
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NOTHING = _Nothing()
+
+
+class _Transaction:
+    """`_changing` on one PostgreSQL, in a transaction: payloads dropped (the triggers notify)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._transaction = conn.transaction()
+
+    async def __aenter__(self) -> list[str]:
+        await self._transaction.__aenter__()
+        return []
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._transaction.__aexit__(*exc)
+
+
+class _Notifying:
+    """`_changing` on Citus: a transaction that notifies what its statements changed, last."""
+
+    def __init__(self, conn: Connection, sql: Statements, channel: str) -> None:
+        self._transaction = conn.transaction()
+        self._conn = conn
+        self._sql = sql
+        self._channel = channel
+        self._changed: list[str] = []
+
+    async def __aenter__(self) -> list[str]:
+        await self._transaction.start()
+        return self._changed
+
+    async def __aexit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is not None:
+            await self._transaction.rollback()
+            return
+        try:
+            if self._changed:
+                notify = self._sql.notify
+                await self._conn.execute(notify.sql, *notify.args(channel=self._channel, payloads=self._changed))
+        except BaseException:
+            await self._transaction.rollback()
+            raise
+        await self._transaction.commit()

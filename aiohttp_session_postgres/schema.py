@@ -1,4 +1,5 @@
-"""The sessions table: its names, its SQL (schema.sql, beside this file), and creating it.
+"""The sessions table: its names, its SQL (schema.sql, beside this file, with schema_triggers.sql
+on one PostgreSQL or schema_citus.sql on Citus), and creating it.
 
 Three ways to get the table, whichever fits the project (test_schema_ways.py runs each):
 - the SQL: `schema_sql()`, or `python -m aiohttp_session_postgres schema | psql "$DATABASE_URL"`;
@@ -83,7 +84,9 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def schema_sql(table: str = "sessions", schema: str = "public", *, partitions: int | None = None) -> str:
+def schema_sql(
+    table: str = "sessions", schema: str = "public", *, partitions: int | None = None, citus: bool = False
+) -> str:
     """The SQL that creates (or brings up to date) the sessions table, its indexes and its
     triggers: schema.sql with the names filled in. Idempotent. The PostgreSQL `schema` must exist.
 
@@ -100,10 +103,18 @@ def schema_sql(table: str = "sessions", schema: str = "public", *, partitions: i
         nothing more: it is the way to a sharded cluster, not a speed-up. Planning and locking
         grow with N (a generic plan locks every partition: measured, a read at 1024 partitions
         took 20 ms and more), hence the bound of 64.
+    :param citus: for a Citus cluster (run on its coordinator, where the citus extension is
+        installed): the table distributed by id_hash (``create_distributed_table``), without the
+        triggers, which Citus refuses on a distributed table (the library notifies the caches
+        itself there). An existing table, with its rows, is distributed; one already distributed
+        is left as it is.
     :returns: the SQL, statements separated by semicolons, ready for psql.
-    :raises ValueError: for bad names or a bad partition count.
+    :raises ValueError: for bad names or a bad partition count, or partitions with citus (Citus
+        shards the table itself).
     """
     names = TableNames(table, schema)
+    if citus and partitions is not None:
+        raise ValueError("partitions and citus cannot go together: Citus shards the table itself")
     partition_clause, partition_sql, partition_triggers = "", "", ""
     if partitions is not None:
         if not isinstance(partitions, int) or isinstance(partitions, bool) or not 2 <= partitions <= MAX_PARTITIONS:
@@ -124,7 +135,10 @@ def schema_sql(table: str = "sessions", schema: str = "public", *, partitions: i
             f"    FOR EACH STATEMENT EXECUTE FUNCTION {_quote(schema)}.{names.derived('notify')}();\n"
             for part in parts
         )
-    template = resources.files(__package__).joinpath("schema.sql").read_text(encoding="utf-8")
+    files = resources.files(__package__)
+    notifications = files.joinpath("schema_citus.sql" if citus else "schema_triggers.sql").read_text(encoding="utf-8")
+    template = files.joinpath("schema.sql").read_text(encoding="utf-8")
+    template = template.replace("{notifications}", notifications.strip())
     return template.format(
         table=names.qualified,
         schema=_quote(schema),
@@ -143,14 +157,16 @@ def schema_sql(table: str = "sessions", schema: str = "public", *, partitions: i
     )
 
 
-def schema_statements(table: str = "sessions", schema: str = "public", *, partitions: int | None = None) -> list[str]:
+def schema_statements(
+    table: str = "sessions", schema: str = "public", *, partitions: int | None = None, citus: bool = False
+) -> list[str]:
     """`schema_sql` as single statements, for drivers that run one at a time (Alembic's `op.execute`).
 
     :returns: the statements, each without its closing semicolon.
     :raises ValueError: as `schema_sql`.
     """
     statements, current, in_body = [], [], False
-    for line in schema_sql(table, schema, partitions=partitions).splitlines():
+    for line in schema_sql(table, schema, partitions=partitions, citus=citus).splitlines():
         if line.startswith("--") and not in_body:
             continue
         current.append(line)
@@ -165,7 +181,12 @@ def schema_statements(table: str = "sessions", schema: str = "public", *, partit
 
 
 async def create_schema(
-    conn: Connection, *, table: str = "sessions", schema: str = "public", partitions: int | None = None
+    conn: Connection,
+    *,
+    table: str = "sessions",
+    schema: str = "public",
+    partitions: int | None = None,
+    citus: bool = False,
 ) -> bool:
     """Create the sessions table (or bring it up to date) on `conn`, in one transaction under an
     advisory lock, so any number of processes may call it at once (for example at every start).
@@ -174,18 +195,28 @@ async def create_schema(
     :param table: as for `schema_sql`.
     :param schema: as for `schema_sql`.
     :param partitions: as for `schema_sql` (a new table only).
-    :returns: True when it changed something; False when the table was already at this version,
-        in which case no lock on the table is taken.
-    :raises ValueError: for bad names, or partitions that do not match the table.
+    :param citus: as for `schema_sql`, on a Citus coordinator.
+    :returns: True when it changed something; False when the table was already at this version
+        (and, with `citus`, distributed), in which case no lock on the table is taken.
+    :raises ValueError: for bad names, partitions that do not match the table, or `citus` where
+        the citus extension is not installed.
     :raises asyncpg.PostgresError: from the database (for example LockNotAvailableError when the
         table stays locked by others for more than 5 seconds).
     """
-    sql = schema_sql(table, schema, partitions=partitions)  # ValueError before touching the database
+    sql = schema_sql(table, schema, partitions=partitions, citus=citus)  # ValueError before the database
+    names = TableNames(table, schema)
+    if citus and not await conn.fetchval("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')"):
+        raise ValueError("citus=True, but this database has no citus extension: CREATE EXTENSION citus first")
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK_KEY)
-        if await schema_version(conn, table=table, schema=schema) == SCHEMA_VERSION:
+        current = await schema_version(conn, table=table, schema=schema) == SCHEMA_VERSION
+        if current and (not citus or await _distributed(conn, names)):
             return False
         await conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
+        if citus:
+            # One shard at a time: DDL run on every shard in parallel may not be followed, in the
+            # same transaction, by the commands Citus sends over one connection per worker.
+            await conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
         await conn.execute(sql)
         if partitions is not None:
             # CREATE TABLE IF NOT EXISTS leaves a table already there as it is: a partition's
@@ -200,6 +231,14 @@ async def create_schema(
                     " exists already, or the table exists unpartitioned"
                 )
     return True
+
+
+async def _distributed(conn: Connection, names: TableNames) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = to_regclass($1))", names.qualified
+        )
+    )
 
 
 async def schema_version(conn: Connection, *, table: str = "sessions", schema: str = "public") -> int | None:

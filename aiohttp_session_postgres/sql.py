@@ -6,6 +6,12 @@ them for PostgreSQL. `{table}` is the quoted table; `{async_commit}` marks where
 nothing may skip waiting for the WAL flush (durable_writes=False). Expiry is always the database's
 clock: `now()`, the transaction's start, for reads; `clock_timestamp()` for writes, which may have
 waited on a row lock past a deadline.
+
+On Citus (`Statements(..., citus=True)`) a few statements differ, each for a reason Citus gives,
+all in `Statements` below: a modification may not call a VOLATILE function (`clock_timestamp()`,
+`set_config()`, an advisory lock), FOR UPDATE may not span shards, and a DELETE may not name
+rows by ctid. What they return is the same; rows.py adds what the table's triggers do on one
+PostgreSQL (the notifications) and takes the per-user lock as a statement of its own.
 """
 
 from __future__ import annotations
@@ -29,21 +35,28 @@ def live(clock: str = "now()", row: str = "") -> str:
 LIVE = live()
 LIVE_AT_WRITE = live("clock_timestamp()")
 
+
+def epoch(column: str) -> str:
+    """`column` (a timestamptz) as epoch seconds. Through UTC, which makes the expression
+    IMMUTABLE (Citus allows no other in a RETURNING clause); the value is the same."""
+    return f"extract(epoch FROM {column} AT TIME ZONE 'UTC')"
+
+
 # What a statement that reads or writes one session returns of it, beside its data: a row of
 # rows.Row, times as epoch seconds (the database's clock).
-ROW_COLUMNS = """version,
-       extract(epoch FROM created_at)::bigint AS created,
-       extract(epoch FROM idle_expires_at)::float8 AS idle_deadline,
-       extract(epoch FROM absolute_expires_at)::float8 AS absolute_deadline,
-       extract(epoch FROM last_seen_at)::float8 AS last_seen"""
+ROW_COLUMNS = f"""version,
+       {epoch("created_at")}::bigint AS created,
+       {epoch("idle_expires_at")}::float8 AS idle_deadline,
+       {epoch("absolute_expires_at")}::float8 AS absolute_deadline,
+       {epoch("last_seen_at")}::float8 AS last_seen"""
 
 # A read: the live row and, only when its last touch is older than the touch interval, slide its
 # idle deadline (never past the absolute one) and note the client, in the same statement. Inside
 # the interval the UPDATE matches no row, and so writes nothing. The UPDATE re-checks the row
 # itself: if a login or renewal used the session up after `live` read it (this UPDATE then waited
 # on its lock), it meets a tombstone and must not slide it back to life; and it checks expiry
-# against the clock. `s.id_hash = $id_hash` as well as the join: a constant lets a partitioned
-# table be pruned to one partition when the statement is planned.
+# against the clock ({write_clock}). `s.id_hash = $id_hash` as well as the join: a constant lets a
+# partitioned table be pruned to one partition when the statement is planned.
 LOAD_AND_TOUCH_SQL = f"""
 WITH live AS (
     SELECT id_hash, data, version, created_at, idle_expires_at, absolute_expires_at, last_seen_at,
@@ -57,14 +70,18 @@ WITH live AS (
         client_ip = $client_ip, user_agent = $user_agent
     FROM live
     WHERE s.id_hash = $id_hash AND s.id_hash = live.id_hash AND live.due AND s.replaced_at IS NULL
-      AND {live("clock_timestamp()", "s")} {{async_commit}}
+      AND {live("{write_clock}", "s")} {{async_commit}}
 )
 SELECT data, version,
-       extract(epoch FROM created_at)::bigint AS created,
-       extract(epoch FROM CASE WHEN due THEN least(now() + make_interval(secs => $idle_timeout), absolute_expires_at)
-                               ELSE idle_expires_at END)::float8 AS idle_deadline,
-       extract(epoch FROM absolute_expires_at)::float8 AS absolute_deadline,
-       extract(epoch FROM CASE WHEN due THEN now() ELSE last_seen_at END)::float8 AS last_seen
+       {epoch("created_at")}::bigint AS created,
+       {
+    epoch(
+        "CASE WHEN due THEN least(now() + make_interval(secs => $idle_timeout), absolute_expires_at)"
+        " ELSE idle_expires_at END"
+    )
+}::float8 AS idle_deadline,
+       {epoch("absolute_expires_at")}::float8 AS absolute_deadline,
+       {epoch("CASE WHEN due THEN now() ELSE last_seen_at END")}::float8 AS last_seen
 FROM live
 """
 
@@ -81,53 +98,65 @@ WHERE id_hash = $id_hash AND {LIVE}
 # row becomes a tombstone (no data, expired; a row is made for an unknown one), so its ID is dead
 # at once (no fixation), and a second login from the same cookie within $tombstone_seconds creates
 # nothing: at most one live session results from one pre-login session, however many times the
-# form is submitted.
+# form is submitted. The conflict's update takes its times from the row proposed (EXCLUDED: now()),
+# never a function: Citus allows only IMMUTABLE ones there. `replaced_version` is what a
+# notification of the used-up session carries.
 CREATE_SQL = f"""
 WITH used AS (
     INSERT INTO {{table}} AS s (id_hash, data, idle_expires_at, absolute_expires_at, replaced_at)
     SELECT $replaced, '\\x'::bytea, now(), now(), now() WHERE $replaced::bytea IS NOT NULL
     ON CONFLICT (id_hash) DO UPDATE
-        SET data = '\\x'::bytea, user_id = NULL, version = s.version + 1, replaced_at = now(),
-            idle_expires_at = least(now(), s.absolute_expires_at)
-        WHERE s.replaced_at IS NULL OR s.replaced_at <= now() - make_interval(secs => $tombstone_seconds)
-    RETURNING 1
+        SET data = EXCLUDED.data, user_id = NULL, version = s.version + 1, replaced_at = EXCLUDED.replaced_at,
+            idle_expires_at = least(EXCLUDED.idle_expires_at, s.absolute_expires_at)
+        WHERE s.replaced_at IS NULL
+           OR EXCLUDED.replaced_at - s.replaced_at >= make_interval(secs => $tombstone_seconds)
+    RETURNING version
+), created AS (
+    INSERT INTO {{table}} (id_hash, user_id, data, idle_expires_at, absolute_expires_at, client_ip, user_agent)
+    SELECT $id_hash, $user_id, $data, now() + make_interval(secs => $idle_timeout),
+           now() + make_interval(secs => $absolute_timeout), $client_ip, $user_agent
+    WHERE ($replaced::bytea IS NULL OR EXISTS (SELECT FROM used)) {{async_commit}}
+    RETURNING {ROW_COLUMNS}
 )
-INSERT INTO {{table}} (id_hash, user_id, data, idle_expires_at, absolute_expires_at, client_ip, user_agent)
-SELECT $id_hash, $user_id, $data, now() + make_interval(secs => $idle_timeout),
-       now() + make_interval(secs => $absolute_timeout), $client_ip, $user_agent
-WHERE ($replaced::bytea IS NULL OR EXISTS (SELECT FROM used)) {{async_commit}}
-RETURNING {ROW_COLUMNS}
+SELECT created.*, (SELECT version FROM used) AS replaced_version FROM created
 """
 
 # renew_session: the same for a live session only ($replaced), keeping its creation time and
 # absolute deadline. Of two concurrent renewals one wins; the other, and a renewal of a session
 # that ended meanwhile, creates nothing. A renewal of a user's session holds that user's lock
-# (USER_LOCK_SQL) shared, taken before the row's: ending all of a user's sessions takes it
-# exclusively first, so a renewal in flight is either done before that statement looks (its new
-# row is then ended too) or finds the old row gone; without it, the new row was made where that
-# statement never looked.
+# (USER_LOCK_SQL) shared, taken before the row's ({user_lock}: on Citus, where a modification may
+# not take it, rows.py takes it first in the same transaction): ending all of a user's sessions
+# takes it exclusively first, so a renewal in flight is either done before that statement looks
+# (its new row is then ended too) or finds the old row gone; without it, the new row was made where
+# that statement never looked.
 RENEW_SQL = f"""
 WITH used AS (
     UPDATE {{table}}
     SET data = '\\x'::bytea, user_id = NULL, version = version + 1, replaced_at = now(), idle_expires_at = now()
-    WHERE id_hash = $replaced AND replaced_at IS NULL AND {LIVE}
-        AND ($user_id::bigint IS NULL
-             OR pg_advisory_xact_lock_shared(hashtextextended($table_key, $user_id)) IS NOT NULL)
-    RETURNING created_at, absolute_expires_at
+    WHERE id_hash = $replaced AND replaced_at IS NULL AND {LIVE} {{user_lock}}
+    RETURNING version, created_at, absolute_expires_at
+), created AS (
+    INSERT INTO {{table}}
+        (id_hash, user_id, data, created_at, idle_expires_at, absolute_expires_at, client_ip, user_agent)
+    SELECT $id_hash, $user_id, $data, u.created_at,
+           least(now() + make_interval(secs => $idle_timeout), u.absolute_expires_at), u.absolute_expires_at,
+           $client_ip, $user_agent
+    FROM used AS u
+    RETURNING {ROW_COLUMNS}
 )
-INSERT INTO {{table}} (id_hash, user_id, data, created_at, idle_expires_at, absolute_expires_at, client_ip, user_agent)
-SELECT $id_hash, $user_id, $data, u.created_at,
-       least(now() + make_interval(secs => $idle_timeout), u.absolute_expires_at), u.absolute_expires_at,
-       $client_ip, $user_agent
-FROM used AS u
-RETURNING {ROW_COLUMNS}
+SELECT created.*, (SELECT version FROM used) AS replaced_version FROM created
 """
+# RENEW_SQL's user lock, inside the statement (one PostgreSQL).
+RENEW_USER_LOCK = """
+        AND ($user_id::bigint IS NULL
+             OR pg_advisory_xact_lock_shared(hashtextextended($table_key, $user_id)) IS NOT NULL)"""
 
 # max_sessions_per_user: after a login, end the user's least recently used live sessions beyond
 # $max_sessions. A statement of its own, after the login's commit: of concurrent logins, the last
 # to trim sees every one committed before it, so once they are all answered the cap holds. Rows are
-# locked in id_hash order, as every statement that ends several of a user's sessions locks them:
-# concurrent ones then queue for each other instead of deadlocking.
+# locked in id_hash order ({lock_rows}), as every statement that ends several of a user's sessions
+# locks them: concurrent ones then queue for each other instead of deadlocking. (Citus cannot lock
+# rows of several shards: there rows.py takes the user's lock first instead.)
 TRIM_SQL = f"""
 DELETE FROM {{table}}
 WHERE id_hash IN (
@@ -138,19 +167,18 @@ WHERE id_hash IN (
         ORDER BY last_seen_at DESC, created_at DESC
         OFFSET $max_sessions
     ) AND {LIVE}
-    ORDER BY id_hash
-    FOR UPDATE
+    {{lock_rows}}
 )
 RETURNING id_hash
 """
 
 # A write, optimistic: only if nobody saved since this request loaded $version. Never an upsert:
-# an ended session stays ended.
+# an ended session stays ended. Expiry against {write_clock}.
 SAVE_SQL = f"""
 UPDATE {{table}}
 SET data = $data, user_id = $user_id, version = version + 1, last_seen_at = now(),
     idle_expires_at = least(now() + make_interval(secs => $idle_timeout), absolute_expires_at)
-WHERE id_hash = $id_hash AND version = $version AND {LIVE_AT_WRITE} {{async_commit}}
+WHERE id_hash = $id_hash AND version = $version AND {live("{write_clock}")} {{async_commit}}
 RETURNING {ROW_COLUMNS}
 """
 
@@ -164,10 +192,16 @@ FOR UPDATE
 # Logout. A tombstone stays (its cookie was used by a login, whose cookie the browser now has).
 END_SQL = "DELETE FROM {table} WHERE id_hash = $id_hash AND replaced_at IS NULL RETURNING 1"
 
+# What the table's triggers send on one PostgreSQL (schema.sql), sent by rows.py on Citus, where a
+# trigger would fire on a worker and notify only that worker's listeners. Payloads as there.
+NOTIFY_SQL = "SELECT pg_notify($channel, payload) FROM unnest($payloads::text[]) AS payload"
+
 # Taken by what ends all of a user's sessions (or all but one), for its transaction, before it
 # looks: renewals of that user's sessions (RENEW_SQL) wait, or are waited for. $table_key keeps
 # one table's user locks apart from another's.
 USER_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended($table_key, $user_id))"
+# The same lock shared, as RENEW_SQL takes it (on Citus, as a statement of its own).
+USER_LOCK_SHARED_SQL = "SELECT pg_advisory_xact_lock_shared(hashtextextended($table_key, $user_id))"
 
 LIST_USER_SQL = f"""
 SELECT id_hash, created_at, last_seen_at, client_ip, user_agent
@@ -186,14 +220,15 @@ WHERE user_id = $user_id AND substring(id_hash FROM 1 FOR octet_length($handle::
 RETURNING id_hash
 """
 
-# Every live session of the user but $keep_id_hash (NULL: all of them). Live rows only: what it
-# returns is what it ended; expired rows are the sweeper's, which then never waits on this.
+# Every live session of the user but $keep_id_hash (NULL: all of them), rows locked as TRIM_SQL
+# locks them. Live rows only: what it returns is what it ended; expired rows are the sweeper's,
+# which then never waits on this.
 END_USER_SQL = f"""
 DELETE FROM {{table}}
 WHERE id_hash IN (
     SELECT id_hash FROM {{table}}
     WHERE user_id = $user_id AND id_hash IS DISTINCT FROM $keep_id_hash::bytea AND {LIVE}
-    ORDER BY id_hash FOR UPDATE
+    {{lock_rows}}
 ) AND {LIVE}
 RETURNING id_hash
 """
@@ -206,12 +241,13 @@ _SWEEPABLE = (
 
 # The sweeper's batch. The idle deadline alone decides expiry (it never passes the absolute one),
 # so one index serves it. Deleting by ctid (a TID scan) measured about 8x faster than
-# `id_hash IN (subquery)`; no row locks are needed, since expired rows are never updated, and the
-# outer condition re-checks the row actually deleted.
+# `id_hash IN (subquery)`; Citus cannot name rows by ctid, so there it deletes by id_hash; no row locks are
+# needed, since expired rows are never updated, and the outer condition re-checks the row actually
+# deleted.
 SWEEP_SQL = f"""
 DELETE FROM {{table}}
-WHERE ctid = ANY (ARRAY(
-    SELECT ctid FROM {{table}}
+WHERE {{row_key}} = ANY (ARRAY(
+    SELECT {{row_key}} FROM {{table}}
     WHERE {_SWEEPABLE}
     LIMIT $batch_size
 )) AND {_SWEEPABLE}
@@ -267,23 +303,38 @@ class Statements:
 
     :param table: the table, quoted (`TableNames.qualified`).
     :param durable_writes: False to let `create_async`, `save_async` and the touch in
-        `load_and_touch` commit without waiting for the flush.
+        `load_and_touch` commit without waiting for the flush (one PostgreSQL only).
+    :param citus: the table is distributed by Citus: the variants it needs, each said here.
     """
 
-    def __init__(self, table: str, *, durable_writes: bool) -> None:
+    def __init__(self, table: str, *, durable_writes: bool, citus: bool = False) -> None:
         fast = "" if durable_writes else ASYNC_COMMIT
-        self.load_and_touch = Statement(LOAD_AND_TOUCH_SQL, table=table, async_commit=fast)
-        self.load = Statement(LOAD_SQL, table=table)
-        self.create = Statement(CREATE_SQL, table=table, async_commit="")
-        self.create_async = Statement(CREATE_SQL, table=table, async_commit=fast)
-        self.renew = Statement(RENEW_SQL, table=table)
-        self.trim = Statement(TRIM_SQL, table=table)
-        self.save = Statement(SAVE_SQL, table=table, async_commit="")
-        self.save_async = Statement(SAVE_SQL, table=table, async_commit=fast)
-        self.lock = Statement(LOCK_SQL, table=table)
-        self.end = Statement(END_SQL, table=table)
+        fields = {
+            "table": table,
+            # Citus refuses a VOLATILE function in a modification: there a write checks expiry at
+            # its statement's start, now() (which the coordinator sets), not after a lock wait.
+            "write_clock": "now()" if citus else "clock_timestamp()",
+            # Citus cannot lock rows of several shards (FOR UPDATE), nor take a lock inside a
+            # modification: rows.py takes the user's lock first, as a statement of its own.
+            "lock_rows": "" if citus else "ORDER BY id_hash FOR UPDATE",
+            "user_lock": "" if citus else RENEW_USER_LOCK,
+            # Citus cannot name rows by ctid.
+            "row_key": "id_hash" if citus else "ctid",
+        }
+        self.load_and_touch = Statement(LOAD_AND_TOUCH_SQL, **fields, async_commit=fast)
+        self.load = Statement(LOAD_SQL, **fields)
+        self.create = Statement(CREATE_SQL, **fields, async_commit="")
+        self.create_async = Statement(CREATE_SQL, **fields, async_commit=fast)
+        self.renew = Statement(RENEW_SQL, **fields)
+        self.trim = Statement(TRIM_SQL, **fields)
+        self.save = Statement(SAVE_SQL, **fields, async_commit="")
+        self.save_async = Statement(SAVE_SQL, **fields, async_commit=fast)
+        self.lock = Statement(LOCK_SQL, **fields)
+        self.end = Statement(END_SQL, **fields)
         self.user_lock = Statement(USER_LOCK_SQL)
-        self.list_user = Statement(LIST_USER_SQL, table=table)
-        self.end_by_handle = Statement(END_BY_HANDLE_SQL, table=table)
-        self.end_user = Statement(END_USER_SQL, table=table)
-        self.sweep = Statement(SWEEP_SQL, table=table)
+        self.user_lock_shared = Statement(USER_LOCK_SHARED_SQL)
+        self.notify = Statement(NOTIFY_SQL)
+        self.list_user = Statement(LIST_USER_SQL, **fields)
+        self.end_by_handle = Statement(END_BY_HANDLE_SQL, **fields)
+        self.end_user = Statement(END_USER_SQL, **fields)
+        self.sweep = Statement(SWEEP_SQL, **fields)

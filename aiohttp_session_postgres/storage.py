@@ -118,6 +118,14 @@ class PostgresStorage(AbstractStorage):
         session still waits for the flush, and so survives any crash, and PostgreSQL's log being
         one sequence, that flush makes every earlier write durable too. So with False, never take
         a right away by changing session data (a role, an MFA flag): end or renew the session.
+        Not on Citus.
+    :param citus: the table is distributed by Citus (``create_schema(conn, citus=True)``). Every
+        operation keeps its guarantees there, but for two differences Citus imposes: a write
+        checks expiry against its statement's start, not the moment it gets the row's lock (a
+        write that waited for a lock past the session's deadline may still land, at most
+        `database_timeout` late); and what changes or ends a session also notifies the caches
+        itself, in its transaction (the table has no triggers there), so a change made outside
+        the library notifies nothing.
     :raises ArgumentError: (a ValueError) as `check_arguments` says.
     :raises ValueError: for a table or schema name that is not a plain identifier.
     """
@@ -140,7 +148,11 @@ class PostgresStorage(AbstractStorage):
         max_sessions_per_user: int | None = None,
         cache: SessionCache | None = None,
         durable_writes: bool = True,
+        citus: bool = False,
     ) -> None:
+        if citus and not durable_writes:
+            # Citus refuses set_config(), which makes a write skip the flush, in a modification.
+            raise ArgumentError("durable_writes=False cannot run on Citus (citus=True)", argument="durable_writes")
         self.check_arguments(
             authentication_keys=authentication_keys,
             encryption_keys=encryption_keys,
@@ -163,6 +175,7 @@ class PostgresStorage(AbstractStorage):
             "database_timeout": database_timeout,
             "max_sessions_per_user": max_sessions_per_user,
             "durable_writes": durable_writes,
+            "citus": citus,
         }
         cipher = DataCipher(tuple(encryption_keys))
         self._rows = (
@@ -481,7 +494,9 @@ class PostgresStorage(AbstractStorage):
         space. A failed pass is logged and tried again at the next interval."""
         rows = self._rows
         return _while_running(
-            lambda: sweep_forever(rows.pool, rows.names, interval=interval, batch_size=batch_size, timeout=timeout)
+            lambda: sweep_forever(
+                rows.pool, rows.names, interval=interval, batch_size=batch_size, timeout=timeout, citus=rows.citus
+            )
         )
 
     def cache_listener(self, connect: Callable[[], Awaitable[asyncpg.Connection]]) -> CleanupContext:

@@ -16,7 +16,7 @@ import asyncpg
 
 from .pool import DATABASE_ERRORS
 from .schema import TableNames
-from .sql import SWEEP_SQL, TOMBSTONE_SECONDS, Statement
+from .sql import TOMBSTONE_SECONDS, Statements
 
 log = logging.getLogger("aiohttp_session_postgres")
 
@@ -31,6 +31,7 @@ async def sweep(
     schema: str = "public",
     batch_size: int = 1000,
     timeout: float = 10.0,
+    citus: bool = False,
 ) -> int | None:
     """Delete expired sessions (and tombstones past their time) from `schema`.`table`, in
     transactions of `batch_size` rows, until none is left: one sweeper at a time across all
@@ -41,11 +42,12 @@ async def sweep(
     :param schema: the PostgreSQL schema that holds it.
     :param batch_size: rows deleted per transaction.
     :param timeout: seconds each statement (and the wait for a connection) may take.
+    :param citus: the table is distributed by Citus (which cannot delete by ctid).
     :returns: the number deleted, or None when another process holds the sweep lock.
     :raises ValueError: for a table or schema name that is not a plain identifier.
     :raises asyncpg.PostgresError: and asyncpg's other errors, from the database.
     """
-    statement = Statement(SWEEP_SQL, table=TableNames(table, schema).qualified)
+    statement = Statements(TableNames(table, schema).qualified, durable_writes=True, citus=citus).sweep
     args = statement.args(batch_size=batch_size, tombstone_seconds=TOMBSTONE_SECONDS)
     total = 0
     while True:
@@ -61,14 +63,16 @@ async def sweep(
 
 
 async def sweep_forever(
-    pool: asyncpg.Pool, names: TableNames, *, interval: float, batch_size: int, timeout: float
+    pool: asyncpg.Pool, names: TableNames, *, interval: float, batch_size: int, timeout: float, citus: bool = False
 ) -> None:
     """`sweep` every `interval` seconds (jittered +/-20%, so processes started together do not
     collide), until cancelled; a failed pass is logged and retried at the next interval."""
     while True:
         await asyncio.sleep(interval * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not secrecy
         try:
-            deleted = await sweep(pool, table=names.table, schema=names.schema, batch_size=batch_size, timeout=timeout)
+            deleted = await sweep(
+                pool, table=names.table, schema=names.schema, batch_size=batch_size, timeout=timeout, citus=citus
+            )
         except DATABASE_ERRORS as exc:  # survived until the next pass
             log.warning("sweep of %s failed, will retry next interval: %s", names.qualified, type(exc).__name__)
             continue

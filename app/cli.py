@@ -100,7 +100,7 @@ def _with_storage(settings: Settings, work: Callable[[PostgresStorage], Awaitabl
     async def run() -> int:
         pool = await open_pool(settings)
         try:
-            return await work(build_storage(settings, pool))
+            return await work(await build_storage(settings, pool))
         finally:
             await pool.close()
 
@@ -125,7 +125,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 async def _ensure_demo_user(settings: Settings) -> None:
     pool = await open_pool(settings)
     try:
-        storage = build_storage(settings, pool)
+        storage = await build_storage(settings, pool)
         async with storage.connection() as conn:
             if await users.find(conn, DEMO_USER) is not None:
                 return
@@ -195,9 +195,8 @@ def _user_delete(settings: Settings, args: argparse.Namespace) -> int:
     name: str = args.name
 
     async def work(storage: PostgresStorage) -> int:
-        async with storage.connection() as conn:
-            if not await users.delete(conn, name):
-                raise CommandError(f"no user named {name!r}")
+        if not await users.delete(storage, name):
+            raise CommandError(f"no user named {name!r}")
         print(f"deleted user {name} and their sessions")
         return 0
 

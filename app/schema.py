@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 
 class SchemaOutOfDate(Exception):
@@ -68,3 +68,12 @@ async def check(conn: asyncpg.Connection) -> None:
             f"the database schema is {found}, the code needs {HEAD_REVISION}: run `alembic upgrade head`"
             " (from a checkout: `python3 dev.py alembic upgrade head`)"
         )
+
+
+async def distributed(conn: asyncpg.Connection) -> bool:
+    """Whether the sessions table is distributed by Citus (this is a Citus coordinator)."""
+    if not await conn.fetchval("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')"):
+        return False  # (and pg_dist_partition does not exist)
+    return bool(
+        await conn.fetchval("SELECT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = 'sessions'::regclass)")
+    )

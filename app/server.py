@@ -72,8 +72,11 @@ _PREPARED_STATEMENT_ERRORS = (
 )
 
 
-def build_storage(settings: Settings, pool: asyncpg.Pool) -> PostgresStorage:
-    """The session storage these settings describe, on `pool`."""
+async def build_storage(settings: Settings, pool: asyncpg.Pool) -> PostgresStorage:
+    """The session storage these settings describe, on `pool`: on a Citus coordinator whose
+    sessions table is distributed (migration 0006 does it there), the storage for Citus."""
+    async with pool.acquire() as conn:
+        citus = await schema.distributed(conn)
     cache = SessionCache(max_entries=settings.cache_size, max_age=settings.cache_max_age) if settings.cache else None
     return PostgresStorage(
         pool,
@@ -87,12 +90,13 @@ def build_storage(settings: Settings, pool: asyncpg.Pool) -> PostgresStorage:
         max_sessions_per_user=settings.max_sessions_per_user,
         cache=cache,
         durable_writes=settings.durable_writes,
+        citus=citus,
     )
 
 
 async def create_app(settings: Settings) -> web.Application:
     pool = await open_pool(settings)
-    storage = build_storage(settings, pool)
+    storage = await build_storage(settings, pool)
     app = web.Application(middlewares=[front(settings.trust_proxy)])
     app[SETTINGS] = settings
     app[POOL] = pool

@@ -27,8 +27,9 @@ RETURNING id, username, (xmax = 0) AS inserted
 # Locks the row against a concurrent reset or delete until the transaction ends (FOR SHARE).
 UNCHANGED_SQL = "SELECT true FROM users WHERE id = $1 AND password_hash = $2 FOR SHARE"
 
-# Sessions go with the user (ON DELETE CASCADE).
-DELETE_SQL = "DELETE FROM users WHERE lower(username) = lower($1)"
+# The user's row, locked until the deletion commits (no login can create a session meanwhile).
+LOCK_SQL = "SELECT id FROM users WHERE lower(username) = lower($1) FOR UPDATE"
+DELETE_SQL = "DELETE FROM users WHERE id = $1"
 
 
 @dataclass(frozen=True)
@@ -75,5 +76,14 @@ async def set_password(storage: PostgresStorage, username: str, password_hash: s
     return bool(row["inserted"]), row["username"]
 
 
-async def delete(conn: asyncpg.Connection, username: str) -> bool:
-    return await conn.execute(DELETE_SQL, username) != "DELETE 0"
+async def delete(storage: PostgresStorage, username: str) -> bool:
+    """Delete the user and, in the same transaction, end their sessions through the storage (so
+    every process's cache learns it; on one PostgreSQL the foreign key's ON DELETE CASCADE would
+    end them too, but on Citus a cascade notifies nothing). False when there is no such user."""
+    async with storage.connection() as conn, conn.transaction():
+        user_id = await conn.fetchval(LOCK_SQL, username)
+        if user_id is None:
+            return False
+        await storage.end_all_sessions(user_id, conn=conn)
+        await conn.execute(DELETE_SQL, user_id)
+    return True

@@ -67,8 +67,9 @@ BASELINE = "@base"
 
 
 def kind(variant: str) -> str:
-    """The variant a name stands for: `ship@base` is `ship` run from the baseline's checkout."""
-    return variant.split("@", 1)[0]
+    """The variant a name stands for: `ship@base` is `ship` run from the baseline's checkout,
+    `ship/citus` is `ship` on the Citus cluster of scenario 11."""
+    return variant.split("@", 1)[0].split("/", 1)[0]
 
 
 def app_environment(database_url: str, port: int, *, root: Path = ROOT, **extra: str) -> dict[str, str]:
@@ -267,7 +268,7 @@ class Server:
             args += ["--database-url", self.database_url]
         if self.redis_prefix and not self.shipped:
             args += ["--redis-prefix", self.redis_prefix]
-        log_path = self.raw_dir / f"server-{self.label}.log"
+        log_path = self.raw_dir / f"server-{self.label.replace('/', '-')}.log"
         self._log = log_path.open("w")  # closed in stop()
         if self.shipped or self.kind.startswith("app-"):
             extra = SHIPPED.get(self.kind) or VARIANT_ENV.get(self.kind, {})
@@ -334,7 +335,7 @@ class Server:
                 (morsel,) = jar.values()
                 cookies.append(f"{morsel.key}={morsel.value}")
         self.cookies = cookies
-        self.cookies_file = self.raw_dir / f"cookies-{self.label}.txt"
+        self.cookies_file = self.raw_dir / f"cookies-{self.label.replace('/', '-')}.txt"
         self.cookies_file.write_text("\n".join(cookies) + "\n")
         return cookies
 

