@@ -236,7 +236,8 @@ async def create_schema(
 async def _distributed(conn: Connection, names: TableNames) -> bool:
     return bool(
         await conn.fetchval(
-            "SELECT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = to_regclass($1))", names.qualified
+            "SELECT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = to_regclass($1) AND partmethod = 'h')",
+            names.qualified,
         )
     )
 

@@ -6,7 +6,7 @@
 -- with rows keeps them (Citus copies them to the shards).
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = '{table}'::regclass) THEN
+    IF NOT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = '{table}'::regclass AND partmethod = 'h') THEN
         DROP TRIGGER IF EXISTS {update_trigger} ON {table};
         DROP TRIGGER IF EXISTS {delete_trigger} ON {table};
         DROP TRIGGER IF EXISTS {truncate_trigger} ON {table};

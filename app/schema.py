@@ -75,5 +75,8 @@ async def distributed(conn: asyncpg.Connection) -> bool:
     if not await conn.fetchval("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')"):
         return False  # (and pg_dist_partition does not exist)
     return bool(
-        await conn.fetchval("SELECT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = 'sessions'::regclass)")
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_dist_partition"
+            " WHERE logicalrelid = 'sessions'::regclass AND partmethod = 'h')"
+        )
     )

@@ -81,6 +81,10 @@ async def delete(storage: PostgresStorage, username: str) -> bool:
     every process's cache learns it; on one PostgreSQL the foreign key's ON DELETE CASCADE would
     end them too, but on Citus a cascade notifies nothing). False when there is no such user."""
     async with storage.connection() as conn, conn.transaction():
+        # On Citus, deleting from users (a reference table) after the shards' parallel delete is
+        # refused in one transaction unless Citus works shard by shard; elsewhere the setting is
+        # an unused placeholder.
+        await conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
         user_id = await conn.fetchval(LOCK_SQL, username)
         if user_id is None:
             return False

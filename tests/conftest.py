@@ -19,6 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from aiohttp_session_postgres import create_schema
+from support import citus
 from support.logs import LOGGER, LibraryLog
 from support.paths import REPO_ROOT
 from support.postgres import admin, database_url, drop_stale, new_database_name, start_embedded
@@ -94,6 +95,31 @@ def lib_log() -> Iterator[LibraryLog]:
     finally:
         logger.removeHandler(log.handler)
         logger.setLevel(level)
+
+
+# -- a Citus cluster (support/citus.py) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def citus_cluster() -> Iterator[citus.CitusCluster]:
+    """A coordinator and two workers, built from ../shared/citus the first time (cached outside
+    the checkout), for the whole run. Without the source or a compiler the tests that need it
+    skip, saying why in one line; under CI (CI=true) they fail instead."""
+    reason = citus.unavailable_reason()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with citus.CitusCluster.start() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def citus_url(citus_cluster: citus.CitusCluster) -> Iterator[str]:
+    """A new database on the cluster, the citus extension in it on every node: its coordinator's URL."""
+    url = citus_cluster.create_database()
+    yield url
+    citus_cluster.drop_database(url.rsplit("/", 1)[1])
 
 
 # -- the library as installed by others (support/library_envs.py) ----------------------------------

@@ -710,3 +710,15 @@ def citus_cluster(workers: int = 2, *, settings: Mapping[str, str] | None = None
         yield cluster
     finally:
         cluster.stop()
+
+
+async def worker_of(conn: asyncpg.Connection, id_hash: bytes, table: str = "sessions") -> int:
+    """The port of the worker whose shard of `table` holds the row `id_hash`, asked of the
+    coordinator on `conn`."""
+    port: int = await conn.fetchval(
+        "SELECT nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid)"
+        " WHERE p.shardid = get_shard_id_for_distribution_column($1::regclass, $2::bytea)",
+        table,
+        id_hash,
+    )
+    return port

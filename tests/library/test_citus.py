@@ -1,0 +1,425 @@
+"""The library on a real Citus cluster (a coordinator and two workers, built from source and run
+by tests/support/citus.py), its table distributed by id_hash: every operation with the guarantees
+it has on one PostgreSQL, where each statement runs, and a worker or the coordinator that goes
+away. Through the library's own app (support/library_app.py), with citus=True.
+
+Where Citus changes a guarantee (the README's "Beyond one database"), a test shows what happens
+instead: a write checks expiry at its statement's start, since Citus refuses the clock in a
+modification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+from aiohttp_session_postgres import SessionCache, create_schema, schema_sql, schema_version
+from aiohttp_session_postgres.sql import TOMBSTONE_SECONDS, Statements
+from aiohttp_session_postgres.tokens import handle_of, id_hash_of
+from support.citus import CitusCluster, worker_of
+from support.library_app import STORAGE, USER, library_app, read, started, with_cookie
+from support.paths import REPO_ROOT
+
+pytestmark = pytest.mark.citus
+
+Client = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+async def pool(citus_url: str) -> AsyncIterator[asyncpg.Pool]:
+    conn = await asyncpg.connect(citus_url)
+    try:
+        await create_schema(conn, citus=True)
+    finally:
+        await conn.close()
+    async with asyncpg.create_pool(citus_url, min_size=1, max_size=8) as pool:
+        yield pool
+
+
+@pytest.fixture
+async def pg(pool: asyncpg.Pool, citus_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(citus_url)
+    yield conn
+    await conn.close()
+
+
+async def on_citus(aiohttp_client: Client, pool: asyncpg.Pool, **options: Any) -> TestClient:
+    return await library_app(aiohttp_client, pool, citus=True, **options)
+
+
+def row_of(cookie: str) -> bytes:
+    return id_hash_of(cookie.split(".")[0])
+
+
+async def anonymous(client: TestClient) -> str:
+    """A new anonymous session (a first write): its cookie."""
+    return (await client.post("/mark?key=cart")).cookies["session"].value
+
+
+async def live_sessions(pg: asyncpg.Connection) -> int:
+    return await pg.fetchval("SELECT count(*) FROM sessions WHERE idle_expires_at > now()")
+
+
+# -- the schema, three ways ---------------------------------------------------------------------
+
+
+async def test_create_schema_distributes_the_table_by_id_hash_without_triggers(citus_url: str) -> None:
+    conn = await asyncpg.connect(citus_url)
+    try:
+        assert await create_schema(conn, citus=True) is True
+        assert await create_schema(conn, citus=True) is False  # applied again: nothing to do
+        distributed = await conn.fetchrow(
+            "SELECT partmethod::text, column_to_column_name(logicalrelid, partkey) AS key FROM pg_dist_partition"
+            " WHERE logicalrelid = 'sessions'::regclass"
+        )
+        assert (distributed["partmethod"], distributed["key"]) == ("h", "id_hash")
+        triggers = "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'sessions'::regclass AND NOT tgisinternal"
+        assert await conn.fetchval(triggers) == 0
+        await conn.execute(schema_sql(citus=True))  # the printed SQL, again, on the distributed table
+        assert await schema_version(conn) == 1
+    finally:
+        await conn.close()
+
+
+async def test_an_existing_table_with_its_triggers_and_rows_is_distributed(citus_url: str) -> None:
+    conn = await asyncpg.connect(citus_url)
+    try:
+        await create_schema(conn)  # the one-PostgreSQL layout, triggers and all
+        await conn.execute(
+            "INSERT INTO sessions (id_hash, data, idle_expires_at, absolute_expires_at)"
+            " SELECT sha256(i::text::bytea), '\\x00', now() + interval '1 hour', now() + interval '2 hours'"
+            " FROM generate_series(1, 50) i"
+        )
+        assert await create_schema(conn, citus=True) is True
+        assert await conn.fetchval("SELECT count(*) FROM sessions") == 50
+        assert await conn.fetchval("SELECT count(*) FROM pg_dist_partition") == 1
+    finally:
+        await conn.close()
+
+
+def test_the_cli_prints_the_distributed_schema_and_sweeps_with_citus(citus_url: str) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "aiohttp_session_postgres", *args]
+        return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False)
+
+    printed = cli("schema", "--citus")
+    assert printed.returncode == 0, printed.stderr
+    assert "create_distributed_table" in printed.stdout
+    assert "CREATE TRIGGER" not in printed.stdout
+
+    async def apply() -> None:
+        conn = await asyncpg.connect(citus_url)
+        try:
+            await conn.execute(printed.stdout)
+            await conn.execute(
+                "INSERT INTO sessions (id_hash, data, idle_expires_at, absolute_expires_at)"
+                " SELECT sha256(i::text::bytea), '\\x00', now() - interval '1 hour', now() + interval '1 hour'"
+                " FROM generate_series(1, 30) i"
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(apply())
+    swept = cli("sweep", "--dsn", citus_url, "--citus")
+    assert (swept.returncode, swept.stdout.strip()) == (0, "removed 30 expired sessions"), swept.stderr
+
+
+def test_the_storage_refuses_durable_writes_off_on_citus() -> None:
+    from aiohttp_session_postgres import ArgumentError, PostgresStorage
+
+    with pytest.raises(ArgumentError, match=r"^durable_writes=False cannot run on Citus \(citus=True\)$"):
+        PostgresStorage(None, authentication_keys=[b"k" * 32], encryption_keys=[b"e" * 32], citus=True,  # type: ignore[arg-type]
+                        durable_writes=False)  # fmt: skip
+
+
+# -- every operation, through HTTP ------------------------------------------------------------
+
+
+async def test_a_login_uses_up_its_session_on_another_worker_once(
+    aiohttp_client: Client, pool: asyncpg.Pool, pg: asyncpg.Connection
+) -> None:
+    """The pre-login session and the new one on shards of different workers: one statement, a
+    two-phase commit. The same pre-login cookie, sent by five logins at once (a double click,
+    tabs), makes one session."""
+    client = await on_citus(aiohttp_client, pool)
+    workers = set()
+    while len(workers) < 2:  # a login whose two sessions live on different workers
+        before = await anonymous(client)
+        after = await started(client, before)
+        workers = {await worker_of(pg, row_of(before)), await worker_of(pg, row_of(after))}
+    assert await read(client, after) == {"user_id": USER}
+    assert await read(client, before) == {}  # used up
+    assert await pg.fetchval("SELECT replaced_at IS NOT NULL FROM sessions WHERE id_hash = $1", row_of(before))
+
+    planted = await anonymous(client)
+    responses = await asyncio.gather(*(client.post("/start", headers=with_cookie(planted)) for _ in range(5)))
+    assert sorted(r.status for r in responses) == [200] * 5
+    made = [r.cookies["session"].value for r in responses if "session" in r.cookies]
+    assert len(made) == 1
+    assert await read(client, planted) == {}
+    # Within the tombstone's time the same cookie still starts nothing.
+    again = await client.post("/start", headers=with_cookie(planted))
+    assert "session" not in again.cookies
+    assert TOMBSTONE_SECONDS >= 5
+
+
+async def test_reads_writes_and_concurrent_writes_of_one_session(
+    aiohttp_client: Client, pool: asyncpg.Pool, pg: asyncpg.Connection
+) -> None:
+    """A read touches; a write is one versioned UPDATE; writes racing each other merge (each
+    keeps its own key); a session ended meanwhile is not brought back by a write."""
+    client = await on_citus(aiohttp_client, pool)
+    cookie = await started(client)
+    await pg.execute("UPDATE sessions SET last_seen_at = now() - interval '5 minutes'")
+    assert await read(client, cookie) == {"user_id": USER}
+    assert await pg.fetchval("SELECT now() - last_seen_at < interval '1 minute' FROM sessions")  # touched
+    assert (await client.post("/write", headers=with_cookie(cookie))).status == 200
+    keys = [f"k{i}" for i in range(8)]
+    responses = await asyncio.gather(*(client.post(f"/mark?key={k}", headers=with_cookie(cookie)) for k in keys))
+    assert {r.status for r in responses} == {200}
+    data = await read(client, cookie)
+    assert {k for k in keys if data.get(k) is True} == set(keys)  # every one of them merged in
+    assert data["count"] == 1
+    late = asyncio.ensure_future(client.post("/write-after?seconds=1", headers=with_cookie(cookie)))
+    await asyncio.sleep(0.3)
+    assert (await client.post("/logout", headers=with_cookie(cookie))).status == 200
+    assert (await late).status == 200
+    assert await read(client, cookie) == {}
+    assert await pg.fetchval("SELECT count(*) FROM sessions") == 0
+
+
+async def test_renewal_logout_and_a_users_sessions(
+    aiohttp_client: Client, pool: asyncpg.Pool, pg: asyncpg.Connection
+) -> None:
+    client = await on_citus(aiohttp_client, pool)
+    first = await started(client)
+    assert (await client.post("/write", headers=with_cookie(first))).status == 200
+    renewed = (await client.post("/renew", headers=with_cookie(first))).cookies["session"].value
+    assert await read(client, first) == {}
+    assert await read(client, renewed) == {"user_id": USER, "count": 1}
+    others = [await started(client) for _ in range(3)]
+    listed = await (await client.get("/sessions")).json()
+    assert sorted(listed) == sorted(handle_of(row_of(c)) for c in [renewed, *others])
+    assert await (await client.post(f"/end-one?handle={handle_of(row_of(others[0]))}")).text() == "True"
+    assert await (await client.post(f"/end-one?handle={handle_of(row_of(others[0]))}")).text() == "False"
+    assert await (await client.post("/end-others", headers=with_cookie(others[1]))).text() == "2"
+    assert await read(client, others[1]) == {"user_id": USER}
+    assert await (await client.post("/end-all")).text() == "1"
+    assert await live_sessions(pg) == 0
+    last = await started(client)
+    logout = await client.post("/logout", headers=with_cookie(last))
+    assert "Max-Age=0" in logout.headers["Set-Cookie"]
+    assert await read(client, last) == {}
+
+
+async def test_the_cap_holds_under_concurrent_logins(
+    aiohttp_client: Client, pool: asyncpg.Pool, pg: asyncpg.Connection
+) -> None:
+    client = await on_citus(aiohttp_client, pool, max_sessions_per_user=3, database_timeout=5)
+    responses = await asyncio.gather(*(client.post("/start") for _ in range(12)))
+    assert {r.status for r in responses} == {200}
+    assert await live_sessions(pg) == 3
+
+
+async def test_ending_all_of_a_users_sessions_catches_a_renewal_in_flight(
+    aiohttp_client: Client, pool: asyncpg.Pool, pg: asyncpg.Connection, citus_url: str
+) -> None:
+    """The renewal holds the user's lock (shared, on the coordinator) while its statement waits
+    on the old row; the ending waits for that lock, so it sees the renewal's new session."""
+    client = await on_citus(aiohttp_client, pool, touch_interval=60, database_timeout=8)
+    stolen = await started(client)
+    holder = await asyncpg.connect(citus_url)
+    try:
+        tr = holder.transaction()
+        await tr.start()
+        await holder.execute("SELECT 1 FROM sessions WHERE id_hash = $1 FOR UPDATE", row_of(stolen))
+        renewing = asyncio.ensure_future(client.post("/renew", headers=with_cookie(stolen)))
+        await asyncio.sleep(0.5)  # the renewal has its user lock and waits on the row
+        ending = asyncio.ensure_future(client.post("/end-all"))
+        await asyncio.sleep(0.5)  # the ending waits for the user lock
+        assert not ending.done()
+        await tr.rollback()
+        renewed, ended = await renewing, await ending
+    finally:
+        await holder.close()
+    assert renewed.status == 200
+    assert "session" in renewed.cookies
+    assert await ended.text() == "1"  # the renewal's new session, ended with the rest
+    assert await live_sessions(pg) == 0
+
+
+async def test_a_save_held_past_the_idle_deadline_does_not_bring_the_session_back(
+    aiohttp_client: Client, pool: asyncpg.Pool
+) -> None:
+    client = await on_citus(aiohttp_client, pool, idle_timeout=2, absolute_timeout=60, touch_interval=1)
+    cookie = await started(client)
+    late = await client.post("/write-after?seconds=3", headers=with_cookie(cookie))
+    assert late.status == 200
+    assert "session" not in late.cookies
+    assert await read(client, cookie) == {}
+
+
+async def test_a_write_that_waited_for_the_row_past_the_idle_deadline_lands_on_citus(
+    aiohttp_client: Client, pool: asyncpg.Pool, citus_url: str
+) -> None:
+    """The difference Citus makes (README): a write checks expiry against its statement's start
+    (now(), which the coordinator sets; Citus refuses clock_timestamp() in a modification), so a
+    write that began before the idle deadline and waited on the row's lock past it lands, and the
+    session lives on until that start plus the idle timeout. The wait is bounded by
+    database_timeout. On one PostgreSQL the same write lands nothing
+    (tests/library/test_guarantees.py)."""
+    client = await on_citus(aiohttp_client, pool, idle_timeout=3, absolute_timeout=60, touch_interval=2.9,
+                            database_timeout=5)  # fmt: skip
+    cookie = await started(client)
+    await asyncio.sleep(2.2)  # 0.8 s before the idle deadline; no touch due (2.9 s)
+    holder = await asyncpg.connect(citus_url)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM sessions WHERE id_hash = $1 FOR UPDATE", row_of(cookie))
+            write = asyncio.ensure_future(client.post("/write", headers=with_cookie(cookie)))
+            await asyncio.sleep(1.5)  # the write's statement waits on the worker; the deadline passes
+            assert await holder.fetchval(
+                "SELECT idle_expires_at < clock_timestamp() FROM sessions WHERE id_hash = $1", row_of(cookie)
+            )
+        response = await write
+    finally:
+        await holder.close()
+    assert response.status == 200
+    assert await read(client, cookie) == {"user_id": USER, "count": 1}  # back, past its old deadline
+
+
+async def test_a_logout_through_one_process_is_refused_by_anothers_cache(
+    aiohttp_client: Client, pool: asyncpg.Pool, citus_url: str
+) -> None:
+    """Two processes with caches listening on the coordinator: the library's own notification
+    (no trigger on Citus) reaches the other within the bound the README gives (1 s here)."""
+    a = await on_citus(aiohttp_client, pool, cache=SessionCache(max_age=60), listen_dsn=citus_url, touch_interval=60)
+    b = await on_citus(aiohttp_client, pool, cache=SessionCache(max_age=60), listen_dsn=citus_url, touch_interval=60)
+    cookie = await started(a)
+    assert await read(b, cookie) == {"user_id": USER}  # now cached in b
+    assert (await a.post("/write", headers=with_cookie(cookie))).status == 200
+    await _until(lambda: read(b, cookie), {"user_id": USER, "count": 1})
+    assert (await a.post("/logout", headers=with_cookie(cookie))).status == 200
+    await _until(lambda: read(b, cookie), {})
+    other = await started(a)
+    assert await read(b, other) == {"user_id": USER}
+    assert (await b.post("/end-all")).status == 200
+    await _until(lambda: read(a, other), {})
+
+
+async def _until(probe: Callable[[], Awaitable[object]], expected: object, within: float = 1.0) -> None:
+    deadline = time.monotonic() + within
+    while (seen := await probe()) != expected:
+        assert time.monotonic() < deadline, f"still {seen!r} after {within} s"
+        await asyncio.sleep(0.02)
+
+
+# -- where each statement runs ------------------------------------------------------------------
+
+
+async def tasks_of(conn: asyncpg.Connection, sql: str, args: tuple[object, ...]) -> tuple[int, set[str]]:
+    """(Citus's task count, the nodes those tasks run on) for `sql`, run and rolled back."""
+    tr = conn.transaction()
+    await tr.start()
+    try:
+        await conn.execute("SET LOCAL citus.explain_all_tasks = on")  # else one task of many is shown
+        plan = [row[0] for row in await conn.fetch(f"EXPLAIN (ANALYZE, VERBOSE) {sql}", *args)]
+    finally:
+        await tr.rollback()
+    counts = [int(line.split(":")[1]) for line in plan if "Task Count:" in line]
+    nodes = {line.split("port=")[1].split()[0] for line in plan if "Node: host=" in line}
+    return sum(counts), nodes
+
+
+async def test_each_per_request_statement_runs_on_one_shard_of_one_worker(
+    aiohttp_client: Client, pool: asyncpg.Pool, pg: asyncpg.Connection
+) -> None:
+    client = await on_citus(aiohttp_client, pool)
+    cookie = await started(client)
+    live = row_of(cookie)
+    version = await pg.fetchval("SELECT version FROM sessions WHERE id_hash = $1", live)
+    sql = Statements('"public"."sessions"', durable_writes=True, citus=True)
+    client_details = {"client_ip": "203.0.113.7", "user_agent": "test"}
+    per_request = {
+        "load and touch": (sql.load_and_touch, {"id_hash": live, "touch_interval": 0.0, "idle_timeout": 1800.0,
+                                                **client_details}),
+        "load": (sql.load, {"id_hash": live}),
+        "save (a write)": (sql.save, {"id_hash": live, "data": b"\x00" * 40, "user_id": USER, "idle_timeout": 1800.0,
+                                      "version": version}),
+        "lock (a merge)": (sql.lock, {"id_hash": live}),
+        "end (logout)": (sql.end, {"id_hash": live}),
+    }  # fmt: skip
+    for what, (statement, values) in per_request.items():
+        tasks, nodes = await tasks_of(pg, statement.sql, statement.args(**values))
+        assert (tasks, len(nodes)) == (1, 1), what
+    # What fans out: once per login (the cap), per sessions page, per ending of a user's sessions.
+    fan_out = {
+        "trim (the cap, after a login)": (sql.trim, {"user_id": USER, "max_sessions": 10}),
+        "list a user's sessions": (sql.list_user, {"user_id": USER, "limit": 100}),
+        "end all of a user's": (sql.end_user, {"user_id": USER, "keep_id_hash": None}),
+    }
+    measured = {}
+    for what, (statement, values) in fan_out.items():
+        tasks, nodes = await tasks_of(pg, statement.sql, statement.args(**values))
+        measured[what] = (tasks, len(nodes))
+    # Every shard (32, Citus's default) of both workers; the trim reads the user's rows in one
+    # pass (its ORDER BY ... OFFSET, planned on the coordinator) and deletes in a second.
+    assert measured == {
+        "trim (the cap, after a login)": (64, 2),
+        "list a user's sessions": (32, 2),
+        "end all of a user's": (32, 2),
+    }
+
+
+# -- faults ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_stopped_worker_costs_only_its_own_sessions_and_loses_nothing(
+    aiohttp_client: Client, pool: asyncpg.Pool, pg: asyncpg.Connection, citus_cluster: CitusCluster
+) -> None:
+    client = await on_citus(aiohttp_client, pool, database_timeout=1.5, touch_interval=60)
+    by_worker: dict[int, list[str]] = {}
+    while min((len(v) for v in by_worker.values()), default=0) < 3 or len(by_worker) < 2:
+        cookie = await started(client)
+        assert (await client.post("/write", headers=with_cookie(cookie))).status == 200  # acknowledged
+        by_worker.setdefault(await worker_of(pg, row_of(cookie)), []).append(cookie)
+    ports = [int(url.rsplit(":", 1)[1].split("/")[0]) for url in citus_cluster.worker_urls]
+    stopped = ports[0]
+    citus_cluster.stop_worker(0)
+    try:
+        for cookie in by_worker[stopped]:
+            started_at = time.monotonic()
+            response = await client.get("/read", headers=with_cookie(cookie))
+            assert response.status == 503
+            assert time.monotonic() - started_at < 1.5 + 1.0  # the database timeout, and some slack
+        for cookie in by_worker[ports[1]]:
+            assert await read(client, cookie) == {"user_id": USER, "count": 1}
+    finally:
+        citus_cluster.start_worker(0)
+    for cookies in by_worker.values():
+        for cookie in cookies:
+            await _until(lambda c=cookie: read(client, c), {"user_id": USER, "count": 1}, within=15)
+
+
+@pytest.mark.slow
+async def test_a_coordinator_restart_is_a_brief_outage(
+    aiohttp_client: Client, pool: asyncpg.Pool, citus_cluster: CitusCluster
+) -> None:
+    client = await on_citus(aiohttp_client, pool, database_timeout=1.5, touch_interval=60)
+    cookie = await started(client)
+    assert (await client.post("/write", headers=with_cookie(cookie))).status == 200
+    citus_cluster.restart_coordinator()
+    await _until(lambda: _status(client, cookie), 200, within=15)  # 503s meanwhile, then served
+    assert await read(client, cookie) == {"user_id": USER, "count": 1}
+
+
+async def _status(client: TestClient, cookie: str) -> int:
+    return (await client.get("/read", headers=with_cookie(cookie))).status
