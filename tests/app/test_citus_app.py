@@ -17,7 +17,7 @@ from support.servers import Server, handle, home, is_greeting, login, logout, ne
 
 pytestmark = pytest.mark.citus
 
-PASSWORD = "a password of alice's"  # noqa: S105 - a test user's, in a database of the test's own
+PASSWORD = "a password of alice's"
 
 
 async def release(url: str) -> None:

@@ -24,7 +24,7 @@ from aiohttp_session_postgres import SessionCache, create_schema, schema_sql, sc
 from aiohttp_session_postgres.sql import TOMBSTONE_SECONDS, Statements
 from aiohttp_session_postgres.tokens import handle_of, id_hash_of
 from support.citus import CitusCluster, worker_of
-from support.library_app import STORAGE, USER, library_app, read, started, with_cookie
+from support.library_app import USER, library_app, read, started, with_cookie
 from support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.citus
