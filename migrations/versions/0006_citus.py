@@ -29,6 +29,8 @@ depends_on = None
 
 
 def _citus() -> bool:
+    if op.get_context().as_sql:
+        return False  # offline (--sql): no database to ask
     installed = op.get_bind().execute(text("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')"))
     return bool(installed.scalar())
 

@@ -277,14 +277,14 @@ async def test_alembic_upgrade_heads_brings_the_library_table_in(
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
-    assert "aiohttp_session_pg_0001" in alembic("heads")
+    assert "aiohttp_session_pg_0002" in alembic("heads")
     alembic("upgrade", "heads")
     conn = await asyncpg.connect(empty_url)
     try:
         assert (await layout(conn, "shop_sessions", "auth"))["columns"] == EXPECTED_COLUMNS
         assert await conn.fetchval("SELECT to_regclass('public.accounts')") is not None
         heads = {r["version_num"] for r in await conn.fetch("SELECT version_num FROM alembic_version")}
-        assert heads == {"shop_0001", "aiohttp_session_pg_0001"}
+        assert heads == {"shop_0001", "aiohttp_session_pg_0002"}
         await notifications_work(conn, "shop_sessions", "auth")
         # The branch can be taken back down on its own.
         alembic("downgrade", "aiohttp_session_postgres@base")
@@ -292,5 +292,24 @@ async def test_alembic_upgrade_heads_brings_the_library_table_in(
         assert await conn.fetchval("SELECT to_regclass('public.accounts')") is not None
         # And offline: the SQL it would run, without a database.
         assert 'CREATE TABLE IF NOT EXISTS "auth"."shop_sessions"' in alembic("upgrade", "heads", "--sql")
+    finally:
+        await conn.close()
+
+
+@pytest.mark.citus
+async def test_alembic_upgrade_heads_distributes_the_library_table_on_citus(
+    checkout_python: Path, citus_url: str, tmp_path: Path
+) -> None:
+    project = another_project(tmp_path / "shop", "shop_sessions", "auth")
+    result = run_in(checkout_python, project, "-m", "alembic", "upgrade", "heads", DATABASE_URL=citus_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    conn = await asyncpg.connect(citus_url)
+    try:
+        method = await conn.fetchval(
+            "SELECT partmethod::text FROM pg_dist_partition WHERE logicalrelid = 'auth.shop_sessions'::regclass"
+        )
+        assert method == "h"
+        triggers = "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'auth.shop_sessions'::regclass AND NOT tgisinternal"
+        assert await conn.fetchval(triggers) == 0
     finally:
         await conn.close()
