@@ -215,6 +215,20 @@ async def test_a_session_this_process_just_wrote_is_served_from_its_cache(
         assert await read(client, cookie) == {"user_id": USER, "count": 1}
 
 
+@pytest.mark.parametrize("made_by", ["/start", "/renew"])
+async def test_a_session_this_process_just_created_or_renewed_is_served_from_its_cache(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_url: str, made_by: str
+) -> None:
+    """As a write: a login or a renewal caches the session it made, under its new ID."""
+    client = await library_app(aiohttp_client, pool, listen_dsn=lib_url, cache=SessionCache(), touch_interval=60)
+    cookie = await started(client)
+    if made_by == "/renew":
+        cookie = (await client.post("/renew", headers=with_cookie(cookie))).cookies["session"].value
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+        assert await read(client, cookie) == {"user_id": USER}
+
+
 # -- the cache's maximum age ------------------------------------------------------------------------
 
 

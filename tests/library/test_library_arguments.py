@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 from aiohttp_session import Session, SimpleCookieStorage
 from aiohttp_session_postgres import (
+    ArgumentError,
     PostgresSession,
     PostgresStorage,
     SessionCache,
@@ -75,6 +76,27 @@ async def test_the_storage_refuses_bad_arguments_naming_the_problem(
     # The whole message, not a part: a developer reads it, and a changed one is a changed API.
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         storage(pool, **options)
+
+
+@pytest.mark.parametrize(
+    ("options", "argument", "index"),
+    [
+        ({"authentication_keys": [AUTH_KEY, b"short"]}, "authentication_keys", 2),
+        ({"encryption_keys": [os.urandom(20)]}, "encryption_keys", 1),
+        ({"encryption_keys": []}, "encryption_keys", None),
+        ({"touch_interval": 1800}, "touch_interval", None),
+        ({"idle_timeout": 50000}, "idle_timeout", None),
+        ({"database_timeout": 0}, "database_timeout", None),
+        ({"max_sessions_per_user": 0}, "max_sessions_per_user", None),
+    ],
+)
+async def test_an_argument_error_names_the_argument_and_the_key(
+    pool: asyncpg.Pool, options: dict[str, Any], argument: str, index: int | None
+) -> None:
+    # What an app's configuration maps to its own setting's name (the demo's does).
+    with pytest.raises(ArgumentError) as raised:
+        storage(pool, **options)
+    assert (raised.value.argument, raised.value.index) == (argument, index)
 
 
 async def test_the_storage_accepts_its_boundaries(pool: asyncpg.Pool) -> None:

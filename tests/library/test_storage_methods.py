@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp_session_postgres import PostgresSession, PostgresStorage, create_schema
+from aiohttp_session_postgres import PostgresSession, PostgresStorage, SessionCache, create_schema
 from aiohttp_session_postgres.tokens import handle_of
 from support.keys import AUTH_KEY, ENC_KEY
 
@@ -99,10 +99,15 @@ async def test_list_sessions_on_the_callers_connection_sees_its_uncommitted_rows
         await caller.close()
 
 
+# With a cache (CachedRows) too: the layer in front of the rows passes the caller's connection on.
+WITH_OR_WITHOUT_CACHE = pytest.mark.parametrize("cache", [False, True], ids=["no-cache", "cache"])
+
+
+@WITH_OR_WITHOUT_CACHE
 async def test_end_session_on_the_callers_connection_is_undone_by_its_rollback(
-    pool: asyncpg.Pool, lib_pg: asyncpg.Connection, lib_url: str
+    pool: asyncpg.Pool, lib_pg: asyncpg.Connection, lib_url: str, cache: bool
 ) -> None:
-    storage = storage_on(pool)
+    storage = storage_on(pool, cache=SessionCache() if cache else None)
     ids = await add_sessions(lib_pg, ALICE, 2)
     caller = await asyncpg.connect(lib_url)
     try:
@@ -116,10 +121,11 @@ async def test_end_session_on_the_callers_connection_is_undone_by_its_rollback(
     assert await present(lib_pg, ids) == set(ids)  # the rollback undid it
 
 
+@WITH_OR_WITHOUT_CACHE
 async def test_end_other_sessions_on_the_callers_connection_is_undone_by_its_rollback(
-    pool: asyncpg.Pool, lib_pg: asyncpg.Connection, lib_url: str
+    pool: asyncpg.Pool, lib_pg: asyncpg.Connection, lib_url: str, cache: bool
 ) -> None:
-    storage = storage_on(pool)
+    storage = storage_on(pool, cache=SessionCache() if cache else None)
     keep, *others = await add_sessions(lib_pg, ALICE, 3)
     bobs = await add_sessions(lib_pg, BOB, 1)
     everyone = [keep, *others, *bobs]
@@ -134,6 +140,25 @@ async def test_end_other_sessions_on_the_callers_connection_is_undone_by_its_rol
     finally:
         await caller.close()
     assert await present(lib_pg, everyone) == set(everyone)  # the rollback undid it
+
+
+@WITH_OR_WITHOUT_CACHE
+async def test_end_all_sessions_on_the_callers_connection_is_undone_by_its_rollback(
+    pool: asyncpg.Pool, lib_pg: asyncpg.Connection, lib_url: str, cache: bool
+) -> None:
+    storage = storage_on(pool, cache=SessionCache() if cache else None)
+    alices = await add_sessions(lib_pg, ALICE, 2)
+    bobs = await add_sessions(lib_pg, BOB, 1)
+    caller = await asyncpg.connect(lib_url)
+    try:
+        transaction = caller.transaction()
+        await transaction.start()
+        assert await storage.end_all_sessions(ALICE, conn=caller) == 2
+        assert await present(caller, [*alices, *bobs]) == set(bobs)  # ended, within the transaction
+        await transaction.rollback()
+    finally:
+        await caller.close()
+    assert await present(lib_pg, [*alices, *bobs]) == {*alices, *bobs}  # the rollback undid it
 
 
 # -- end_session's answer -------------------------------------------------------------------
