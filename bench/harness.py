@@ -72,6 +72,13 @@ def kind(variant: str) -> str:
     return variant.split("@", 1)[0].split("/", 1)[0]
 
 
+def waits_for_cache(variant: str) -> bool:
+    """Whether a variant runs with the session cache on, so that the benchmark first waits for its
+    listener to connect (until then every read asks the database)."""
+    name = kind(variant)
+    return name in ("pgcache", "app-pg", "app-pgasync", "app-remotes") or (name in SHIPPED and "nocache" not in name)
+
+
 def app_environment(database_url: str, port: int, *, root: Path = ROOT, **extra: str) -> dict[str, str]:
     """The environment of a dyno running the app, as far as the app reads it: the config vars
     Heroku sets (DATABASE_URL, keys, PORT), TRUST_PROXY as on a dyno (DYNO itself is not set:

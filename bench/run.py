@@ -62,6 +62,7 @@ from .harness import (
     percentile_of_histogram,
     pin_to,
     proc_cpu_seconds,
+    waits_for_cache,
     wrk,
 )
 from .pgcount import CountingProxy
@@ -222,11 +223,7 @@ class Bench:
             variant, label, self.raw, database_url=db_url, redis_prefix=self.redis_prefix, root=self.root_of(variant),
             **kw,
         )  # fmt: skip
-        name = kind(variant)
-        wait_cache = name in ("pgcache", "app-pg", "app-pgasync", "app-remotes") or (
-            name in SHIPPED and "nocache" not in name
-        )
-        return await server.start(self.http, wait_cache=wait_cache)
+        return await server.start(self.http, wait_cache=waits_for_cache(variant))
 
     async def service_pids(self, server: Server) -> list[int]:
         """The processes that serve this variant besides itself: its PostgreSQL backends and

@@ -134,7 +134,7 @@ def _routes(variant: str) -> web.RouteTableDef:
     async def stats(request: web.Request) -> web.Response:
         body: dict[str, Any] = {"requests": request.app[REQUESTS][0], "pid": os.getpid()}
         storage = request.app.get(BENCH_STORAGE)
-        cache = getattr(storage, "_cache", None)
+        cache = getattr(storage, "cache", None)
         if cache is not None:
             body["cache_enabled"] = cache.enabled
             body["cache_entries"] = len(cache)

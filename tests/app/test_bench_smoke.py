@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from bench import pgdb
-from bench.harness import ROUTER_HEADERS, SHIPPED, Server
+from bench.harness import ROUTER_HEADERS, SHIPPED, Server, waits_for_cache
 from bench.server import DB_VARIANTS, VARIANTS, WHOLE_APP
 
 REDIS = ("127.0.0.1", 6379)
@@ -61,7 +61,7 @@ async def test_variant_starts_and_greets(variant: str, db_url: str, tmp_path: Pa
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), headers=ROUTER_HEADERS) as http:
         server = Server(variant, f"smoke-{variant}", tmp_path, database_url=db_url if needs_db else None)
         server.redis_prefix = PREFIX if "redis" in variant else None
-        await server.start(http)
+        await server.start(http, wait_cache=waits_for_cache(variant))  # as the benchmark starts it
         try:
             cookies = [] if variant in ("none", "db", "app-db") else await server.login(http, [1])
             headers = {"Cookie": cookies[0]} if cookies else {}
