@@ -5,7 +5,8 @@
     python -m aiohttp_session_postgres sweep --dsn URL [--table NAME] [--schema NAME] [--citus]
         delete the expired sessions once and print how many (cron, Heroku Scheduler)
 
---citus: the table distributed by Citus (the SQL distributes it; run it on the coordinator).
+--citus: the table distributed by Citus (the SQL distributes it; run it on the coordinator, with
+  psql -v ON_ERROR_STOP=1). The sweep finds it out by itself; --citus only says so.
 
 A failure prints one line starting `error:` and exits 1; a usage mistake exits 2.
 """
@@ -38,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "schema":
-            sys.stdout.write(schema_sql(args.table, args.schema, partitions=args.partitions, citus=args.citus))
+            # One transaction: a statement that fails (in psql, which goes on past errors unless
+            # told ON_ERROR_STOP) leaves nothing half made.
+            sql = schema_sql(args.table, args.schema, partitions=args.partitions, citus=args.citus)
+            sys.stdout.write(f"BEGIN;\n{sql}\nCOMMIT;\n")
         else:
             deleted = asyncio.run(_sweep(args.dsn, args.table, args.schema, citus=args.citus))
             print(
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 async def _sweep(dsn: str, table: str, schema: str, *, citus: bool) -> int | None:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1, timeout=10)
     try:
-        return await sweep(pool, table=table, schema=schema, citus=citus)
+        return await sweep(pool, table=table, schema=schema, citus=citus or None)  # None: found out
     finally:
         await pool.close()
 

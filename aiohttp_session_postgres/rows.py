@@ -28,7 +28,7 @@ import asyncpg
 from .cipher import DataCipher
 from .memo import BoundedMap
 from .pool import FairPool
-from .schema import TableNames
+from .schema import TableNames, distributed
 from .sql import TOMBSTONE_SECONDS, Statements
 from .sweeper import sweep
 from .tokens import HANDLE_BYTES, handle_of
@@ -135,7 +135,8 @@ class SessionRows:
     :param database_timeout: seconds one operation may take, pool wait included.
     :param max_sessions_per_user: live sessions kept per user after a creation; None: no cap.
     :param durable_writes: False: writes that end nothing skip waiting for the WAL flush.
-    :param citus: the table is distributed by Citus (sql.Statements says what that changes).
+    :param citus: the table is distributed by Citus (sql.Statements says what that changes);
+        None: found out at the first operation (one query, once), from the table itself.
     """
 
     def __init__(
@@ -150,17 +151,18 @@ class SessionRows:
         database_timeout: float,
         max_sessions_per_user: int | None,
         durable_writes: bool,
-        citus: bool = False,
+        citus: bool | None = None,
     ) -> None:
         self.pool = pool
         self.citus = citus
+        self.durable_writes = durable_writes
         self.names = names
         self.idle_timeout = idle_timeout
         self.absolute_timeout = absolute_timeout
         self.touch_interval = touch_interval
         self.database_timeout = database_timeout
         self.max_sessions_per_user = max_sessions_per_user
-        self.sql = Statements(names.qualified, durable_writes=durable_writes, citus=citus)
+        self.sql = Statements(names.qualified, durable_writes=durable_writes, citus=bool(citus))
         self._cipher = cipher
         self._fair = FairPool(pool)
         # IDs found dead (unknown, expired, used up): an ID never comes back to life, so a browser
@@ -178,10 +180,24 @@ class SessionRows:
     @contextlib.asynccontextmanager
     async def _connection(self, conn: Connection | None) -> AsyncIterator[Connection]:
         if conn is not None:
+            if self.citus is None:
+                await self._find_out(conn)
             yield conn
             return
         async with self.connection() as pooled:
+            if self.citus is None:
+                await self._find_out(pooled)
             yield pooled
+
+    async def _find_out(self, conn: Connection) -> None:
+        """Whether the table is distributed by Citus, asked of the database once (the
+        statements and the notifications follow from it)."""
+        citus = await distributed(conn, self.names)
+        if citus and not self.durable_writes:
+            log.warning("durable_writes=False cannot run on Citus: every write waits for the flush")
+            self.durable_writes = True
+        self.sql = Statements(self.names.qualified, durable_writes=self.durable_writes, citus=citus)
+        self.citus = citus
 
     def _changing(
         self, conn: Connection, *, transaction: bool = False, notifies: bool = True
@@ -209,6 +225,8 @@ class SessionRows:
             return Gone.KNOWN_DEAD
         touched = self._touch_times.get(id_hash)
         async with self.connection() as conn:
+            if self.citus is None:
+                await self._find_out(conn)
             if touched is not None and time.time() - touched < self.touch_interval:
                 record = await conn.fetchrow(self.sql.load.sql, id_hash)
             else:
@@ -245,19 +263,22 @@ class SessionRows:
         False creates nothing. A creation that ends a session, or that a check guards, waits for
         the WAL flush even with durable_writes=False."""
         durable = replaces is not None or check is not None
-        statement = self.sql.create if durable else self.sql.create_async
-        args = statement.args(
-            id_hash=id_hash,
-            user_id=user_id,
-            data=self._cipher.seal(plaintext, id_hash),
-            idle_timeout=self.idle_timeout,
-            absolute_timeout=self.absolute_timeout,
-            replaced=replaces,
-            client_ip=client.ip,
-            user_agent=client.user_agent,
-            tombstone_seconds=TOMBSTONE_SECONDS,
-        )
+        data = self._cipher.seal(plaintext, id_hash)
         async with self.connection() as conn:
+            if self.citus is None:
+                await self._find_out(conn)
+            statement = self.sql.create if durable else self.sql.create_async
+            args = statement.args(
+                id_hash=id_hash,
+                user_id=user_id,
+                data=data,
+                idle_timeout=self.idle_timeout,
+                absolute_timeout=self.absolute_timeout,
+                replaced=replaces,
+                client_ip=client.ip,
+                user_agent=client.user_agent,
+                tombstone_seconds=TOMBSTONE_SECONDS,
+            )
             try:
                 # With a check, the check and the write in one transaction: what the check reads
                 # (and locks, FOR SHARE) cannot change before the session exists.
@@ -278,19 +299,22 @@ class SessionRows:
     ) -> Created | NotCreated:
         """A new session replacing the live session `replaces`, keeping its creation time and
         absolute deadline, in one statement; then, for a user, the cap."""
-        statement = self.sql.renew
-        values = {"table_key": self.names.channel} if "table_key" in statement.names else {}
-        args = statement.args(
-            id_hash=id_hash,
-            user_id=user_id,
-            data=self._cipher.seal(plaintext, id_hash),
-            idle_timeout=self.idle_timeout,
-            replaced=replaces,
-            client_ip=client.ip,
-            user_agent=client.user_agent,
-            **values,
-        )
+        data = self._cipher.seal(plaintext, id_hash)
         async with self.connection() as conn:
+            if self.citus is None:
+                await self._find_out(conn)
+            statement = self.sql.renew
+            values = {"table_key": self.names.channel} if "table_key" in statement.names else {}
+            args = statement.args(
+                id_hash=id_hash,
+                user_id=user_id,
+                data=data,
+                idle_timeout=self.idle_timeout,
+                replaced=replaces,
+                client_ip=client.ip,
+                user_agent=client.user_agent,
+                **values,
+            )
             async with self._changing(conn) as changed:
                 if self.citus and user_id is not None:
                     await self._user_lock(conn, user_id, shared=True)  # inside RENEW_SQL elsewhere
@@ -344,6 +368,8 @@ class SessionRows:
         flush even with durable_writes=False (a merge decides for itself: a change of user_id
         ends something)."""
         async with self.connection() as conn:
+            if self.citus is None:
+                await self._find_out(conn)
             async with self._changing(conn) as changed:
                 record = await self._write(conn, id_hash, plaintext, user_id, version, durable=durable, changed=changed)
             if record is None:
@@ -396,7 +422,7 @@ class SessionRows:
     async def end(self, id_hash: bytes) -> bool:
         """Delete the session (a logout). False when it was not live, or a tombstone (whose
         cookie a login used)."""
-        async with self.connection() as conn, self._changing(conn) as changed:
+        async with self._connection(None) as conn, self._changing(conn) as changed:
             ended = bool(await conn.fetchval(self.sql.end.sql, id_hash))
             if ended:
                 changed.append(id_hash.hex())
@@ -448,7 +474,7 @@ class SessionRows:
             schema=self.names.schema,
             batch_size=batch_size,
             timeout=timeout,
-            citus=self.citus,
+            citus=self.citus,  # None: the sweep finds out for itself
         )
 
     def _row(self, id_hash: bytes, record: asyncpg.Record, plaintext: bytes, current_key: bool) -> Row:

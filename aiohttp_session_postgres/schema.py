@@ -139,6 +139,8 @@ def schema_sql(
     notifications = files.joinpath("schema_citus.sql" if citus else "schema_triggers.sql").read_text(encoding="utf-8")
     template = files.joinpath("schema.sql").read_text(encoding="utf-8")
     template = template.replace("{notifications}", notifications.strip())
+    if citus:
+        template = _CITUS_GUARD + template
     return template.format(
         table=names.qualified,
         schema=_quote(schema),
@@ -155,6 +157,20 @@ def schema_sql(
         truncate_trigger=names.derived("notify_truncate"),
         version_comment=_literal(_VERSION_COMMENT),
     )
+
+
+# First in the script for Citus: with psql's ON_ERROR_STOP (or in a transaction), nothing is made
+# where the extension is missing.
+_CITUS_GUARD = """-- For a Citus coordinator: nothing is made where the citus extension is missing.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'the citus extension is not installed in this database: CREATE EXTENSION citus first';
+    END IF;
+END
+$$;
+
+"""
 
 
 def schema_statements(
@@ -186,7 +202,7 @@ async def create_schema(
     table: str = "sessions",
     schema: str = "public",
     partitions: int | None = None,
-    citus: bool = False,
+    citus: bool | None = None,
 ) -> bool:
     """Create the sessions table (or bring it up to date) on `conn`, in one transaction under an
     advisory lock, so any number of processes may call it at once (for example at every start).
@@ -195,7 +211,9 @@ async def create_schema(
     :param table: as for `schema_sql`.
     :param schema: as for `schema_sql`.
     :param partitions: as for `schema_sql` (a new table only).
-    :param citus: as for `schema_sql`, on a Citus coordinator.
+    :param citus: as for `schema_sql`, on a Citus coordinator; None (the default): distributed
+        when the database has the citus extension (an ordinary table elsewhere). False on a
+        Citus coordinator makes a table of the coordinator's own, not sharded.
     :returns: True when it changed something; False when the table was already at this version
         (and, with `citus`, distributed), in which case no lock on the table is taken.
     :raises ValueError: for bad names, partitions that do not match the table, or `citus` where
@@ -203,14 +221,17 @@ async def create_schema(
     :raises asyncpg.PostgresError: from the database (for example LockNotAvailableError when the
         table stays locked by others for more than 5 seconds).
     """
-    sql = schema_sql(table, schema, partitions=partitions, citus=citus)  # ValueError before the database
+    schema_sql(table, schema, partitions=partitions)  # ValueError for bad arguments, before the database
     names = TableNames(table, schema)
-    if citus and not await conn.fetchval("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')"):
+    installed = await citus_installed(conn)
+    if citus and not installed:
         raise ValueError("citus=True, but this database has no citus extension: CREATE EXTENSION citus first")
+    citus = installed if citus is None else citus
+    sql = schema_sql(table, schema, partitions=partitions, citus=citus)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK_KEY)
         current = await schema_version(conn, table=table, schema=schema) == SCHEMA_VERSION
-        if current and (not citus or await _distributed(conn, names)):
+        if current and (not citus or await distributed(conn, names)):
             return False
         await conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
         if citus:
@@ -233,7 +254,16 @@ async def create_schema(
     return True
 
 
-async def _distributed(conn: Connection, names: TableNames) -> bool:
+async def citus_installed(conn: Connection) -> bool:
+    """Whether the database has the citus extension (this is a Citus coordinator, or worker)."""
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')"))
+
+
+async def distributed(conn: Connection, names: TableNames) -> bool:
+    """Whether the table is distributed by Citus (hash-distributed: a table of the coordinator's
+    own, or one Citus manages there without sharding it, is not)."""
+    if not await citus_installed(conn):
+        return False  # and pg_dist_partition does not exist
     return bool(
         await conn.fetchval(
             "SELECT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = to_regclass($1) AND partmethod = 'h')",

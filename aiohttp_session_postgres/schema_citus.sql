@@ -3,7 +3,8 @@
 -- distributed table has no triggers (Citus refuses them; allowed, they would fire on the worker
 -- that holds the row and notify only that worker's listeners): the library sends the
 -- notifications itself, from the coordinator. A table distributed already is left as it is; one
--- with rows keeps them (Citus copies them to the shards).
+-- with rows keeps them (Citus copies them to the shards; the coordinator's own copy is then
+-- emptied, as Citus advises).
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = '{table}'::regclass AND partmethod = 'h') THEN
@@ -11,6 +12,7 @@ BEGIN
         DROP TRIGGER IF EXISTS {delete_trigger} ON {table};
         DROP TRIGGER IF EXISTS {truncate_trigger} ON {table};
         PERFORM create_distributed_table('{table}', 'id_hash');
+        PERFORM truncate_local_data_after_distributing_table('{table}');
     END IF;
 END
 $$;

@@ -119,8 +119,11 @@ class PostgresStorage(AbstractStorage):
         one sequence, that flush makes every earlier write durable too. So with False, never take
         a right away by changing session data (a role, an MFA flag): end or renew the session.
         Not on Citus.
-    :param citus: the table is distributed by Citus (``create_schema(conn, citus=True)``). Every
-        operation keeps its guarantees there, but for two differences Citus imposes: a write
+    :param citus: whether the table is distributed by Citus (``create_schema`` does it on a
+        Citus coordinator). None (the default): found out from the table at the first database
+        operation (one query, once per process); then ``durable_writes=False`` on a distributed
+        table is logged and ignored. Every operation keeps its guarantees on Citus, but for two
+        differences Citus imposes: a write
         checks expiry against its statement's start, not the moment it gets the row's lock (a
         write that waited for a lock past the session's deadline may still land, at most
         `database_timeout` late); and what changes or ends a session also notifies the caches
@@ -148,7 +151,7 @@ class PostgresStorage(AbstractStorage):
         max_sessions_per_user: int | None = None,
         cache: SessionCache | None = None,
         durable_writes: bool = True,
-        citus: bool = False,
+        citus: bool | None = None,
     ) -> None:
         if citus and not durable_writes:
             # Citus refuses set_config(), which makes a write skip the flush, in a modification.
@@ -494,9 +497,7 @@ class PostgresStorage(AbstractStorage):
         space. A failed pass is logged and tried again at the next interval."""
         rows = self._rows
         return _while_running(
-            lambda: sweep_forever(
-                rows.pool, rows.names, interval=interval, batch_size=batch_size, timeout=timeout, citus=rows.citus
-            )
+            lambda: sweep_forever(rows.pool, rows.names, interval=interval, batch_size=batch_size, timeout=timeout)
         )
 
     def cache_listener(self, connect: Callable[[], Awaitable[asyncpg.Connection]]) -> CleanupContext:

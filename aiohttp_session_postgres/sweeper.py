@@ -15,7 +15,7 @@ import random
 import asyncpg
 
 from .pool import DATABASE_ERRORS
-from .schema import TableNames
+from .schema import TableNames, distributed
 from .sql import TOMBSTONE_SECONDS, Statements
 
 log = logging.getLogger("aiohttp_session_postgres")
@@ -31,7 +31,7 @@ async def sweep(
     schema: str = "public",
     batch_size: int = 1000,
     timeout: float = 10.0,
-    citus: bool = False,
+    citus: bool | None = None,
 ) -> int | None:
     """Delete expired sessions (and tombstones past their time) from `schema`.`table`, in
     transactions of `batch_size` rows, until none is left: one sweeper at a time across all
@@ -42,12 +42,17 @@ async def sweep(
     :param schema: the PostgreSQL schema that holds it.
     :param batch_size: rows deleted per transaction.
     :param timeout: seconds each statement (and the wait for a connection) may take.
-    :param citus: the table is distributed by Citus (which cannot delete by ctid).
+    :param citus: the table is distributed by Citus (which cannot delete by ctid); None (the
+        default): found out from the table, once per call.
     :returns: the number deleted, or None when another process holds the sweep lock.
     :raises ValueError: for a table or schema name that is not a plain identifier.
     :raises asyncpg.PostgresError: and asyncpg's other errors, from the database.
     """
-    statement = Statements(TableNames(table, schema).qualified, durable_writes=True, citus=citus).sweep
+    names = TableNames(table, schema)
+    if citus is None:
+        async with pool.acquire(timeout=timeout) as conn:
+            citus = await distributed(conn, names)
+    statement = Statements(names.qualified, durable_writes=True, citus=citus).sweep
     args = statement.args(batch_size=batch_size, tombstone_seconds=TOMBSTONE_SECONDS)
     total = 0
     while True:
@@ -63,7 +68,13 @@ async def sweep(
 
 
 async def sweep_forever(
-    pool: asyncpg.Pool, names: TableNames, *, interval: float, batch_size: int, timeout: float, citus: bool = False
+    pool: asyncpg.Pool,
+    names: TableNames,
+    *,
+    interval: float,
+    batch_size: int,
+    timeout: float,
+    citus: bool | None = None,
 ) -> None:
     """`sweep` every `interval` seconds (jittered +/-20%, so processes started together do not
     collide), until cancelled; a failed pass is logged and retried at the next interval."""

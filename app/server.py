@@ -74,9 +74,19 @@ _PREPARED_STATEMENT_ERRORS = (
 
 async def build_storage(settings: Settings, pool: asyncpg.Pool) -> PostgresStorage:
     """The session storage these settings describe, on `pool`: on a Citus coordinator whose
-    sessions table is distributed (migration 0006 does it there), the storage for Citus."""
-    async with pool.acquire() as conn:
-        citus = await schema.distributed(conn)
+    sessions table is distributed (migration 0006 does it there), the storage for Citus.
+    StartupError when the database cannot be asked, or refuses these settings."""
+    try:
+        async with pool.acquire() as conn:
+            citus = await schema.distributed(conn)
+    except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+        raise StartupError(f"cannot use the database ({db.reason(exc)}): check DATABASE_URL") from None
+    if citus:
+        if not settings.durable_writes:
+            raise StartupError(
+                "SESSION_DURABLE_WRITES=off cannot run on Citus (the sessions table is distributed): unset it"
+            )
+        log.info("the sessions table is distributed by Citus: the storage runs in its Citus mode")
     cache = SessionCache(max_entries=settings.cache_size, max_age=settings.cache_max_age) if settings.cache else None
     return PostgresStorage(
         pool,
@@ -96,7 +106,11 @@ async def build_storage(settings: Settings, pool: asyncpg.Pool) -> PostgresStora
 
 async def create_app(settings: Settings) -> web.Application:
     pool = await open_pool(settings)
-    storage = await build_storage(settings, pool)
+    try:
+        storage = await build_storage(settings, pool)
+    except StartupError:
+        await pool.close()
+        raise
     app = web.Application(middlewares=[front(settings.trust_proxy)])
     app[SETTINGS] = settings
     app[POOL] = pool

@@ -45,6 +45,12 @@ async def test_the_release_phase_distributes_the_schema_and_every_page_works(cit
         )}  # fmt: skip
         assert layout == {"users": "n", "sessions": "h"}  # a reference table; distributed by hash
         await release(citus_url)  # the release phase of the next deploy: nothing to do
+        # A setting Citus cannot honour: one line, as any bad setting, not a traceback.
+        status, out, err = await run_app_command("sweep", database_url=citus_url, SESSION_DURABLE_WRITES="off")
+        assert (status, out) == (1, "")
+        assert err.strip() == (
+            "error: SESSION_DURABLE_WRITES=off cannot run on Citus (the sessions table is distributed): unset it"
+        )
         await command(citus_url, "user", "add", "alice", password=True)
         server = Server(citus_url, tmp_path).start()
         try:

@@ -24,7 +24,8 @@ from aiohttp_session_postgres import SessionCache, create_schema, schema_sql, sc
 from aiohttp_session_postgres.sql import TOMBSTONE_SECONDS, Statements
 from aiohttp_session_postgres.tokens import handle_of, id_hash_of
 from support.citus import CitusCluster, worker_of
-from support.library_app import USER, library_app, read, started, with_cookie
+from support.library_app import STORAGE, USER, library_app, read, started, with_cookie
+from support.logs import LOGGER, LibraryLog
 from support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.citus
@@ -91,7 +92,7 @@ async def test_create_schema_distributes_the_table_by_id_hash_without_triggers(c
 async def test_an_existing_table_with_its_triggers_and_rows_is_distributed(citus_url: str) -> None:
     conn = await asyncpg.connect(citus_url)
     try:
-        await create_schema(conn)  # the one-PostgreSQL layout, triggers and all
+        await create_schema(conn, citus=False)  # the one-PostgreSQL layout, triggers and all
         await conn.execute(
             "INSERT INTO sessions (id_hash, data, idle_expires_at, absolute_expires_at)"
             " SELECT sha256(i::text::bytea), '\\x00', now() + interval '1 hour', now() + interval '2 hours'"
@@ -129,6 +130,66 @@ def test_the_cli_prints_the_distributed_schema_and_sweeps_with_citus(citus_url: 
     asyncio.run(apply())
     swept = cli("sweep", "--dsn", citus_url, "--citus")
     assert (swept.returncode, swept.stdout.strip()) == (0, "removed 30 expired sessions"), swept.stderr
+
+
+async def test_create_schema_distributes_by_itself_where_citus_is_installed_and_the_storage_finds_out(
+    aiohttp_client: Client, citus_url: str, lib_log: LibraryLog
+) -> None:
+    """No keyword anywhere: create_schema sees the extension, the storage sees the distributed
+    table at its first operation (and ignores durable_writes=False there, saying so)."""
+    conn = await asyncpg.connect(citus_url)
+    try:
+        assert await create_schema(conn) is True
+        assert await conn.fetchval("SELECT partmethod::text FROM pg_dist_partition") == "h"
+    finally:
+        await conn.close()
+    async with asyncpg.create_pool(citus_url, min_size=1, max_size=4) as pool:
+        client = await library_app(aiohttp_client, pool, durable_writes=False)
+        first = await started(client)
+        second = await started(client, await anonymous(client))
+        assert (await client.post("/write", headers=with_cookie(first))).status == 200
+        assert await (await client.post("/end-others", headers=with_cookie(second))).text() == "1"
+        assert await read(client, first) == {}
+        assert await read(client, second) == {"user_id": USER}
+        assert await client.app[STORAGE].sweep() == 0
+    assert "durable_writes=False cannot run on Citus: every write waits for the flush" in lib_log.lines(LOGGER)
+
+
+async def test_the_printed_schema_for_citus_makes_nothing_where_citus_is_missing(empty_url: str) -> None:
+    """The CLI's SQL is one transaction that starts by checking for the extension: run where it
+    is missing (a slip of DATABASE_URL), it fails and leaves no table behind."""
+    printed = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "aiohttp_session_postgres", "schema", "--citus"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    conn = await asyncpg.connect(empty_url)
+    try:
+        with pytest.raises(asyncpg.RaiseError, match="the citus extension is not installed"):
+            await conn.execute(printed.stdout)
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(empty_url)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('sessions')") is None
+    finally:
+        await conn.close()
+
+
+async def test_distributing_leaves_no_copy_of_the_rows_on_the_coordinator(citus_url: str) -> None:
+    conn = await asyncpg.connect(citus_url)
+    try:
+        await create_schema(conn, citus=False)  # a table of the coordinator's own, with rows
+        await conn.execute(
+            "INSERT INTO sessions (id_hash, data, idle_expires_at, absolute_expires_at)"
+            " SELECT sha256(i::text::bytea), '\\x00', now() + interval '1 hour', now() + interval '2 hours'"
+            " FROM generate_series(1, 200) i"
+        )
+        assert await create_schema(conn) is True
+        assert await conn.fetchval("SELECT count(*) FROM sessions") == 200  # on the shards
+        assert await conn.fetchval("SELECT pg_relation_size('sessions')") == 0  # the coordinator's copy
+    finally:
+        await conn.close()
 
 
 def test_the_storage_refuses_durable_writes_off_on_citus() -> None:
