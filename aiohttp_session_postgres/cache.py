@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -323,12 +324,8 @@ class CachedRows(SessionRows):
 
 
 def _fields(row: Row) -> list[Any]:
-    return [
-        row.plaintext,
-        row.version,
-        row.created,
-        row.idle_deadline,
-        row.absolute_deadline,
-        row.touched_at,
-        row.current_key,
-    ]
+    """The row's fields in their order, for an Entry made from it."""
+    return [getattr(row, name) for name in _ROW_FIELDS]
+
+
+_ROW_FIELDS = tuple(field.name for field in dataclasses.fields(Row))

@@ -1,5 +1,6 @@
-"""BoundedMap: the one kind of per-process memory the library keeps (verified cookies, touch
-times, dead session IDs, cached sessions), each bounded so that no client can grow it."""
+"""BoundedMap: the per-process memory the library keeps of verified cookies, touch times, dead
+session IDs and cached sessions, each bounded so that no client can grow it. (The cache's record
+of notifications is bounded otherwise: when full it is forgotten whole, see cache.py.)"""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ from .memo import BoundedMap
 from .pool import FairPool
 from .schema import TableNames, distributed
 from .sql import TOMBSTONE_SECONDS, Statements
-from .sweeper import sweep
+from .sweeper import sweep, sweep_forever
 from .tokens import HANDLE_BYTES, handle_of
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class Row:
     created: int
     idle_deadline: float
     absolute_deadline: float
-    touched_at: float  # last_seen_at
+    touched_at: float  # last_seen_at as this statement left it: its own touch, when it touched
     current_key: bool = True  # sealed under the newest encryption key
 
 
@@ -179,6 +179,8 @@ class SessionRows:
 
     @contextlib.asynccontextmanager
     async def _connection(self, conn: Connection | None) -> AsyncIterator[Connection]:
+        """`conn`, else one of the pool's under the deadline; the first one finds out whether the
+        table is distributed (when the constructor was not told)."""
         if conn is not None:
             if self.citus is None:
                 await self._find_out(conn)
@@ -219,14 +221,13 @@ class SessionRows:
 
     async def load(self, id_hash: bytes, client: Callable[[], Client], *, cacheable: bool = True) -> Row | Gone:
         """The live session `id_hash`, its idle deadline slid if its last touch is older than the
-        touch interval (noting `client()`, called only then). `cacheable`: no meaning here (see
-        CachedRows)."""
+        touch interval, with the client details `client()` gives (called when this process does
+        not know of a touch within the interval). `cacheable` is for CachedRows: the rows alone
+        have no cache."""
         if id_hash in self._dead:
             return Gone.KNOWN_DEAD
         touched = self._touch_times.get(id_hash)
-        async with self.connection() as conn:
-            if self.citus is None:
-                await self._find_out(conn)
+        async with self._connection(None) as conn:
             if touched is not None and time.time() - touched < self.touch_interval:
                 record = await conn.fetchrow(self.sql.load.sql, id_hash)
             else:
@@ -264,9 +265,7 @@ class SessionRows:
         the WAL flush even with durable_writes=False."""
         durable = replaces is not None or check is not None
         data = self._cipher.seal(plaintext, id_hash)
-        async with self.connection() as conn:
-            if self.citus is None:
-                await self._find_out(conn)
+        async with self._connection(None) as conn:
             statement = self.sql.create if durable else self.sql.create_async
             args = statement.args(
                 id_hash=id_hash,
@@ -300,9 +299,7 @@ class SessionRows:
         """A new session replacing the live session `replaces`, keeping its creation time and
         absolute deadline, in one statement; then, for a user, the cap."""
         data = self._cipher.seal(plaintext, id_hash)
-        async with self.connection() as conn:
-            if self.citus is None:
-                await self._find_out(conn)
+        async with self._connection(None) as conn:
             statement = self.sql.renew
             values = {"table_key": self.names.channel} if "table_key" in statement.names else {}
             args = statement.args(
@@ -367,9 +364,7 @@ class SessionRows:
         its user_id), under the row's lock, for the length of one merge. `durable`: wait for the
         flush even with durable_writes=False (a merge decides for itself: a change of user_id
         ends something)."""
-        async with self.connection() as conn:
-            if self.citus is None:
-                await self._find_out(conn)
+        async with self._connection(None) as conn:
             async with self._changing(conn) as changed:
                 record = await self._write(conn, id_hash, plaintext, user_id, version, durable=durable, changed=changed)
             if record is None:
@@ -464,6 +459,12 @@ class SessionRows:
         return tuple(r["id_hash"] for r in records)
 
     # -- the table -------------------------------------------------------------------------
+
+    async def sweep_forever(self, *, interval: float, batch_size: int, timeout: float) -> None:
+        """sweeper.sweep_forever on this table: a pass every `interval` seconds until cancelled."""
+        await sweep_forever(
+            self.pool, self.names, interval=interval, batch_size=batch_size, timeout=timeout, citus=self.citus
+        )
 
     async def sweep(self, *, batch_size: int, timeout: float) -> int | None:
         """Delete expired rows (sweeper.sweep): the number deleted, None when another process

@@ -30,7 +30,6 @@ from .pool import Unavailable
 from .rows import Client, Created, NotCreated, NotSaved, Row, SessionInfo, SessionRows
 from .schema import TableNames
 from .session import PostgresSession, check_json_value
-from .sweeper import sweep_forever
 from .tokens import MIN_KEY_BYTES, TokenSigner, VerifiedToken
 
 if TYPE_CHECKING:
@@ -495,9 +494,8 @@ class PostgresStorage(AbstractStorage):
         """For ``app.cleanup_ctx.append(...)``: sweep every `interval` seconds (jittered
         +/-20%) while the app runs. Reads already refuse expired rows; sweeping reclaims their
         space. A failed pass is logged and tried again at the next interval."""
-        rows = self._rows
         return _while_running(
-            lambda: sweep_forever(rows.pool, rows.names, interval=interval, batch_size=batch_size, timeout=timeout)
+            lambda: self._rows.sweep_forever(interval=interval, batch_size=batch_size, timeout=timeout)
         )
 
     def cache_listener(self, connect: Callable[[], Awaitable[asyncpg.Connection]]) -> CleanupContext:

@@ -54,6 +54,6 @@ def downgrade() -> None:
     if not _citus():
         return
     table, schema = _names()
-    op.execute(f"SELECT undistribute_table('\"{schema}\".\"{table}\"')")
+    op.execute(f'SELECT undistribute_table(\'"{schema}"."{table}"\')')
     for statement in schema_statements(table, schema):
         op.execute(statement)

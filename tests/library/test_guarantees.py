@@ -1,7 +1,7 @@
 """Guarantees that a mutation of the code once left standing: each test here fails when the line
-it names is changed (issue 14's table), through a real app and a real PostgreSQL.
+it names is changed (tests/MUTANTS.md), through a real app and a real PostgreSQL.
 
-- the expiry check in the versioned UPDATE (storage.UPDATE_SQL): a save held past the session's
+- the expiry check in the versioned UPDATE (sql.SAVE_SQL): a save held past the session's
   idle deadline does not bring it back;
 - every documented session event is logged (events.py's list);
 - the cache's maximum age (SessionCache max_age): an entry older than it is read again.
