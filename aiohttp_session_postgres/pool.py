@@ -93,6 +93,10 @@ class FairPool:
             if conn is None or _from_database(exc) or within.expired() or _closed(conn):
                 raise _unavailable(exc) from exc
             raise
+        except (asyncpg.InternalServerError, asyncpg.PostgresIOError) as exc:
+            if not node_lost(exc):
+                raise
+            raise _unavailable(exc) from exc
         except BaseException as exc:
             # A cancel (the client went away) may stop a statement midway; an error of the app's
             # own (an HTTPException) or one PostgreSQL reported leaves the connection idle.
@@ -133,6 +137,24 @@ async def _release(pool: asyncpg.Pool, conn: PoolConnection, remaining: float) -
         await pool.release(conn, timeout=max(remaining, 0.01))
     except UNAVAILABLE_ERRORS as exc:
         raise _unavailable(exc) from exc
+
+
+# How Citus reports, as an internal error (XX000) or an I/O error (58030), a worker it lost or
+# cannot reach: the coordinator's connection stays usable, and the operation may be tried again.
+_NODE_LOST = (
+    "failure on connection marked as essential",
+    "server closed the connection unexpectedly",
+    "connection to the remote node",
+    "could not establish any connections to the node",
+    "connection not open",
+    "failed to COPY to shard",
+)
+
+
+def node_lost(exc: asyncpg.PostgresError) -> bool:
+    """Whether a Citus coordinator's internal error says it lost a worker (measured, Citus 14)."""
+    text = str(exc)
+    return any(phrase in text for phrase in _NODE_LOST)
 
 
 def _unavailable(exc: BaseException) -> Unavailable:

@@ -13,6 +13,7 @@ reach only that worker's listeners. There too the per-user lock is a statement o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import logging
@@ -27,7 +28,7 @@ import asyncpg
 
 from .cipher import DataCipher
 from .memo import BoundedMap
-from .pool import FairPool
+from .pool import FairPool, Unavailable
 from .schema import TableNames, distributed
 from .sql import TOMBSTONE_SECONDS, Statements
 from .sweeper import sweep, sweep_forever
@@ -135,8 +136,9 @@ class SessionRows:
     :param database_timeout: seconds one operation may take, pool wait included.
     :param max_sessions_per_user: live sessions kept per user after a creation; None: no cap.
     :param durable_writes: False: writes that end nothing skip waiting for the WAL flush.
-    :param citus: the table is distributed by Citus (sql.Statements says what that changes);
-        None: found out at the first operation (one query, once), from the table itself.
+    :param citus: whether the table is distributed by Citus (sql.Statements says what that
+        changes). The first operation asks the table (one query, once); a `citus` that disagrees
+        is logged, and the table is followed.
     """
 
     def __init__(
@@ -154,7 +156,9 @@ class SessionRows:
         citus: bool | None = None,
     ) -> None:
         self.pool = pool
-        self.citus = citus
+        # Found out from the table at the first operation, whatever the constructor was told.
+        self.citus: bool | None = None
+        self._told_citus = citus
         self.durable_writes = durable_writes
         self.names = names
         self.idle_timeout = idle_timeout
@@ -195,6 +199,9 @@ class SessionRows:
         """Whether the table is distributed by Citus, asked of the database once (the
         statements and the notifications follow from it)."""
         citus = await distributed(conn, self.names)
+        if self._told_citus is not None and self._told_citus != citus:
+            layout = "distributed by Citus" if citus else "not distributed"
+            log.warning("citus=%s, but the table %s is %s: following the table", self._told_citus, self.names, layout)
         if citus and not self.durable_writes:
             log.warning("durable_writes=False cannot run on Citus: every write waits for the flush")
             self.durable_writes = True
@@ -202,15 +209,15 @@ class SessionRows:
         self.citus = citus
 
     def _changing(
-        self, conn: Connection, *, transaction: bool = False, notifies: bool = True
+        self, conn: Connection, *, transaction: bool = False, notifies: bool = True, shards: bool = False
     ) -> contextlib.AbstractAsyncContextManager[list[str]]:
         """Around the statements of one operation that changes or ends sessions (`notifies`), in
         a transaction if asked for: the caller adds the notification payloads of what they
         changed (as schema.sql's triggers write them). On one PostgreSQL the triggers notify and
         the payloads are dropped; on Citus a transaction notifies them on the coordinator before
-        it commits."""
+        it commits. `shards`: the statements may write on several workers (a two-phase commit)."""
         if self.citus and (transaction or notifies):
-            return _Notifying(conn, self.sql, self.names.channel)
+            return _Notifying(conn, self.sql, self.names.channel, shards=shards)
         return _Transaction(conn) if transaction else _NOTHING
 
     async def _user_lock(self, conn: Connection, user_id: int, *, shared: bool = False) -> None:
@@ -281,7 +288,9 @@ class SessionRows:
             try:
                 # With a check, the check and the write in one transaction: what the check reads
                 # (and locks, FOR SHARE) cannot change before the session exists.
-                changing = self._changing(conn, transaction=check is not None, notifies=replaces is not None)
+                changing = self._changing(
+                    conn, transaction=check is not None, notifies=replaces is not None, shards=replaces is not None
+                )
                 async with changing as changed:
                     if check is not None and not await check(conn):
                         raise _Refused  # rolls back whatever the check did
@@ -312,7 +321,7 @@ class SessionRows:
                 user_agent=client.user_agent,
                 **values,
             )
-            async with self._changing(conn) as changed:
+            async with self._changing(conn, shards=True) as changed:
                 if self.citus and user_id is not None:
                     await self._user_lock(conn, user_id, shared=True)  # inside RENEW_SQL elsewhere
                 record = await conn.fetchrow(statement.sql, *args)
@@ -338,7 +347,7 @@ class SessionRows:
         args = self.sql.trim.args(user_id=user_id, max_sessions=keep)
         for attempt in range(3):
             try:
-                async with self._changing(conn) as changed:
+                async with self._changing(conn, shards=True) as changed:
                     if self.citus:
                         await self._user_lock(conn, user_id)  # instead of locking the rows in order
                     ended = tuple(record["id_hash"] for record in await conn.fetch(self.sql.trim.sql, *args))
@@ -441,7 +450,7 @@ class SessionRows:
         if prefix is None:
             return ()
         statement = self.sql.end_by_handle
-        async with self._connection(conn) as c, self._changing(c) as changed:
+        async with self._connection(conn) as c, self._changing(c, shards=True) as changed:
             records = await c.fetch(statement.sql, *statement.args(user_id=user_id, handle=prefix))
             changed.extend(r["id_hash"].hex() for r in records)
         return tuple(r["id_hash"] for r in records)
@@ -451,7 +460,7 @@ class SessionRows:
     ) -> tuple[bytes, ...]:
         """End every live session of the user but `keep`, under the user's lock (a renewal in
         flight is ended too, or finds its session gone): the ID hashes ended."""
-        async with self._connection(conn) as c, self._changing(c, transaction=True) as changed:
+        async with self._connection(conn) as c, self._changing(c, transaction=True, shards=True) as changed:
             await self._user_lock(c, user_id)
             end = self.sql.end_user
             records = await c.fetch(end.sql, *end.args(user_id=user_id, keep_id_hash=keep))
@@ -520,13 +529,23 @@ class _Transaction:
 
 
 class _Notifying:
-    """`_changing` on Citus: a transaction that notifies what its statements changed, last."""
+    """`_changing` on Citus: a transaction that notifies what its statements changed, last.
 
-    def __init__(self, conn: Connection, sql: Statements, channel: str) -> None:
+    Two things Citus's two-phase commit (a transaction that wrote on several workers, `shards`)
+    needs besides. The coordinator commits first and then each worker (COMMIT PREPARED): a
+    listener woken meanwhile could read the row as it was and cache it, so the notifications are
+    sent again once the commit has returned. And a worker that fails between the two is only a
+    WARNING (the rows there stay as they were until Citus's recovery, a minute later by
+    default): then the transactions are recovered at once, and if that fails the operation is
+    Unavailable, not acknowledged.
+    """
+
+    def __init__(self, conn: Connection, sql: Statements, channel: str, *, shards: bool) -> None:
         self._transaction = conn.transaction()
         self._conn = conn
         self._sql = sql
         self._channel = channel
+        self._shards = shards
         self._changed: list[str] = []
 
     async def __aenter__(self) -> list[str]:
@@ -539,9 +558,36 @@ class _Notifying:
             return
         try:
             if self._changed:
-                notify = self._sql.notify
-                await self._conn.execute(notify.sql, *notify.args(channel=self._channel, payloads=self._changed))
+                await self._notify()
         except BaseException:
             await self._transaction.rollback()
             raise
-        await self._transaction.commit()
+        lost: list[str] = []
+
+        def warned(_conn: object, message: asyncpg.PostgresLogMessage) -> None:
+            if "failed to commit transaction" in (message.message or ""):
+                lost.append(message.message)
+
+        self._conn.add_log_listener(warned)
+        try:
+            await self._transaction.commit()
+            await asyncio.sleep(0)  # asyncpg hands log messages over in a callback of their own
+        finally:
+            self._conn.remove_log_listener(warned)
+        nested = self._conn.is_in_transaction()  # a savepoint in the caller's transaction
+        if lost and not nested:
+            log.warning("a worker did not commit its part (%s): recovering it now", lost[0])
+            try:
+                await self._conn.execute(RECOVER_SQL)
+            except asyncpg.PostgresError as error:
+                raise Unavailable() from error
+        if self._shards and self._changed and not nested:
+            await self._notify()  # every worker has committed by now: a load reads what changed
+
+    async def _notify(self) -> None:
+        notify = self._sql.notify
+        await self._conn.execute(notify.sql, *notify.args(channel=self._channel, payloads=self._changed))
+
+
+# Citus: commit or roll back at once what a worker left prepared (its part of a two-phase commit).
+RECOVER_SQL = "SELECT recover_prepared_transactions()"

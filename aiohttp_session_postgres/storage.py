@@ -119,10 +119,11 @@ class PostgresStorage(AbstractStorage):
         a right away by changing session data (a role, an MFA flag): end or renew the session.
         Not on Citus.
     :param citus: whether the table is distributed by Citus (``create_schema`` does it on a
-        Citus coordinator). None (the default): found out from the table at the first database
-        operation (one query, once per process); then ``durable_writes=False`` on a distributed
-        table is logged and ignored. Every operation keeps its guarantees on Citus, but for two
-        differences Citus imposes: a write
+        Citus coordinator). Found out from the table at the first database operation (one
+        query, once per process) whatever this says: None (the default) says nothing; a value
+        that disagrees with the table is logged, and the table followed. On a distributed table
+        ``durable_writes=False`` is logged and ignored (with ``citus=True``, refused). Every
+        operation keeps its guarantees on Citus, but for two differences Citus imposes: a write
         checks expiry against its statement's start, not the moment it gets the row's lock (a
         write that waited for a lock past the session's deadline may still land, at most
         `database_timeout` late); and what changes or ends a session also notifies the caches

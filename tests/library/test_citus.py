@@ -11,10 +11,14 @@ modification.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -380,6 +384,125 @@ async def _until(probe: Callable[[], Awaitable[object]], expected: object, withi
     while (seen := await probe()) != expected:
         assert time.monotonic() < deadline, f"still {seen!r} after {within} s"
         await asyncio.sleep(0.02)
+
+
+# A worker that loses the coordinator's connections as soon as its part of a two-phase commit is
+# prepared (between the coordinator's commit and its COMMIT PREPARED, the moment Citus only warns).
+_TERMINATE_AFTER_PREPARE = """
+DO $$
+BEGIN
+    FOR i IN 1..20000000 LOOP
+        IF EXISTS (SELECT FROM pg_prepared_xacts WHERE database = current_database()) THEN
+            PERFORM pg_terminate_backend(pid) FROM pg_stat_activity
+            WHERE application_name LIKE 'citus_internal%' AND pid <> pg_backend_pid() AND datname = current_database();
+            RAISE NOTICE 'terminated';
+            RETURN;
+        END IF;
+    END LOOP;
+END
+$$;
+"""
+
+
+async def test_a_revocation_whose_commit_a_worker_missed_is_recovered_before_it_is_answered(
+    aiohttp_client: Client, pool: asyncpg.Pool, pg: asyncpg.Connection, citus_cluster: CitusCluster, citus_url: str
+) -> None:
+    """Ending a user's sessions on both workers is a two-phase commit. When a worker loses its
+    connection after PREPARE, Citus commits anyway and only warns; the worker's rows would stay
+    live until its recovery, a minute later. The library recovers them at once, before it
+    answers: no revoked session is served after the answer."""
+    client = await on_citus(aiohttp_client, pool, database_timeout=5, touch_interval=60)
+    ports = [node.port for node in citus_cluster.workers]
+    by_worker: dict[int, list[str]] = {}
+    while len(by_worker) < 2 or min(len(v) for v in by_worker.values()) < 2:
+        cookie = await started(client)
+        by_worker.setdefault(await worker_of(pg, row_of(cookie)), []).append(cookie)
+    saboteur = await asyncpg.connect(citus_cluster.workers[0].url(citus_url.rsplit("/", 1)[1]))
+    notices: list[str] = []
+    saboteur.add_log_listener(lambda _c, message: notices.append(message.message))
+    try:
+        watching = asyncio.ensure_future(saboteur.execute(_TERMINATE_AFTER_PREPARE))
+        await asyncio.sleep(0.3)
+        ended = await client.post("/end-all")
+        await asyncio.wait_for(watching, 10)
+    finally:
+        await saboteur.close()
+    assert notices == ["terminated"]  # the worker did lose the coordinator's connections
+    assert ended.status == 200
+    assert await ended.text() == str(sum(len(v) for v in by_worker.values()))
+    for cookie in by_worker[ports[0]] + by_worker[ports[1]]:
+        assert await read(client, cookie) == {}  # at once, not a minute later
+    assert await live_sessions(pg) == 0
+
+
+async def test_what_spans_workers_is_notified_again_once_every_worker_has_committed(
+    aiohttp_client: Client, pool: asyncpg.Pool, pg: asyncpg.Connection, citus_url: str
+) -> None:
+    """In a two-phase commit the coordinator commits before the workers: a notification in its
+    transaction can wake a listener while a worker still shows the old row, and a load then
+    would cache what was just revoked. So it is sent once more after the commit has returned;
+    a write of one row (one worker, committed before the coordinator) is notified once."""
+    client = await on_citus(aiohttp_client, pool)
+    cookies: list[str] = []
+    while len(cookies) < 6 or len({await worker_of(pg, row_of(cookie)) for cookie in cookies}) < 2:
+        cookies.append(await started(client))
+    heard: list[str] = []
+    listener = await asyncpg.connect(citus_url)
+    await listener.add_listener("public.sessions", lambda *args: heard.append(args[-1]))
+    try:
+        assert (await client.post("/write", headers=with_cookie(cookies[0]))).status == 200
+        assert await (await client.post("/end-all")).text() == str(len(cookies))
+        await _until(lambda: _count(heard), 1 + 2 * len(cookies))
+    finally:
+        await listener.close()
+    assert heard[0] == f"{row_of(cookies[0]).hex()}:2"
+    assert sorted(heard[1:]) == sorted(2 * [row_of(cookie).hex() for cookie in cookies])
+
+
+async def _count(items: list[str]) -> int:
+    return len(items)
+
+
+@pytest.mark.slow
+async def test_a_worker_that_crashes_under_writes_is_a_503_never_a_500(
+    aiohttp_client: Client, pool: asyncpg.Pool, pg: asyncpg.Connection, citus_cluster: CitusCluster
+) -> None:
+    """A worker backend killed (PostgreSQL resets every connection of that worker): Citus
+    reports it as an internal error (XX000), which the library counts as the database being
+    unavailable."""
+    client = await on_citus(aiohttp_client, pool, database_timeout=1.5, touch_interval=0)
+    first = citus_cluster.workers[0].port
+    cookies: list[str] = []
+    while len(cookies) < 8:
+        cookie = await started(client)
+        if await worker_of(pg, row_of(cookie)) == first:
+            cookies.append(cookie)
+    statuses: Counter[int] = Counter()
+    stop = asyncio.Event()
+
+    async def load(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            cookie = cookies[(i + n) % len(cookies)]
+            n += 1
+            for method, path in (("POST", "/write"), ("GET", "/read"), ("POST", "/start")):
+                statuses[(await client.request(method, path, headers=with_cookie(cookie))).status] += 1
+
+    loads = [asyncio.ensure_future(load(i)) for i in range(6)]
+    await asyncio.sleep(1)
+    os.kill(_a_client_backend(citus_cluster.workers[0].data), signal.SIGKILL)
+    await asyncio.sleep(5)
+    stop.set()
+    await asyncio.gather(*loads)
+    assert 500 not in statuses, statuses
+    assert statuses[200] > 0
+
+
+def _a_client_backend(data: Path) -> int:
+    """A backend serving a client (the coordinator) on the server whose data folder is `data`."""
+    postmaster = int((data / "postmaster.pid").read_text().split()[0])
+    children = [int(p) for p in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()]
+    return next(pid for pid in children if "postgres: postgres" in Path(f"/proc/{pid}/cmdline").read_text())
 
 
 # -- where each statement runs ------------------------------------------------------------------

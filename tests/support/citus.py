@@ -651,7 +651,16 @@ class CitusCluster:
         return _run_async(self.create_database_async(name))
 
     async def drop_database_async(self, name: str) -> None:
-        """Drop `name` on every node."""
+        """Drop `name` on every node, after rolling back what a test left prepared there (a
+        worker that lost its coordinator mid-commit): PostgreSQL drops no database in use by a
+        prepared transaction."""
+        for node in self.nodes:
+            conn = await asyncpg.connect(node.url(), timeout=10)
+            try:
+                for (gid,) in await conn.fetch("SELECT gid FROM pg_prepared_xacts WHERE database = $1", name):
+                    await _execute(node.url(name), f"ROLLBACK PREPARED '{gid}'")
+            finally:
+                await conn.close()
         await asyncio.gather(
             *(_execute(node.url(), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)') for node in self.nodes)
         )
