@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("aiohttp_session_postgres")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Entry(Row):
     """A cached row: its plaintext is decoded afresh for each request that hits it."""
 
