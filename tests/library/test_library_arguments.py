@@ -82,6 +82,7 @@ async def test_the_storage_refuses_bad_arguments_naming_the_problem(
     ("options", "argument", "index"),
     [
         ({"authentication_keys": [AUTH_KEY, b"short"]}, "authentication_keys", 2),
+        ({"authentication_keys": []}, "authentication_keys", None),
         ({"encryption_keys": [os.urandom(20)]}, "encryption_keys", 1),
         ({"encryption_keys": []}, "encryption_keys", None),
         ({"touch_interval": 1800}, "touch_interval", None),
