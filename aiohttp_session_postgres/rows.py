@@ -504,7 +504,8 @@ class SessionRows:
             record["last_seen"],
             current_key,
         )
-        self._touch_times[id_hash] = row.touched_at
+        if self._touch_times.get(id_hash) != row.touched_at:  # a read within the interval: known already
+            self._touch_times[id_hash] = row.touched_at
         return row
 
 
