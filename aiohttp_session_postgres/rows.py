@@ -217,10 +217,16 @@ class SessionRows:
         """Around the statements of one operation that changes or ends sessions (`notifies`), in
         a transaction if asked for: the caller adds the notification payloads of what they
         changed (as schema.sql's triggers write them). On one PostgreSQL the triggers notify and
-        the payloads are dropped; on Citus a transaction notifies them on the coordinator before
-        it commits. `shards`: the statements may write on several workers (a two-phase commit)."""
-        if self.citus and (transaction or notifies):
+        the payloads are dropped; on Citus they are notified from the coordinator. `shards`: the
+        statements may write on several workers (a two-phase commit): then, as when a transaction
+        is asked for, in a transaction that notifies before it commits (and again after). A
+        statement of one row alone is committed by its worker as it runs: its notification
+        follows it, a statement of its own (a transaction would cost two round trips more and
+        make it no more atomic: Citus commits that worker before the coordinator's NOTIFY)."""
+        if self.citus and (transaction or shards):
             return _Notifying(conn, self.sql, self.names.channel, shards=shards)
+        if self.citus and notifies:
+            return _NotifyingAfter(conn, self.sql, self.names.channel)
         return _Transaction(conn) if transaction else _NOTHING
 
     async def _user_lock(self, conn: Connection, user_id: int, *, shared: bool = False) -> None:
@@ -534,6 +540,24 @@ class _Transaction:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self._transaction.__aexit__(*exc)
+
+
+class _NotifyingAfter:
+    """`_changing` on Citus for a statement of one row: its notifications once it has run."""
+
+    def __init__(self, conn: Connection, sql: Statements, channel: str) -> None:
+        self._conn = conn
+        self._sql = sql
+        self._channel = channel
+        self._changed: list[str] = []
+
+    async def __aenter__(self) -> list[str]:
+        return self._changed
+
+    async def __aexit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is None and self._changed:
+            notify = self._sql.notify
+            await self._conn.execute(notify.sql, *notify.args(channel=self._channel, payloads=self._changed))
 
 
 class _Notifying:

@@ -390,8 +390,10 @@ async def _until(probe: Callable[[], Awaitable[object]], expected: object, withi
 # prepared (between the coordinator's commit and its COMMIT PREPARED, the moment Citus only warns).
 _TERMINATE_AFTER_PREPARE = """
 DO $$
+DECLARE
+    until timestamptz := clock_timestamp() + interval '5 seconds';
 BEGIN
-    FOR i IN 1..20000000 LOOP
+    WHILE clock_timestamp() < until LOOP
         IF EXISTS (SELECT FROM pg_prepared_xacts WHERE database = current_database()) THEN
             PERFORM pg_terminate_backend(pid) FROM pg_stat_activity
             WHERE application_name LIKE 'citus_internal%' AND pid <> pg_backend_pid() AND datname = current_database();
@@ -403,36 +405,40 @@ END
 $$;
 """
 
-
 async def test_a_revocation_whose_commit_a_worker_missed_is_recovered_before_it_is_answered(
     aiohttp_client: Client, pool: asyncpg.Pool, pg: asyncpg.Connection, citus_cluster: CitusCluster, citus_url: str
 ) -> None:
     """Ending a user's sessions on both workers is a two-phase commit. When a worker loses its
     connection after PREPARE, Citus commits anyway and only warns; the worker's rows would stay
     live until its recovery, a minute later. The library recovers them at once, before it
-    answers: no revoked session is served after the answer."""
+    answers (or answers 503, and the browser asks again): no revoked session is served after the
+    answer. The sabotage is a race the worker's poller usually wins; it is tried until it does."""
     client = await on_citus(aiohttp_client, pool, database_timeout=5, touch_interval=60)
-    ports = [node.port for node in citus_cluster.workers]
-    by_worker: dict[int, list[str]] = {}
-    while len(by_worker) < 2 or min(len(v) for v in by_worker.values()) < 2:
-        cookie = await started(client)
-        by_worker.setdefault(await worker_of(pg, row_of(cookie)), []).append(cookie)
-    saboteur = await asyncpg.connect(citus_cluster.workers[0].url(citus_url.rsplit("/", 1)[1]))
-    notices: list[str] = []
-    saboteur.add_log_listener(lambda _c, message: notices.append(message.message))
-    try:
-        watching = asyncio.ensure_future(saboteur.execute(_TERMINATE_AFTER_PREPARE))
-        await asyncio.sleep(0.3)
-        ended = await client.post("/end-all")
-        await asyncio.wait_for(watching, 10)
-    finally:
-        await saboteur.close()
-    assert notices == ["terminated"]  # the worker did lose the coordinator's connections
-    assert ended.status == 200
-    assert await ended.text() == str(sum(len(v) for v in by_worker.values()))
-    for cookie in by_worker[ports[0]] + by_worker[ports[1]]:
-        assert await read(client, cookie) == {}  # at once, not a minute later
-    assert await live_sessions(pg) == 0
+    sabotaged = False
+    for _ in range(5):
+        cookies: list[str] = []
+        while len(cookies) < 4 or len({await worker_of(pg, row_of(cookie)) for cookie in cookies}) < 2:
+            cookies.append(await started(client))
+        saboteur = await asyncpg.connect(citus_cluster.workers[0].url(citus_url.rsplit("/", 1)[1]))
+        notices: list[str] = []
+        saboteur.add_log_listener(lambda _c, message, seen=notices: seen.append(message.message))
+        try:
+            watching = asyncio.ensure_future(saboteur.execute(_TERMINATE_AFTER_PREPARE))
+            await asyncio.sleep(0.3)
+            ended = await client.post("/end-all")
+            while ended.status == 503:  # not acknowledged: asked again, as a browser would
+                ended = await client.post("/end-all")
+            await asyncio.wait_for(watching, 10)
+        finally:
+            await saboteur.close()
+        assert ended.status == 200
+        for cookie in cookies:
+            assert await read(client, cookie) == {}  # at once, not a minute later
+        assert await live_sessions(pg) == 0
+        if notices == ["terminated"]:  # the worker did lose the coordinator's connections
+            sabotaged = True
+            break
+    assert sabotaged
 
 
 async def test_what_spans_workers_is_notified_again_once_every_worker_has_committed(
