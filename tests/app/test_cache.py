@@ -21,7 +21,7 @@ from aiohttp_session_postgres.schema import TableNames
 from aiohttp_session_postgres.tokens import id_hash_of
 from support.demo import login, make_settings, session_cookie
 from support.ports import free_port
-from support.servers import SilenceableProxy
+from support.proxy import SilenceableProxy
 
 from app.appkeys import STORAGE
 from app.config import Settings

@@ -18,7 +18,6 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
@@ -33,6 +32,7 @@ from aiohttp_session_postgres.sql import TOMBSTONE_SECONDS, Statement
 from support.keys import AUTH_KEY, ENC_KEY
 from support.library_app import library_app, started, with_cookie
 from support.logs import LibraryLog
+from support.proxy import SilenceableProxy
 
 KEY = b"k" * 32
 CLIENT = Client("192.0.2.1", "test agent")
@@ -360,64 +360,15 @@ async def test_a_healthy_listener_stays_up_and_once_stopped_closes_its_connectio
     assert [conn.is_closed() for conn in conns] == [True]
 
 
-class MutingRelay:
-    """A TCP relay to the PostgreSQL `url` names that can go mute: it then keeps every
-    connection open and passes nothing on either way, as a network path that drops packets
-    (no FIN, no RST: the client learns nothing unless it times out)."""
-
-    def __init__(self, url: str) -> None:
-        self._url = url
-        parts = urlsplit(url)
-        query = dict(pair.split("=", 1) for pair in parts.query.split("&") if "=" in pair)
-        port = parts.port or 5432
-        directory = query.get("host") if not parts.hostname else None
-        self._socket = f"{directory}/.s.PGSQL.{port}" if directory else None
-        self._target = (parts.hostname or "127.0.0.1", port)
-        self.mute = False
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def __aenter__(self) -> MutingRelay:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-
-    def url(self) -> str:
-        parts = urlsplit(self._url)
-        port = self._server.sockets[0].getsockname()[1]
-        user = parts.netloc.rpartition("@")[0]
-        query = "&".join(pair for pair in parts.query.split("&") if pair and not pair.startswith("host="))
-        netloc = f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}"
-        return parts._replace(netloc=netloc, query=query).geturl()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._socket is not None:
-            up_reader, up_writer = await asyncio.open_unix_connection(self._socket)
-        else:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
-        self._writers += [writer, up_writer]
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True)
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while chunk := await reader.read(65536):
-            if not self.mute:
-                writer.write(chunk)
-                await writer.drain()
-        writer.close()
-
-
 async def test_a_listener_gone_silent_is_noticed_within_check_every(lib_url: str) -> None:
     """A listener connection that goes silent just after the listener came up is noticed within
     `check_every` (1 s here: a wait of half, then a check given the other half), whatever the
     phase of the checks."""
-    async with MutingRelay(lib_url) as relay:
+    async with SilenceableProxy(lib_url) as relay:
         cache = SessionCache()
         async with listening(cache, lambda: asyncpg.connect(relay.url()), "sessions", check_every=1.0):
             await eventually(lambda: cache.enabled)
-            relay.mute = True
+            relay.silence()
             muted_at = time.monotonic()
             await eventually(lambda: not cache.enabled)
             assert time.monotonic() - muted_at < 1.6
