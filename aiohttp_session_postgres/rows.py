@@ -204,7 +204,9 @@ class SessionRows:
         citus = await distributed(conn, self.names)
         if self._told_citus is not None and self._told_citus != citus:
             layout = "distributed by Citus" if citus else "not distributed"
-            log.warning("citus=%s, but the table %s is %s: following the table", self._told_citus, self.names, layout)
+            log.warning(
+                "citus=%s, but the table %s is %s: following the table", self._told_citus, self.names.channel, layout
+            )
         if citus and not self.durable_writes:
             log.warning("durable_writes=False cannot run on Citus: every write waits for the flush")
             self.durable_writes = True

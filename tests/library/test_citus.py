@@ -156,7 +156,14 @@ async def test_create_schema_distributes_by_itself_where_citus_is_installed_and_
         assert await read(client, first) == {}
         assert await read(client, second) == {"user_id": USER}
         assert await client.app[STORAGE].sweep() == 0
-    assert "durable_writes=False cannot run on Citus: every write waits for the flush" in lib_log.lines(LOGGER)
+        # Told otherwise, the storage follows the table and says so.
+        told = await library_app(aiohttp_client, pool, citus=False)
+        third = await started(told)
+        assert (await told.post("/write", headers=with_cookie(third))).status == 200
+        assert await read(told, third) == {"user_id": USER, "count": 1}
+    lines = lib_log.lines(LOGGER)
+    assert "durable_writes=False cannot run on Citus: every write waits for the flush" in lines
+    assert "citus=False, but the table public.sessions is distributed by Citus: following the table" in lines
 
 
 async def test_the_printed_schema_for_citus_makes_nothing_where_citus_is_missing(empty_url: str) -> None:
