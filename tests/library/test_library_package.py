@@ -107,7 +107,8 @@ def test_pip_install_into_a_fresh_venv_works(source: str, request: pytest.Fixtur
     # The command that prints the SQL for psql.
     result = run_in(python, tmp_path, "-m", "aiohttp_session_postgres", "schema", "--table", "t1")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == aiohttp_session_postgres.schema_sql("t1")
+    # The SQL in one transaction, so that psql (which goes on past an error) leaves nothing half made.
+    assert result.stdout == f"BEGIN;\n{aiohttp_session_postgres.schema_sql('t1')}\nCOMMIT;\n"
     result = run_in(python, tmp_path, "-m", "aiohttp_session_postgres", "schema", "--table", "bad-name")
     assert result.returncode == 1
     assert result.stderr.startswith("error: table name 'bad-name' must be a plain identifier"), result.stderr
