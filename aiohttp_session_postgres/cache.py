@@ -80,17 +80,17 @@ class SessionCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, id_hash: bytes, now: float) -> Entry | None:
+    def get(self, id_hash: bytes) -> Entry | None:
+        """The entry of `id_hash` if it is still live by the database's clock (as its row
+        estimates it: this host's clock is never read) and younger than `max_age`."""
         if not self._enabled:
             return None
         entry = self._entries.get(id_hash)
         if entry is None:
             return None
-        if (
-            now >= entry.idle_deadline
-            or now >= entry.absolute_deadline
-            or time.monotonic() - entry.cached_at > self._max_age
-        ):
+        local = time.monotonic()
+        now = local + entry.clock
+        if now >= entry.idle_deadline or now >= entry.absolute_deadline or local - entry.cached_at > self._max_age:
             del self._entries[id_hash]
             return None
         return entry
@@ -231,9 +231,8 @@ class CachedRows(SessionRows):
         cache."""
         cache = self.cache
         if cacheable:
-            now = time.time()
-            entry = cache.get(id_hash, now)
-            if entry is not None and now - entry.touched_at < self.touch_interval:
+            entry = cache.get(id_hash)
+            if entry is not None and entry.now() - entry.touched_at < self.touch_interval:
                 return entry
         generation = cache.generation
         found = await super().load(id_hash, client)

@@ -58,7 +58,8 @@ class Client(NamedTuple):
 @dataclass(slots=True)
 class Row:
     """A live session's row, its data opened, read-only. Times are epoch seconds, the database's
-    clock."""
+    clock; `clock` relates it to this process's monotonic clock, so that every deadline is
+    compared with the database's time and never with this host's (which may be minutes off)."""
 
     plaintext: bytes  # the data as JSON
     version: int
@@ -66,7 +67,20 @@ class Row:
     idle_deadline: float
     absolute_deadline: float
     touched_at: float  # last_seen_at as this statement left it: its own touch, when it touched
+    # The database's clock minus time.monotonic(), from the statement's now() and the monotonic
+    # time just before it was sent: the estimate runs ahead of the database by the round trip, so
+    # a deadline is met early, never late.
+    clock: float
     current_key: bool = True  # sealed under the newest encryption key
+
+    def now(self) -> float:
+        """The database's clock now (epoch seconds), as estimated from the statement that read
+        this row: never behind the database's own."""
+        return time.monotonic() + self.clock
+
+    def local(self, deadline: float) -> float:
+        """`deadline` (the database's clock) on this process's monotonic clock."""
+        return deadline - self.clock
 
 
 class Gone(enum.Enum):
@@ -244,13 +258,15 @@ class SessionRows:
         have no cache."""
         if id_hash in self._dead:
             return Gone.KNOWN_DEAD
-        touched = self._touch_times.get(id_hash)
+        touched = self._touch_times.get(id_hash)  # monotonic
         # The pool's connection itself, not _connection(): a context manager less on every read
         # that asks the database (1.8 µs, measured).
         async with self.connection() as conn:
             if self.citus is None:
                 await self._find_out(conn)
-            if touched is not None and time.time() - touched < self.touch_interval:
+            sent = time.monotonic()
+            plain = touched is not None and sent - touched < self.touch_interval
+            if plain:
                 record = await conn.fetchrow(self.sql.load.sql, id_hash)
             else:
                 ip, user_agent = client()
@@ -269,7 +285,8 @@ class SessionRows:
         if opened is None:
             self._dead[id_hash] = None
             return Gone.UNDECRYPTABLE
-        return self._row(id_hash, record, *opened)
+        # A plain read's touch time is the one this process already knows.
+        return self._row(id_hash, record, *opened, sent=sent, now=record["now"], memo=not plain)
 
     async def create(
         self,
@@ -306,6 +323,7 @@ class SessionRows:
                 changing = self._changing(
                     conn, transaction=check is not None, notifies=replaces is not None, shards=replaces is not None
                 )
+                sent = time.monotonic()  # before the transaction whose now() the row's times take
                 async with changing as changed:
                     if check is not None and not await check(conn):
                         raise _Refused  # rolls back whatever the check did
@@ -315,7 +333,7 @@ class SessionRows:
                         changed.append(f"{replaces.hex()}:{record['replaced_version']}")
             except _Refused:
                 return NotCreated.PRECONDITION
-            return await self._with_cap(conn, id_hash, plaintext, user_id, record)
+            return await self._with_cap(conn, id_hash, plaintext, user_id, record, sent)
 
     async def renew(
         self, id_hash: bytes, plaintext: bytes, *, user_id: int | None, replaces: bytes, client: Client
@@ -336,23 +354,30 @@ class SessionRows:
                 user_agent=client.user_agent,
                 **values,
             )
+            sent = time.monotonic()
             async with self._changing(conn, shards=True) as changed:
                 if self.citus and user_id is not None:
                     await self._user_lock(conn, user_id, shared=True)  # inside RENEW_SQL elsewhere
                 record = await conn.fetchrow(statement.sql, *args)
                 if record is not None:
                     changed.append(f"{replaces.hex()}:{record['replaced_version']}")
-            return await self._with_cap(conn, id_hash, plaintext, user_id, record)
+            return await self._with_cap(conn, id_hash, plaintext, user_id, record, sent)
 
     async def _with_cap(
-        self, conn: Connection, id_hash: bytes, plaintext: bytes, user_id: int | None, record: asyncpg.Record | None
+        self,
+        conn: Connection,
+        id_hash: bytes,
+        plaintext: bytes,
+        user_id: int | None,
+        record: asyncpg.Record | None,
+        sent: float,
     ) -> Created | NotCreated:
         if record is None:
             return NotCreated.REPLACED_OR_ENDED
         ended: tuple[bytes, ...] = ()
         if user_id is not None and self.max_sessions_per_user is not None:
             ended = await self._trim(conn, user_id, self.max_sessions_per_user)
-        return Created(self._row(id_hash, record, plaintext, True), ended)
+        return Created(self._written(id_hash, record, plaintext, sent), ended)
 
     async def _trim(self, conn: Connection, user_id: int, keep: int) -> tuple[bytes, ...]:
         """TRIM_SQL. Its rows are locked in id_hash order, but a statement that locks one of them
@@ -389,15 +414,17 @@ class SessionRows:
         flush even with durable_writes=False (a merge decides for itself: a change of user_id
         ends something)."""
         async with self._connection(None) as conn:
+            sent = time.monotonic()
             async with self._changing(conn) as changed:
                 record = await self._write(conn, id_hash, plaintext, user_id, version, durable=durable, changed=changed)
             if record is None:
                 return await self._merge(conn, id_hash, rebase)
-        return self._row(id_hash, record, plaintext, True)
+        return self._written(id_hash, record, plaintext, sent)
 
     async def _merge(
         self, conn: Connection, id_hash: bytes, rebase: Callable[[bytes], tuple[bytes, int | None]]
     ) -> Row | NotSaved:
+        sent = time.monotonic()
         async with self._changing(conn, transaction=True) as changed:
             latest = await conn.fetchrow(self.sql.lock.sql, id_hash)
             if latest is None:
@@ -412,7 +439,7 @@ class SessionRows:
             record = await self._write(
                 conn, id_hash, plaintext, user_id, latest["version"], durable=durable, changed=changed
             )
-        return NotSaved.ENDED if record is None else self._row(id_hash, record, plaintext, True)
+        return NotSaved.ENDED if record is None else self._written(id_hash, record, plaintext, sent)
 
     async def _write(
         self,
@@ -502,7 +529,19 @@ class SessionRows:
             citus=self.citus,  # None: the sweep finds out for itself
         )
 
-    def _row(self, id_hash: bytes, record: asyncpg.Record, plaintext: bytes, current_key: bool) -> Row:
+    def _row(
+        self,
+        id_hash: bytes,
+        record: asyncpg.Record,
+        plaintext: bytes,
+        current_key: bool,
+        *,
+        sent: float,
+        now: float,
+        memo: bool,
+    ) -> Row:
+        """The row of `record`, read by a statement sent at `sent` (monotonic) whose now() was
+        `now`; `memo`: remember its touch time (on this process's monotonic clock)."""
         row = Row(
             plaintext,
             record["version"],
@@ -510,11 +549,16 @@ class SessionRows:
             record["idle_deadline"],
             record["absolute_deadline"],
             record["last_seen"],
+            now - sent,
             current_key,
         )
-        if self._touch_times.get(id_hash) != row.touched_at:  # a read within the interval: known already
-            self._touch_times[id_hash] = row.touched_at
+        if memo:
+            self._touch_times[id_hash] = row.local(row.touched_at)
         return row
+
+    def _written(self, id_hash: bytes, record: asyncpg.Record, plaintext: bytes, sent: float) -> Row:
+        """The row a write left: its touch is the statement's now()."""
+        return self._row(id_hash, record, plaintext, True, sent=sent, now=record["last_seen"], memo=True)
 
 
 class _Nothing:

@@ -106,7 +106,7 @@ class PostgresSession(Session):
         snapshot: dict[str, Any] | None = None,
         created: int | None = None,
         version: int = 0,
-        absolute_deadline: float | None = None,
+        expires: float | None = None,
         user_id_key: str = "user_id",
     ) -> None:
         """`snapshot` must be an independent copy of `data` (the storage decodes it twice)."""
@@ -116,8 +116,9 @@ class PostgresSession(Session):
         self._snapshot = snapshot if snapshot is not None else {}
         self.id_hash = id_hash
         self.version = version
-        # Epoch seconds after which the session ends however active (database clock).
-        self.absolute_deadline = absolute_deadline
+        # When the session ends however active: its absolute deadline on this process's
+        # time.monotonic() clock (the database's deadline, through the row's clock offset).
+        self.expires = expires
         # Read under an old key: save it again (re-encrypted, cookie re-signed) even if unchanged.
         self.needs_rewrite = False
         # Set by require(): checked in the transaction that creates the session.

@@ -270,7 +270,7 @@ class PostgresStorage(AbstractStorage):
             snapshot=orjson.loads(row.plaintext),  # a second decode is the cheapest deep copy
             created=row.created,
             version=row.version,
-            absolute_deadline=row.absolute_deadline,
+            expires=row.local(row.absolute_deadline),
             user_id_key=self._user_id_key,
         )
         if not (row.current_key and verified.current_key):
@@ -332,8 +332,9 @@ class PostgresStorage(AbstractStorage):
             events.emit("session.ended", ended, reason="max_sessions_per_user")
         session.id_hash = id_hash
         session.version = created.row.version
-        session.absolute_deadline = created.row.absolute_deadline
-        self._cookie.set(request, response, cookie, math.ceil(created.row.absolute_deadline - time.time()))
+        session.expires = created.row.local(created.row.absolute_deadline)
+        session._creation = created.row.created  # the row's (the database's clock), not this host's
+        self._cookie.set(request, response, cookie, math.ceil(session.expires - time.monotonic()))
         if session.renews is not None:
             events.emit("session.renewed", id_hash, previous=events.fingerprint(replaces))
         else:
@@ -365,8 +366,8 @@ class PostgresStorage(AbstractStorage):
             log.warning("session %s: newer data under an unknown key; this change is dropped", fp)
         else:
             session.version = saved.version
-        if session.resigned_cookie is not None and session.absolute_deadline is not None:
-            max_age = math.ceil(session.absolute_deadline - time.time())
+        if session.resigned_cookie is not None and session.expires is not None:
+            max_age = math.ceil(session.expires - time.monotonic())
             self._cookie.set(request, response, session.resigned_cookie, max_age)
             session.resigned_cookie = None
 
