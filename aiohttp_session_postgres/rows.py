@@ -43,6 +43,10 @@ log = logging.getLogger("aiohttp_session_postgres")
 # about 2 MB).
 MEMO_SIZE = 10_000
 
+# Seconds between tries to touch on a server that refused a touch as read-only (a touch that
+# fails costs a round trip).
+READ_ONLY_RETRY = 5.0
+
 _HANDLE_RE = re.compile(rf"[0-9a-f]{{{HANDLE_BYTES * 2}}}")
 
 
@@ -189,9 +193,13 @@ class SessionRows:
         # IDs found dead (unknown, expired, used up): an ID never comes back to life, so a browser
         # that keeps sending a dead cookie costs a lookup once, not on every request.
         self._dead: BoundedMap[bytes, None] = BoundedMap(MEMO_SIZE)
-        # When each session was last touched (epoch seconds, the database's clock), as this
-        # process last learned it: within the touch interval a load needs no touch.
+        # When each session was last touched (time.monotonic(), from the database's clock
+        # through Row.clock), as this process last learned it: within the touch interval a load
+        # needs no touch.
         self._touch_times: BoundedMap[bytes, float] = BoundedMap(MEMO_SIZE)
+        # Until when (time.monotonic()) loads do not try to touch: the server refused a touch as
+        # read-only.
+        self._read_only_until = 0.0
 
     def connection(self) -> contextlib.AbstractAsyncContextManager[Connection]:
         """A connection whose whole use ends within `database_timeout`, handed out in the order
@@ -265,10 +273,8 @@ class SessionRows:
             if self.citus is None:
                 await self._find_out(conn)
             sent = time.monotonic()
-            plain = touched is not None and sent - touched < self.touch_interval
-            if plain:
-                record = await conn.fetchrow(self.sql.load.sql, id_hash)
-            else:
+            plain = (touched is not None and sent - touched < self.touch_interval) or sent < self._read_only_until
+            if not plain:
                 ip, user_agent = client()
                 args = self.sql.load_and_touch.args(
                     id_hash=id_hash,
@@ -277,7 +283,17 @@ class SessionRows:
                     client_ip=ip,
                     user_agent=user_agent,
                 )
-                record = await conn.fetchrow(self.sql.load_and_touch.sql, *args)
+                try:
+                    record = await conn.fetchrow(self.sql.load_and_touch.sql, *args)
+                except asyncpg.exceptions.ReadOnlySQLTransactionError:
+                    # A read-only server refuses the touch's UPDATE whatever it would match: the
+                    # session is read without it (its idle deadline does not slide).
+                    plain = True
+                    self._refused_touch(sent)
+                else:
+                    self._writable()
+            if plain:
+                record = await conn.fetchrow(self.sql.load.sql, id_hash)
         if record is None:
             self._dead[id_hash] = None
             return Gone.EXPIRED_OR_UNKNOWN
@@ -287,6 +303,20 @@ class SessionRows:
             return Gone.UNDECRYPTABLE
         # A plain read's touch time is the one this process already knows.
         return self._row(id_hash, record, *opened, sent=sent, now=record["now"], memo=not plain)
+
+    def _writable(self) -> None:
+        """A write went through: if touches were being skipped, no longer."""
+        if self._read_only_until:
+            self._read_only_until = 0.0
+            log.warning("database writable again: sessions are touched again")
+
+    def _refused_touch(self, now: float) -> None:
+        if not self._read_only_until:
+            log.warning(
+                "database is read-only: sessions are read without a touch (their idle deadlines"
+                " do not slide) and what writes answers 503, until it is writable"
+            )
+        self._read_only_until = now + READ_ONLY_RETRY
 
     async def create(
         self,
@@ -558,6 +588,7 @@ class SessionRows:
 
     def _written(self, id_hash: bytes, record: asyncpg.Record, plaintext: bytes, sent: float) -> Row:
         """The row a write left: its touch is the statement's now()."""
+        self._writable()
         return self._row(id_hash, record, plaintext, True, sent=sent, now=record["last_seen"], memo=True)
 
 
