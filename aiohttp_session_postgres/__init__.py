@@ -10,22 +10,23 @@ by the database's clock.
     app.cleanup_ctx.append(storage.sweeper())
 
 Public names: PostgresStorage, PostgresSession, SessionCache, SessionInfo, get_session,
-new_session, renew_session, sweep, ArgumentError, DatabaseUnavailable, UNAVAILABLE_ERRORS,
-create_schema, schema_sql, schema_statements, schema_version, SCHEMA_VERSION. Everything else is
-internal and may change.
+new_session, renew_session, sweep, ArgumentError, DatabaseUnavailable, SessionDataTooLarge,
+UNAVAILABLE_ERRORS, DEFAULT_MAX_DATA_BYTES, create_schema, schema_sql, schema_statements,
+schema_version, SCHEMA_VERSION. Everything else is internal and may change.
 """
 
 from .cache import SessionCache
 from .pool import UNAVAILABLE_ERRORS
 from .rows import SessionInfo
 from .schema import SCHEMA_VERSION, create_schema, schema_sql, schema_statements, schema_version
-from .session import PostgresSession
+from .session import DEFAULT_MAX_DATA_BYTES, PostgresSession, SessionDataTooLarge
 from .storage import ArgumentError, DatabaseUnavailable, PostgresStorage, get_session, new_session, renew_session
 from .sweeper import sweep
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MAX_DATA_BYTES",
     "SCHEMA_VERSION",
     "UNAVAILABLE_ERRORS",
     "ArgumentError",
@@ -33,6 +34,7 @@ __all__ = [
     "PostgresSession",
     "PostgresStorage",
     "SessionCache",
+    "SessionDataTooLarge",
     "SessionInfo",
     "__version__",
     "create_schema",

@@ -29,7 +29,7 @@ from .cookies import SessionCookie
 from .pool import Unavailable
 from .rows import Client, Created, NotCreated, NotSaved, Row, SessionInfo, SessionRows
 from .schema import TableNames
-from .session import PostgresSession, check_json_value
+from .session import DEFAULT_MAX_DATA_BYTES, PostgresSession, SessionDataTooLarge, check_json_value
 from .tokens import MIN_KEY_BYTES, TokenSigner, VerifiedToken
 
 if TYPE_CHECKING:
@@ -129,6 +129,13 @@ class PostgresStorage(AbstractStorage):
         `database_timeout` late); and what changes or ends a session also notifies the caches
         itself, in its transaction (the table has no triggers there), so a change made outside
         the library notifies nothing.
+    :param max_data_bytes: the most a session's data may be, in bytes of JSON as serialized
+        (compact UTF-8, before encryption; a row's sealed data is 28 bytes more). A save over it
+        raises `SessionDataTooLarge` (an HTTP 413) and stores nothing, unless it is no larger
+        than the data it replaces: a row written before the limit, or under a larger one, still
+        loads, and saves as long as it does not grow. 64 KiB by default (16 cookies' worth, and
+        what a Rails or Express session table on MySQL holds: see `DEFAULT_MAX_DATA_BYTES`).
+        None: no limit.
     :raises ArgumentError: (a ValueError) as `check_arguments` says.
     :raises ValueError: for a table or schema name that is not a plain identifier.
     """
@@ -152,6 +159,7 @@ class PostgresStorage(AbstractStorage):
         cache: SessionCache | None = None,
         durable_writes: bool = True,
         citus: bool | None = None,
+        max_data_bytes: int | None = DEFAULT_MAX_DATA_BYTES,
     ) -> None:
         if citus and not durable_writes:
             # Citus refuses set_config(), which makes a write skip the flush, in a modification.
@@ -164,7 +172,9 @@ class PostgresStorage(AbstractStorage):
             touch_interval=touch_interval,
             database_timeout=database_timeout,
             max_sessions_per_user=max_sessions_per_user,
+            max_data_bytes=max_data_bytes,
         )
+        self._max_data_bytes = max_data_bytes
         attributes: dict[str, Any] = {"path": "/", "httponly": True, "samesite": "Lax"}
         super().__init__(cookie_name=cookie_name, max_age=absolute_timeout, secure=secure, **attributes)
         signer = TokenSigner(tuple(authentication_keys))
@@ -195,15 +205,16 @@ class PostgresStorage(AbstractStorage):
         touch_interval: float,
         database_timeout: float,
         max_sessions_per_user: int | None,
+        max_data_bytes: int | None = DEFAULT_MAX_DATA_BYTES,
     ) -> None:
         """Check these arguments as the constructor does, without a pool: for an app that reads
         them from its configuration and wants to say what is wrong at start-up.
 
         :raises ArgumentError: unless ``0 <= touch_interval < idle_timeout <= absolute_timeout``;
-            for a `database_timeout` that is not positive, a `max_sessions_per_user` below 1, no
-            key in a list, an authentication key that is not bytes of at least 32 (RFC 2104: a
-            key shorter than the hash's output weakens it), an encryption key that is not bytes
-            of 16, 24 or 32 (AES-128, -192, -256).
+            for a `database_timeout` that is not positive, a `max_sessions_per_user` or a
+            `max_data_bytes` below 1, no key in a list, an authentication key that is not bytes
+            of at least 32 (RFC 2104: a key shorter than the hash's output weakens it), an
+            encryption key that is not bytes of 16, 24 or 32 (AES-128, -192, -256).
         """
         order = "need 0 <= touch_interval < idle_timeout <= absolute_timeout"
         if not 0 <= touch_interval < idle_timeout:
@@ -214,6 +225,8 @@ class PostgresStorage(AbstractStorage):
             raise ArgumentError("database_timeout must be positive", argument="database_timeout")
         if max_sessions_per_user is not None and max_sessions_per_user < 1:
             raise ArgumentError("max_sessions_per_user must be at least 1 (or None)", argument="max_sessions_per_user")
+        if max_data_bytes is not None and max_data_bytes < 1:
+            raise ArgumentError("max_data_bytes must be at least 1 (or None)", argument="max_data_bytes")
         if not authentication_keys:
             raise ArgumentError("at least one authentication key is required", argument="authentication_keys")
         for i, key in enumerate(authentication_keys, 1):
@@ -286,6 +299,8 @@ class PostgresStorage(AbstractStorage):
 
         :raises TypeError: for a session this storage did not hand out, or a `user_id_key` value
             that is not an int.
+        :raises SessionDataTooLarge: when the data would grow over `max_data_bytes` (nothing
+            is saved).
         :raises DatabaseUnavailable: when the database does not answer in time.
         """
         if not isinstance(session, PostgresSession):
@@ -307,6 +322,7 @@ class PostgresStorage(AbstractStorage):
         cookie, id_hash = self._cookie.signer.new()
         mapping = dict(session)
         plaintext = _encode(mapping)
+        self._check_size(plaintext, session.size_allowed, session.renews)
         user_id = self._user_id(mapping)
         created: Created | NotCreated
         if session.renews is not None:
@@ -345,9 +361,11 @@ class PostgresStorage(AbstractStorage):
         assert id_hash is not None
         mapping = dict(session)
         user_id = self._user_id(mapping)
+        plaintext = _encode(mapping)
+        self._check_size(plaintext, session.size_allowed, id_hash)
         saved = await self._rows.save(
             id_hash,
-            _encode(mapping),
+            plaintext,
             user_id=user_id,
             version=session.version,
             # A change of user_id (a logout by data, a switch of user) ends something: durable.
@@ -378,7 +396,19 @@ class PostgresStorage(AbstractStorage):
         for key in deleted:
             latest.pop(key, None)
         latest.update(updated)
-        return _encode(latest), self._user_id(latest)
+        plaintext = _encode(latest)
+        # Raised under the row's lock: the merge's transaction rolls back, nothing is written.
+        self._check_size(plaintext, lambda: len(latest_plaintext), session.id_hash)
+        return plaintext, self._user_id(latest)
+
+    def _check_size(self, plaintext: bytes, allowed: Callable[[], int], id_hash: bytes | None) -> None:
+        """SessionDataTooLarge when `plaintext` is over max_data_bytes and over `allowed()` (the
+        size of the data it replaces, asked only then)."""
+        limit = self._max_data_bytes
+        size = len(plaintext)
+        if limit is not None and size > limit and size > allowed():
+            events.emit("session.too_large", id_hash, bytes=size, limit=limit)
+            raise SessionDataTooLarge(size, limit)
 
     async def _logout(self, request: web.Request, response: web.StreamResponse, session: PostgresSession) -> None:
         """Expires the cookie only when this request ended a session, and only that session's:
@@ -555,6 +585,7 @@ async def renew_session(request: web.Request) -> PostgresSession:
     fresh = await new_session(request)
     fresh.update(old)
     fresh.renews = old.id_hash
+    fresh.allowed_size = old.size_allowed()  # may keep a size the limit grandfathers
     return fresh
 
 

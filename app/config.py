@@ -13,11 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from aiohttp_session_postgres import ArgumentError, PostgresStorage
+from aiohttp_session_postgres import DEFAULT_MAX_DATA_BYTES, ArgumentError, PostgresStorage
 
 from .throttle import Limits
 
 DEFAULT_EMBEDDED_DIR = Path(__file__).resolve().parent.parent / ".local"
+
+# The cache's bound in bytes by default (the library's SessionCache default, 32 MiB), and the
+# least SESSION_CACHE_MAX_BYTES may be: below a mebibyte the cache holds too little to be worth
+# its listener's connection.
+DEFAULT_CACHE_MAX_BYTES = 32 * 2**20
+MIN_CACHE_MAX_BYTES = 2**20
+# The least SESSION_MAX_DATA_BYTES may be: the demo's own sessions must fit, and a login's holds
+# at most about 350 bytes of JSON (a user id, a 64-character name of 4-byte characters, a notice).
+MIN_MAX_DATA_BYTES = 1024
 
 
 class ConfigError(Exception):
@@ -67,7 +76,12 @@ class Settings:
     # a revocation made through another process takes effect when its notification arrives.
     cache: bool = True
     cache_size: int = 10_000
+    # The cache's bound in bytes: each entry counts its data's length plus a measured overhead.
+    cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
     cache_max_age: int = 10
+    # The most a session's data may be, in bytes of JSON (before encryption); a request whose
+    # save would grow it past that answers 413 and changes nothing.
+    max_data_bytes: int = DEFAULT_MAX_DATA_BYTES
     # Off: writes that end nothing (a fresh session, a data change, a touch) are answered before
     # PostgreSQL's WAL flush, and a database crash may lose the last moments of them; logouts,
     # revocations and logins that use up a session always wait (PostgresStorage durable_writes).
@@ -143,6 +157,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     encryption_keys = tuple(key[:32] for key in _split_keys(enc_raw, "SESSION_ENCRYPTION_KEY")) if enc_raw else ()
     database_timeout = _float(env, "DATABASE_TIMEOUT", 1.5, minimum=0.1, maximum=30.0)
     max_per_user = _int(env, "SESSION_MAX_PER_USER", 10, minimum=1, maximum=10_000)
+    max_data_bytes = _int(env, "SESSION_MAX_DATA_BYTES", DEFAULT_MAX_DATA_BYTES, minimum=MIN_MAX_DATA_BYTES)
     try:  # the library's rules, for what it takes; our own message
         PostgresStorage.check_arguments(
             # Embedded mode supplies its own keys later: the timeouts are checked all the same.
@@ -153,6 +168,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             touch_interval=touch,
             database_timeout=database_timeout,
             max_sessions_per_user=max_per_user,
+            max_data_bytes=max_data_bytes,
         )
     except ArgumentError as exc:
         raise ConfigError(_setting_error(exc, authentication_keys, encryption_keys)) from None
@@ -180,6 +196,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         embedded=embedded,
         cache=cache,
         cache_size=_int(env, "SESSION_CACHE_SIZE", 10_000, minimum=1),
+        cache_max_bytes=_int(env, "SESSION_CACHE_MAX_BYTES", DEFAULT_CACHE_MAX_BYTES, minimum=MIN_CACHE_MAX_BYTES),
         cache_max_age=_int(env, "SESSION_CACHE_MAX_AGE", 10, minimum=1),
         durable_writes=_bool(env, "SESSION_DURABLE_WRITES", default=True),
         pgbouncer=pgbouncer,
@@ -192,6 +209,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             per_device=_int(env, "LOGIN_MAX_FAILURES_PER_DEVICE", 5, minimum=1),
         ),
         max_sessions_per_user=max_per_user,
+        max_data_bytes=max_data_bytes,
         embedded_dir=Path(env.get("EMBEDDED_DATA_DIR") or DEFAULT_EMBEDDED_DIR).resolve(),
         first_user_name=env.get("FIRST_USER_NAME") or "admin",
         first_user_password=env.get("FIRST_USER_PASSWORD") or None,
@@ -205,6 +223,7 @@ _SETTING_OF = {
     "touch_interval": "SESSION_TOUCH_INTERVAL",
     "database_timeout": "DATABASE_TIMEOUT",
     "max_sessions_per_user": "SESSION_MAX_PER_USER",
+    "max_data_bytes": "SESSION_MAX_DATA_BYTES",
     "authentication_keys": "SESSION_AUTHENTICATION_KEY",
     "encryption_keys": "SESSION_ENCRYPTION_KEY",
 }

@@ -87,7 +87,13 @@ async def build_storage(settings: Settings, pool: asyncpg.Pool) -> PostgresStora
                 "SESSION_DURABLE_WRITES=off cannot run on Citus (the sessions table is distributed): unset it"
             )
         log.info("the sessions table is distributed by Citus: the storage runs in its Citus mode")
-    cache = SessionCache(max_entries=settings.cache_size, max_age=settings.cache_max_age) if settings.cache else None
+    cache = (
+        SessionCache(
+            max_entries=settings.cache_size, max_bytes=settings.cache_max_bytes, max_age=settings.cache_max_age
+        )
+        if settings.cache
+        else None
+    )
     return PostgresStorage(
         pool,
         authentication_keys=settings.authentication_keys,
@@ -101,6 +107,7 @@ async def build_storage(settings: Settings, pool: asyncpg.Pool) -> PostgresStora
         cache=cache,
         durable_writes=settings.durable_writes,
         citus=citus,
+        max_data_bytes=settings.max_data_bytes,
     )
 
 

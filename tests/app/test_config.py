@@ -59,6 +59,18 @@ def test_defaults() -> None:
     assert s.access_log is False
     assert s.durable_writes is True
     assert s.max_sessions_per_user == 10
+    # Memory bounded by bytes (issue 20): 32 MiB of cache, 64 KiB of data per session.
+    assert (s.cache_max_bytes, s.max_data_bytes) == (32 * 2**20, 65_536)
+
+
+def test_the_byte_bounds_are_read_and_checked() -> None:
+    s = load_settings(env(SESSION_CACHE_MAX_BYTES="1048576", SESSION_MAX_DATA_BYTES="1024"))
+    assert (s.cache_max_bytes, s.max_data_bytes) == (2**20, 1024)
+    assert config_error(env(SESSION_CACHE_MAX_BYTES="1048575")) == (
+        "SESSION_CACHE_MAX_BYTES must be at least 1048576, got 1048575"
+    )
+    assert config_error(env(SESSION_MAX_DATA_BYTES="1023")) == "SESSION_MAX_DATA_BYTES must be at least 1024, got 1023"
+    assert config_error(env(SESSION_MAX_DATA_BYTES="64k")) == "SESSION_MAX_DATA_BYTES must be a whole number, got '64k'"
 
 
 def test_the_cache_is_off_by_default_behind_pgbouncer_and_refused_with_it() -> None:
