@@ -147,3 +147,18 @@ async def sign_outs(
             if new is not None:
                 cookie = new
     return problems, hops
+
+
+def assert_rewrites(kind: str, a: Endpoint, b: Endpoint, hops: list[Hop]) -> None:
+    """Between steps 1 and 2, step 2 re-signs step 1's cookie (when the authentication key
+    rotates) and re-encrypts its row (a row is created at version 1; the re-sign re-saves it too)
+    on its first read, and never again; step 1 leaves step 2's cookie and row as they are (no back
+    and forth). Between any other neighbours nothing is re-written: each signs and encrypts with a
+    key the other calls current."""
+    seen = [(hop.resigned, hop.version) for hop in hops]
+    if a.name.startswith("1") and b.name.startswith("2"):
+        resigned = kind != "encryption"
+        assert seen[:4] == [(resigned, 2), (False, 2), (False, 2), (False, 2)], hops
+        assert seen[4:] == [(False, 1)] * 4, hops
+    else:
+        assert seen == [(False, 1)] * 8, hops
