@@ -16,11 +16,16 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
-from support.demo import add_user
+from aiohttp.test_utils import TestClient
+from support.demo import add_user, make_settings
 from support.rotation import KINDS, Endpoint, Keys, assert_rewrites, neighbours, one_step, sign_outs, two_step
 from support.servers import Server, Servers, home, id_hash, is_greeting, new_http, signed_in
 
+from app.config import Settings
+from app.throttle import Limits
+
 PASSWORD = "correct horse"
+MakeClient = Callable[[Settings], Awaitable[TestClient]]
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +112,42 @@ async def test_the_one_step_rotation_signs_out_users_mid_deploy(
         f"logged in through {before}, signed out by {before}",  # once the newer one re-wrote it
         f"logged in through {after}, signed out by {before}",
     ]
+
+
+async def test_a_device_cookie_signed_on_step_2_is_trusted_on_step_1(
+    make_client: MakeClient, db_url: str, user: tuple[str, str]
+) -> None:
+    """The device cookie (app/devices.py, the login throttle's exemption for a browser that signed
+    in before) is signed with the first authentication key: a process on step 1 verifies one
+    signed on step 2 with its next key."""
+    (_, step1), (_, step2) = two_step("authentication")[1:3]
+    limits = Limits(per_username=3, per_username_ip=100, per_ip=100)
+
+    async def client(keys: Keys) -> TestClient:
+        return await make_client(
+            make_settings(
+                db_url,
+                authentication_keys=keys.authentication,
+                next_authentication_keys=keys.next_authentication,
+                login_limits=limits,
+            )
+        )
+
+    newer, older = await client(step2), await client(step1)
+
+    async def attempt(client: TestClient, password: str, device: str | None = None) -> str:
+        headers = {"Cookie": f"device={device}"} if device else {}
+        data = {"username": user[0], "password": password}
+        response = await client.post("/login", data=data, headers=headers, allow_redirects=False)
+        assert response.status in (303, 429), response.status
+        return "locked" if response.status == 429 else response.headers["Location"]
+
+    newer.session.cookie_jar.clear()
+    response = await newer.post("/login", data={"username": user[0], "password": user[1]}, allow_redirects=False)
+    assert response.headers["Location"] == "/"
+    device = response.cookies["device"].value
+    older.session.cookie_jar.clear()
+    for i in range(limits.per_username):  # the username locked for browsers it does not know
+        await attempt(older, f"wrong {i}")
+    assert await attempt(older, user[1]) == "locked"
+    assert await attempt(older, user[1], device) == "/"
