@@ -83,8 +83,15 @@ class PostgresStorage(AbstractStorage):
         signs, every one verifies. Each at least 32 bytes (RFC 2104: not shorter than the hash).
     :param encryption_keys: keys that encrypt session data at rest (AES-GCM), newest first: the
         first encrypts, every one decrypts. Each exactly 16, 24 or 32 bytes. A session read under
-        an old key of either list is rewritten under the newest on that request, so keys rotate
-        without logging anyone out.
+        a later key of either list is rewritten under the first on that request.
+    :param next_authentication_keys: keys that verify the cookie but never sign it, and a cookie
+        they verify is not re-signed: the first step of a rotation. Deploy a new key here on every
+        process, then put it first in `authentication_keys` (keeping the old one after it), then
+        drop the old one an `absolute_timeout` later: processes on neighbouring steps of a rolling
+        deploy then verify each other's cookies, re-signed ones included. A key moved into the
+        keys may stay listed here (it then counts as one of the keys). Each at least 32 bytes.
+    :param next_encryption_keys: the same for `encryption_keys`: they decrypt, never encrypt,
+        and data they decrypt is not rewritten. Each exactly 16, 24 or 32 bytes.
     :param idle_timeout: seconds without a request that end a session (OWASP: 15-30 minutes).
     :param absolute_timeout: seconds after creation that end a session however active; also the
         cookie's Max-Age (OWASP: 4-8 hours for most apps).
@@ -146,6 +153,8 @@ class PostgresStorage(AbstractStorage):
         *,
         authentication_keys: Sequence[bytes],
         encryption_keys: Sequence[bytes],
+        next_authentication_keys: Sequence[bytes] = (),
+        next_encryption_keys: Sequence[bytes] = (),
         idle_timeout: int = 1800,
         absolute_timeout: int = 43200,
         touch_interval: int = 60,
@@ -167,6 +176,8 @@ class PostgresStorage(AbstractStorage):
         self.check_arguments(
             authentication_keys=authentication_keys,
             encryption_keys=encryption_keys,
+            next_authentication_keys=next_authentication_keys,
+            next_encryption_keys=next_encryption_keys,
             idle_timeout=idle_timeout,
             absolute_timeout=absolute_timeout,
             touch_interval=touch_interval,
@@ -177,7 +188,7 @@ class PostgresStorage(AbstractStorage):
         self._max_data_bytes = max_data_bytes
         attributes: dict[str, Any] = {"path": "/", "httponly": True, "samesite": "Lax"}
         super().__init__(cookie_name=cookie_name, max_age=absolute_timeout, secure=secure, **attributes)
-        signer = TokenSigner(tuple(authentication_keys))
+        signer = TokenSigner(tuple(authentication_keys), tuple(next_authentication_keys))
         self._cookie = SessionCookie(cookie_name, secure=secure, signer=signer, **attributes)
         self._user_id_key = user_id_key
         options: dict[str, Any] = {
@@ -190,7 +201,7 @@ class PostgresStorage(AbstractStorage):
             "durable_writes": durable_writes,
             "citus": citus,
         }
-        cipher = DataCipher(tuple(encryption_keys))
+        cipher = DataCipher(tuple(encryption_keys), tuple(next_encryption_keys))
         self._rows = (
             SessionRows(pool, cipher, **options) if cache is None else CachedRows(pool, cipher, cache=cache, **options)
         )
@@ -206,15 +217,18 @@ class PostgresStorage(AbstractStorage):
         database_timeout: float,
         max_sessions_per_user: int | None,
         max_data_bytes: int | None = DEFAULT_MAX_DATA_BYTES,
+        next_authentication_keys: Sequence[bytes] = (),
+        next_encryption_keys: Sequence[bytes] = (),
     ) -> None:
         """Check these arguments as the constructor does, without a pool: for an app that reads
         them from its configuration and wants to say what is wrong at start-up.
 
         :raises ArgumentError: unless ``0 <= touch_interval < idle_timeout <= absolute_timeout``;
             for a `database_timeout` that is not positive, a `max_sessions_per_user` or a
-            `max_data_bytes` below 1, no key in a list, an authentication key that is not bytes
-            of at least 32 (RFC 2104: a key shorter than the hash's output weakens it), an
-            encryption key that is not bytes of 16, 24 or 32 (AES-128, -192, -256).
+            `max_data_bytes` below 1, no key in `authentication_keys` or `encryption_keys`, an
+            authentication key (next or not) that is not bytes of at least 32 (RFC 2104: a key
+            shorter than the hash's output weakens it), an encryption key (next or not) that is not
+            bytes of 16, 24 or 32 (AES-128, -192, -256).
         """
         order = "need 0 <= touch_interval < idle_timeout <= absolute_timeout"
         if not 0 <= touch_interval < idle_timeout:
@@ -229,16 +243,24 @@ class PostgresStorage(AbstractStorage):
             raise ArgumentError("max_data_bytes must be at least 1 (or None)", argument="max_data_bytes")
         if not authentication_keys:
             raise ArgumentError("at least one authentication key is required", argument="authentication_keys")
-        for i, key in enumerate(authentication_keys, 1):
-            if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
-                message = f"authentication key {i} must be bytes, at least {MIN_KEY_BYTES} long"
-                raise ArgumentError(message, argument="authentication_keys", index=i)
+        for argument, keys, kind in (
+            ("authentication_keys", authentication_keys, "authentication key"),
+            ("next_authentication_keys", next_authentication_keys, "next authentication key"),
+        ):
+            for i, key in enumerate(keys, 1):
+                if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
+                    message = f"{kind} {i} must be bytes, at least {MIN_KEY_BYTES} long"
+                    raise ArgumentError(message, argument=argument, index=i)
         if not encryption_keys:
             raise ArgumentError("at least one encryption key is required", argument="encryption_keys")
-        for i, key in enumerate(encryption_keys, 1):
-            if not isinstance(key, bytes) or len(key) not in AES_KEY_BYTES:
-                message = f"encryption key {i} must be bytes, 16, 24 or 32 long (AES-128, -192, -256)"
-                raise ArgumentError(message, argument="encryption_keys", index=i)
+        for argument, keys, kind in (
+            ("encryption_keys", encryption_keys, "encryption key"),
+            ("next_encryption_keys", next_encryption_keys, "next encryption key"),
+        ):
+            for i, key in enumerate(keys, 1):
+                if not isinstance(key, bytes) or len(key) not in AES_KEY_BYTES:
+                    message = f"{kind} {i} must be bytes, 16, 24 or 32 long (AES-128, -192, -256)"
+                    raise ArgumentError(message, argument=argument, index=i)
 
     @property
     def cache(self) -> SessionCache | None:

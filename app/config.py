@@ -46,6 +46,10 @@ class Settings:
     authentication_keys: tuple[bytes, ...] = field(default=(), repr=False)
     # Encrypts session data (AES-GCM). Same listing rule as the authentication keys.
     encryption_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    # A rotation's first step: keys that verify / decrypt and never sign / encrypt, deployed to
+    # every process before any process puts them first (README, "Rotating keys").
+    next_authentication_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    next_encryption_keys: tuple[bytes, ...] = field(default=(), repr=False)
     # Seconds without a request after which a session ends.
     idle_timeout: int = 1800
     # Seconds after login after which a session ends however active it is.
@@ -155,6 +159,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     authentication_keys = _split_keys(auth_raw, "SESSION_AUTHENTICATION_KEY") if auth_raw else ()
     # The Go sample's determineEncryptionKey: 16, 24 or 32 bytes as they are; longer is cut to 32.
     encryption_keys = tuple(key[:32] for key in _split_keys(enc_raw, "SESSION_ENCRYPTION_KEY")) if enc_raw else ()
+    next_auth_raw = env.get("SESSION_NEXT_AUTHENTICATION_KEY", "")
+    next_enc_raw = env.get("SESSION_NEXT_ENCRYPTION_KEY", "")
+    next_authentication_keys = (
+        _split_keys(next_auth_raw, "SESSION_NEXT_AUTHENTICATION_KEY") if next_auth_raw.strip() else ()
+    )
+    next_encryption_keys = (
+        tuple(key[:32] for key in _split_keys(next_enc_raw, "SESSION_NEXT_ENCRYPTION_KEY"))
+        if next_enc_raw.strip()
+        else ()
+    )
     database_timeout = _float(env, "DATABASE_TIMEOUT", 1.5, minimum=0.1, maximum=30.0)
     max_per_user = _int(env, "SESSION_MAX_PER_USER", 10, minimum=1, maximum=10_000)
     max_data_bytes = _int(env, "SESSION_MAX_DATA_BYTES", DEFAULT_MAX_DATA_BYTES, minimum=MIN_MAX_DATA_BYTES)
@@ -163,6 +177,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             # Embedded mode supplies its own keys later: the timeouts are checked all the same.
             authentication_keys=authentication_keys or (b"\0" * 32,),
             encryption_keys=encryption_keys or (b"\0" * 32,),
+            next_authentication_keys=next_authentication_keys,
+            next_encryption_keys=next_encryption_keys,
             idle_timeout=idle,
             absolute_timeout=absolute,
             touch_interval=touch,
@@ -171,7 +187,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             max_data_bytes=max_data_bytes,
         )
     except ArgumentError as exc:
-        raise ConfigError(_setting_error(exc, authentication_keys, encryption_keys)) from None
+        keys = {
+            "authentication_keys": authentication_keys,
+            "encryption_keys": encryption_keys,
+            "next_authentication_keys": next_authentication_keys,
+            "next_encryption_keys": next_encryption_keys,
+        }
+        raise ConfigError(_setting_error(exc, keys)) from None
 
     return Settings(
         database_url=database_url,
@@ -179,6 +201,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_timeout=database_timeout,
         authentication_keys=authentication_keys,
         encryption_keys=encryption_keys,
+        next_authentication_keys=next_authentication_keys,
+        next_encryption_keys=next_encryption_keys,
         idle_timeout=idle,
         absolute_timeout=absolute,
         touch_interval=touch,
@@ -226,10 +250,12 @@ _SETTING_OF = {
     "max_data_bytes": "SESSION_MAX_DATA_BYTES",
     "authentication_keys": "SESSION_AUTHENTICATION_KEY",
     "encryption_keys": "SESSION_ENCRYPTION_KEY",
+    "next_authentication_keys": "SESSION_NEXT_AUTHENTICATION_KEY",
+    "next_encryption_keys": "SESSION_NEXT_ENCRYPTION_KEY",
 }
 
 
-def _setting_error(exc: ArgumentError, authentication: tuple[bytes, ...], encryption: tuple[bytes, ...]) -> str:
+def _setting_error(exc: ArgumentError, keys: Mapping[str, tuple[bytes, ...]]) -> str:
     """The library's ArgumentError, said in terms of the settings."""
     if exc.argument in ("touch_interval", "idle_timeout"):
         return (
@@ -238,8 +264,8 @@ def _setting_error(exc: ArgumentError, authentication: tuple[bytes, ...], encryp
         )
     setting = _SETTING_OF[exc.argument]
     if exc.index is not None:
-        key = (authentication if exc.argument == "authentication_keys" else encryption)[exc.index - 1]
-        longer = "; a longer one is cut to 32" if exc.argument == "encryption_keys" else ""
+        key = keys[exc.argument][exc.index - 1]
+        longer = "; a longer one is cut to 32" if exc.argument.endswith("encryption_keys") else ""
         return f"{setting} key {exc.index} is {len(key)} bytes: {exc}{longer}"
     return f"{setting}: {exc}"
 

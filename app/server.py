@@ -98,6 +98,8 @@ async def build_storage(settings: Settings, pool: asyncpg.Pool) -> PostgresStora
         pool,
         authentication_keys=settings.authentication_keys,
         encryption_keys=settings.encryption_keys,
+        next_authentication_keys=settings.next_authentication_keys,
+        next_encryption_keys=settings.next_encryption_keys,
         idle_timeout=settings.idle_timeout,
         absolute_timeout=settings.absolute_timeout,
         touch_interval=settings.touch_interval,
@@ -123,7 +125,8 @@ async def create_app(settings: Settings) -> web.Application:
     app[POOL] = pool
     app[HASHER] = PasswordHasher(settings.password_cost)
     app[STORAGE] = storage
-    app[DEVICES] = DeviceCookies(settings.authentication_keys)
+    # Next keys verify device cookies too (after the keys: the first still signs).
+    app[DEVICES] = DeviceCookies(settings.authentication_keys + settings.next_authentication_keys)
     aiohttp_session.setup(app, storage)  # innermost middleware: after the proxy clone
     app.router.add_routes(handlers.routes)
     app.router.add_static("/public", PUBLIC_DIR)

@@ -215,6 +215,24 @@ def test_every_key_in_a_list_is_checked() -> None:
     assert "SESSION_ENCRYPTION_KEY key 2" in message
 
 
+def test_next_keys_are_lists_under_the_same_rules_and_unset_by_default() -> None:
+    assert load_settings(env()).next_authentication_keys == ()
+    assert load_settings(env()).next_encryption_keys == ()
+    blank = load_settings(env(SESSION_NEXT_AUTHENTICATION_KEY=" ", SESSION_NEXT_ENCRYPTION_KEY=""))
+    assert (blank.next_authentication_keys, blank.next_encryption_keys) == ((), ())
+    s = load_settings(
+        env(SESSION_NEXT_AUTHENTICATION_KEY=f"{'n' * 32}, {'m' * 40}", SESSION_NEXT_ENCRYPTION_KEY="N" * 40)
+    )
+    assert s.next_authentication_keys == (b"n" * 32, b"m" * 40)
+    assert s.next_encryption_keys == (b"N" * 32,)  # cut to 32, as the encryption keys are
+    assert "n" * 32 not in repr(s)
+    message = config_error(env(SESSION_NEXT_AUTHENTICATION_KEY=f"{'a' * 32},{'b' * 10}"))
+    assert message.startswith("SESSION_NEXT_AUTHENTICATION_KEY key 2 is 10 bytes"), message
+    message = config_error(env(SESSION_NEXT_ENCRYPTION_KEY="b" * 20))
+    assert message.startswith("SESSION_NEXT_ENCRYPTION_KEY key 1 is 20 bytes"), message
+    assert "SESSION_NEXT_ENCRYPTION_KEY" in config_error(env(SESSION_NEXT_ENCRYPTION_KEY=f"{'e' * 32},"))
+
+
 # -- timeouts --------------------------------------------------------------------------------
 
 
