@@ -88,11 +88,10 @@ def problem(name: str) -> str | None:
 def throttle_key(name: str) -> str:
     """What a login attempt on a username that is no user's counts as: its key, so every
     spelling of one name is one count, computed here whatever the database's locale; text
-    RFC 8265 refuses counts as itself (bounded, NUL replaced)."""
+    RFC 8265 refuses counts as itself (bounded, NUL replaced). The two never meet: a key is
+    its own key, so text that equals one would not have been refused."""
     normalised = key_or_none(name)
-    if normalised is not None:
-        return "name:" + normalised
-    return "text:" + name.replace("\x00", "\ufffd")[:_MAX_THROTTLE_KEY_CHARS]
+    return "name:" + (normalised or name.replace("\x00", "\ufffd")[:_MAX_THROTTLE_KEY_CHARS])
 
 
 def skeleton(name_key: str) -> str:
