@@ -192,5 +192,6 @@ async def collisions(conn: asyncpg.Connection) -> list[Collision]:
             continue
         by_skeleton[name_skeleton] = (user_id, name)
         if exact_only:
-            found.append(Collision(user_id, name, "has no key (written by code older than 0007)", exact_only))
+            why = "has no key (migration 0007 ran offline, or the row was written without the app)"
+            found.append(Collision(user_id, name, why, exact_only))
     return found

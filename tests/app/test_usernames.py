@@ -287,6 +287,23 @@ async def test_accounts_that_collide_under_the_rules_keep_working_and_are_listed
         await conn.close()
 
 
+async def test_a_row_without_a_key_signs_in_by_its_exact_spelling_and_is_listed(
+    db_url: str, pg: asyncpg.Connection, make_client: Callable[..., Awaitable[TestClient]]
+) -> None:
+    """What an offline (--sql) migration leaves: rows with no key. Nothing breaks; they are listed."""
+    await add_user(pg, "Frank", "p-frank", legacy=True)
+    client = await make_client(make_settings(db_url))
+    assert await attempt(client, "Frank", "p-frank") == (303, "/", 1)
+    client.session.cookie_jar.clear()
+    assert await attempt(client, "frank", "p-frank") == (303, LOGIN_FAILED, 1)
+    status, out, err = await run_app_command("user", "collisions", database_url=db_url)
+    assert status == 0, err
+    assert out == (
+        "Frank\tid 1\thas no key (migration 0007 ran offline, or the row was written without the app)"
+        "\tsigns in only spelled exactly as stored\n"
+    )
+
+
 async def test_collisions_says_so_when_there_are_none(db_url: str, pg: asyncpg.Connection) -> None:
     await add_user(pg, "alice", "pw")
     status, out, err = await run_app_command("user", "collisions", database_url=db_url)
