@@ -236,14 +236,17 @@ async def build_app(
 
         settings = pg_settings(database_url, cache=variant == "pgcache")  # type: ignore[arg-type]
         app = await create_app(settings)
-        # Keep only aiohttp-session's middleware, and no response signal: the same stack as
+        # Keep only the session middleware, and no response signal but the library's own (part
+        # of its setup, as aiohttp-session's middleware is of the others'): the same stack as
         # every other minimal variant.
-        kept = [m for m in app.middlewares if getattr(m, "__module__", "") == "aiohttp_session"]
+        kept = [m for m in app.middlewares if _is_session_middleware(m)]
         if len(kept) != 1:
-            raise RuntimeError(f"expected one aiohttp-session middleware in create_app's app, found {len(kept)}")
+            raise RuntimeError(f"expected one session middleware in create_app's app, found {len(kept)}")
         app.middlewares.clear()
         app.middlewares.extend(kept)
+        hooks = [h for h in app.on_response_prepare if h.__module__.startswith("aiohttp_session_postgres")]
         app.on_response_prepare.clear()
+        app.on_response_prepare.extend(hooks)
         app[BENCH_POOL] = app[POOL]
         app[BENCH_STORAGE] = app[STORAGE]
         app[BENCH_SETTINGS] = settings
@@ -311,7 +314,7 @@ async def build_whole_app(
         app.middlewares[:0] = [XForwardedRelaxed().middleware, Secure().middleware]
     else:
         app = await create_app(settings)
-    index = next(i for i, m in enumerate(app.middlewares) if getattr(m, "__module__", "") == "aiohttp_session")
+    index = next(i for i, m in enumerate(app.middlewares) if _is_session_middleware(m))
     if variant == "app-redis":
         from aiohttp_session.redis_storage import RedisStorage
         from redis import asyncio as aioredis
@@ -338,6 +341,11 @@ async def build_whole_app(
         app.middlewares[index] = aiohttp_session.session_middleware(storage)
     elif variant == "app-db":
         app.middlewares[index] = _select_one_session(app)
+    if variant in ("app-redis", "app-cookie", "app-db"):
+        # The library's response hook goes with its middleware: the other stores do not pay for it.
+        hooks = [h for h in app.on_response_prepare if not h.__module__.startswith("aiohttp_session_postgres")]
+        app.on_response_prepare.clear()
+        app.on_response_prepare.extend(hooks)
     app[BENCH_POOL] = app[POOL]
     app[BENCH_STORAGE] = app[STORAGE]
     app[BENCH_SETTINGS] = settings
@@ -352,6 +360,11 @@ async def build_whole_app(
 
     app.middlewares.append(count)
     return app
+
+
+def _is_session_middleware(middleware: Any) -> bool:
+    """aiohttp-session's middleware, or the library's (`aiohttp_session_postgres.setup`)."""
+    return getattr(middleware, "__module__", "") in ("aiohttp_session", "aiohttp_session_postgres.streaming")
 
 
 def _select_one_session(app: web.Application) -> Any:
