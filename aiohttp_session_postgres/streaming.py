@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp_session
 from aiohttp import hdrs, web
+from aiohttp.http_writer import StreamWriter
 from aiohttp.typedefs import Handler, Middleware
 from aiohttp_session import Session
 
@@ -132,7 +133,15 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
     if not isinstance(storage, PostgresStorage):
         return
     cookies = web.StreamResponse()
-    await _save(request, storage, session, cookies)
+    try:
+        await _save(request, storage, session, cookies)
+    except BaseException:
+        # Raised through prepare() and the handler, it becomes the response (a 503 for
+        # DatabaseUnavailable). aiohttp has already turned this stream's chunked encoding on for
+        # the connection; left on, the error response would be chunked under a Content-Length.
+        if isinstance(writer := request.writer, StreamWriter):
+            writer.chunked = False
+        raise
     for morsel in cookies.cookies.values():
         response.headers.add(hdrs.SET_COOKIE, morsel.output(header="")[1:])
 

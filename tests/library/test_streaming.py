@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import aiohttp_session
 import aiohttp_session_postgres
 import asyncpg
 import pytest
@@ -43,7 +44,7 @@ async def pool(lib_url: str) -> AsyncIterator[asyncpg.Pool]:
 async def client(
     aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, tmp_path: Path
 ) -> TestClient:
-    storage = PostgresStorage(pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY], database_timeout=2.0)
+    storage = PostgresStorage(pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY], database_timeout=1.0)
     app = web.Application()
     aiohttp_session_postgres.setup(app, storage)
     page = tmp_path / "page.txt"
@@ -396,3 +397,46 @@ async def test_a_plain_response_is_saved_once(client: TestClient, lib_pg: asyncp
     assert response.status == 200
     assert await data_of(client, cookie) == {"user_id": USER, "count": 1}
     assert await version_of(lib_pg, cookie) == before + 1
+
+
+async def test_a_save_at_prepare_that_times_out_answers_503_and_changes_nothing(
+    client: TestClient, lib_pg: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    cookie = await started(client)
+    before = await version_of(lib_pg, cookie)
+    async with lib_pg.transaction():
+        # The row locked past the storage's database_timeout: the save in prepare() gives up.
+        await lib_pg.execute(
+            "SELECT 1 FROM sessions WHERE id_hash = $1 FOR UPDATE", id_hash_of(cookie.split(".")[0])
+        )
+        with caplog.at_level(logging.ERROR, logger="aiohttp.server"):
+            response = await client.get("/stream/write", headers=with_cookie(cookie))
+            assert response.status == 503  # DatabaseUnavailable, raised through the handler
+            assert response.headers["Retry-After"] == "2"
+            assert "streamed" not in await response.text()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no traceback
+    assert await version_of(lib_pg, cookie) == before
+    assert await data_of(client, cookie) == {"user_id": USER}
+
+
+async def test_save_session_needs_the_librarys_setup(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool
+) -> None:
+    storage = PostgresStorage(pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY])
+    with pytest.raises(TypeError, match="needs a PostgresStorage"):
+        aiohttp_session_postgres.setup(web.Application(), object())  # type: ignore[arg-type]
+    app = web.Application()
+    aiohttp_session.setup(app, storage)  # aiohttp-session's own: it would save the session again
+
+    async def early(request: web.Request) -> web.Response:
+        (await get_session(request))["x"] = 1
+        try:
+            await save_session(request)
+        except RuntimeError as exc:
+            return web.Response(text=str(exc))
+        return web.Response(text="saved")
+
+    app.router.add_get("/", early)
+    client = await aiohttp_client(app)
+    response = await client.get("/")
+    assert await response.text() == "save_session() needs aiohttp_session_postgres.setup(app, storage)"
