@@ -76,7 +76,10 @@ def setup(app: web.Application, storage: PostgresStorage) -> None:
 
 def session_middleware(storage: PostgresStorage) -> Middleware:
     """The middleware alone; `setup` also hooks the response's preparation, without which a
-    change made before a handler prepares its own response is saved without its cookie."""
+    change made before a handler prepares its own response is saved without its cookie.
+
+    :param storage: the session storage.
+    """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -87,12 +90,18 @@ def session_middleware(storage: PostgresStorage) -> Middleware:
             # A raised response (a redirect) carries the session, as with aiohttp-session.
             session = request.get(aiohttp_session.SESSION_KEY)
             if session is not None and session._changed and _unsaved(request, session):
-                await _save(request, storage, session, exc)
+                await storage.save_session(request, exc, session)
             raise
         session = request.get(aiohttp_session.SESSION_KEY)
         if session is None or not session._changed:  # a read: nothing more than aiohttp-session does
             return response
-        if _unsaved(request, session):
+        if not _unsaved(request, session):
+            return response
+        if isinstance(response, web.Response) and not response.prepared:
+            # The common write, as aiohttp-session's: nothing saves after it (the hook skips a
+            # plain Response), so nothing needs to remember it.
+            await storage.save_session(request, response, session)
+        else:
             await _save(request, storage, session, None if response.prepared else response)
         return response
 

@@ -7,7 +7,6 @@ PostgreSQL: each change reaches the row, and the cookie whenever the headers had
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from aiohttp_session_postgres import (
 from aiohttp_session_postgres.tokens import id_hash_of
 from support.keys import AUTH_KEY, ENC_KEY
 from support.library_app import with_cookie
+from support.postgres import database_name, eventually, lock_waiters
 
 USER = 7
 
@@ -181,11 +181,11 @@ async def version_of(conn: asyncpg.Connection, cookie: str) -> int | None:
 async def closed_and_saved(conn: asyncpg.Connection, cookie: str, version: int | None) -> None:
     """Wait until the row's version is `version`: a websocket's handler (and so the save after
     it) ends just after the client saw the socket close."""
-    for _ in range(200):
-        if await version_of(conn, cookie) == version:
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"the row's version stayed {await version_of(conn, cookie)}, not {version}")
+
+    async def saved() -> bool:
+        return await version_of(conn, cookie) == version
+
+    await eventually(saved, 5, f"the row's version never became {version}")
 
 
 def expired(response: aiohttp.ClientResponse) -> bool:
@@ -400,7 +400,7 @@ async def test_a_plain_response_is_saved_once(client: TestClient, lib_pg: asyncp
 
 
 async def test_a_save_at_prepare_that_times_out_answers_503_and_changes_nothing(
-    client: TestClient, lib_pg: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+    client: TestClient, lib_pg: asyncpg.Connection, lib_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     cookie = await started(client)
     before = await version_of(lib_pg, cookie)
@@ -414,9 +414,22 @@ async def test_a_save_at_prepare_that_times_out_answers_503_and_changes_nothing(
             assert response.status == 503  # DatabaseUnavailable, raised through the handler
             assert response.headers["Retry-After"] == "2"
             assert "streamed" not in await response.text()
+        # The abandoned UPDATE is cancelled in the database too (asynchronously): wait for that
+        # before letting go of the lock (asked from outside this transaction, whose view is a snapshot).
+        observer = await asyncpg.connect(lib_url)
+        try:
+            await eventually(
+                lambda: _no_waiters(observer, database_name(lib_url)), 10, "the UPDATE still waits on the lock"
+            )
+        finally:
+            await observer.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no traceback
     assert await version_of(lib_pg, cookie) == before
     assert await data_of(client, cookie) == {"user_id": USER}
+
+
+async def _no_waiters(conn: asyncpg.Connection, database: str) -> bool:
+    return await lock_waiters(conn, database) == 0
 
 
 async def test_save_session_needs_the_librarys_setup(
