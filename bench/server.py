@@ -7,7 +7,8 @@ Variants (VARIANTS below). The minimal apps, one storage each behind aiohttp-ses
     db        no session, one `SELECT 1` through the app's own pool per request: the database limit
     cookie    aiohttp-session EncryptedCookieStorage (all data in an encrypted cookie)
     redis     aiohttp-session RedisStorage on Redis
-    pg        this project's PostgresStorage, cache off (built by app.server.create_app)
+    pg        this project's PostgresStorage, cache off (built by app.server.create_app; behind the
+              library's setup: aiohttp-session's middleware and its on_response_prepare hook)
     pgcache   the same with the in-process session cache on (Settings.cache=True)
 The whole app (create_app with every middleware, the real pages, the app's runner and logging,
 settings from the environment as on a dyno), with its session store swapped in the last three:
