@@ -7,11 +7,11 @@ import logging
 import warnings
 from functools import partial
 
-import aiohttp_session
 import asyncpg
 from aiohttp import web
 from aiohttp.web_exceptions import NotAppKeyWarning
 from aiohttp_session_postgres import UNAVAILABLE_ERRORS, PostgresStorage, SessionCache
+from aiohttp_session_postgres import setup as setup_sessions
 
 from . import db, handlers, schema, useragent
 from .appkeys import DEVICES, HASHER, POOL, SETTINGS, STORAGE
@@ -127,7 +127,9 @@ async def create_app(settings: Settings) -> web.Application:
     app[STORAGE] = storage
     # Next keys verify device cookies too (after the keys: the first still signs).
     app[DEVICES] = DeviceCookies(settings.authentication_keys + settings.next_authentication_keys)
-    aiohttp_session.setup(app, storage)  # innermost middleware: after the proxy clone
+    # aiohttp-session's middleware, saving streamed, websocket and file responses' sessions too;
+    # innermost: after the proxy clone.
+    setup_sessions(app, storage)
     app.router.add_routes(handlers.routes)
     app.router.add_static("/public", PUBLIC_DIR)
     app.cleanup_ctx.append(
