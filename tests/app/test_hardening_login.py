@@ -11,6 +11,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import asyncpg
@@ -22,8 +23,10 @@ from support.servers import Servers, new_http
 from app import passwords
 from app.appkeys import HASHER
 from app.config import Settings
-from app.passwords import Admission
 from app.throttle import Limits
+
+if TYPE_CHECKING:
+    from app.passwords import Admission
 
 MakeClient = Callable[[Settings], Awaitable[TestClient]]
 LOGIN_FAILED = "/public/login.html?error=1"
@@ -69,6 +72,8 @@ async def test_concurrent_wrong_passwords_check_at_most_the_limit(
 ) -> None:
     responses = await asyncio.gather(*(attempt(client, user[0], f"wrong-{i}") for i in range(burst)))
     assert checked(responses) == Limits().per_username_ip  # 5 checked, every other one 429
+    hasher = client.app[HASHER]
+    assert (hasher._queued, hasher._device_queued) == (0, 0)  # the refused gave their places back
     # The owner's right password inside the window is refused too: the count holds.
     assert (await attempt(client, *user)).status == 429
 
@@ -422,4 +427,23 @@ async def test_the_owners_device_is_still_throttled_during_a_flood(
         wrong = await attempt(proxied, user[0], f"wrong-{i}", ip=f"2001:db8:bad:{20 + i}::1", cookies=owner_device)
         assert wrong.headers["Location"] == LOGIN_FAILED
     assert (await attempt(proxied, *user, ip="2001:db8:bad:30::1", cookies=owner_device)).status == 429
+    assert proxied.app[HASHER]._device_queued == 0
     await flood.end()
+
+
+def test_the_device_lane_is_bounded_and_overflows_into_the_strangers_queue() -> None:
+    hasher = passwords.PasswordHasher(4, concurrency=1, max_waiting=1, device_concurrency=1, device_max_waiting=1)
+    try:
+        lane = [hasher.admit(device=True) for _ in range(2)]
+        assert all(a is not None and a.device for a in lane)
+        queue = [hasher.admit(device=True), hasher.admit()]  # the lane is full: the strangers' queue
+        assert all(a is not None and not a.device for a in queue)
+        assert hasher.admit(device=True) is None
+        assert hasher.admit() is None
+        for admission in [*lane, *queue]:
+            assert admission is not None
+            admission.release()
+            admission.release()  # idempotent
+        assert (hasher._queued, hasher._device_queued) == (0, 0)
+    finally:
+        hasher.close()
