@@ -56,8 +56,8 @@ class PasswordHasher:
         :param cost: log2 of scrypt's N.
         :param concurrency: hashes running at once in this process for strangers (logins without
             a device cookie for the username).
-        :param max_waiting: strangers' hashes queued beyond those, past which `busy` is true and
-            `admit` refuses (a login flood must not queue without bound: each queued hash is
+        :param max_waiting: strangers' logins in hand beyond those, past which `busy` is true
+            and `admit` refuses (a login flood must not queue without bound: each queued hash is
             memory, and a wait of 70 ms at cost 15).
         :param device_concurrency: hashes running at once in the device lane, on threads of its
             own: the owner's login never waits for a stranger's hash to finish.
