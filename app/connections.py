@@ -16,8 +16,9 @@ Two rules, per process (each gunicorn worker has its own), applied by runner._Re
   longest for a request (a slow one, or an idle kept-alive one) is closed to make room; a request
   in progress is never cut. So a client that sends its headers at once is served even while
   thousands of slow ones keep reconnecting. Only when every other connection is busy with a
-  request is the new one answered 503 (`Retry-After: 1`) and closed. Either is logged as one
-  WARNING line, at most one a minute, with counts and nothing from the clients.
+  request is the new one answered 503 (`Retry-After: 1`) and closed. Reaching the bound is logged
+  at once (WARNING), then how many were closed or refused, one line a minute at most and one at
+  shutdown, with nothing the clients sent.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ DEFAULT_MAX_CONNECTIONS = 900
 # socket, the session cache's listener, the event loop's own, log files, static files being sent,
 # gunicorn's pipes and heartbeat file.
 SPARE_FILES = 64
+# Seconds a connection answered 503 stays open for the client to read the answer (its request is
+# read and dropped meanwhile); one the client closes first goes at once.
+REFUSAL_LINGER = 1.0
 # At most one log line per this many seconds when the bound is reached.
 REPORT_INTERVAL = 60.0
 
@@ -124,28 +128,40 @@ class ConnectionGuard:
         self._waiting.pop(conn, None)
 
     def close(self) -> None:
-        """The server stops: no report is due any more."""
+        """The server stops: what was counted since the last line is logged now."""
         if self._report_handle is not None:
             self._report_handle.cancel()
             self._report_handle = None
+            self._log_counts()
 
     def _report(self) -> None:
+        # The first time in a while: a line at once. Then the counts, at most once a minute.
         if self._report_handle is None:
-            self._log()
+            log.warning(
+                "open connections reached HTTP_MAX_CONNECTIONS (%d): from now on each new one closes the"
+                " connection waiting longest for a request (slow or idle clients), or is answered 503 if"
+                " all are busy; counts follow, one line per %d s at most",
+                self.max_connections,
+                REPORT_INTERVAL,
+            )
+            self._schedule()
 
     def _report_due(self) -> None:
         self._report_handle = None
         if self._evicted or self._refused:
-            self._log()
+            self._log_counts()
+            self._schedule()
 
-    def _log(self) -> None:
-        log.warning(
-            "open connections reached HTTP_MAX_CONNECTIONS (%d): closed %d waiting for a request, "
-            "answered %d new ones 503 (slow or idle clients; one line per %d s at most)",
-            self.max_connections,
-            self._evicted,
-            self._refused,
-            REPORT_INTERVAL,
-        )
-        self._evicted = self._refused = 0
+    def _schedule(self) -> None:
         self._report_handle = asyncio.get_running_loop().call_later(REPORT_INTERVAL, self._report_due)
+
+    def _log_counts(self) -> None:
+        if self._evicted or self._refused:
+            log.warning(
+                "open connections at HTTP_MAX_CONNECTIONS (%d): closed %d waiting for a request, answered %d"
+                " new ones 503",
+                self.max_connections,
+                self._evicted,
+                self._refused,
+            )
+        self._evicted = self._refused = 0

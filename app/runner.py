@@ -29,7 +29,14 @@ from aiohttp import web
 
 from . import headers
 from .config import Settings
-from .connections import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS, REFUSAL, SPARE_FILES, ConnectionGuard
+from .connections import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    REFUSAL,
+    REFUSAL_LINGER,
+    SPARE_FILES,
+    ConnectionGuard,
+)
 from .server import StartupError, create_app
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,7 @@ class _RequestHandler(web.RequestHandler):
         self._guard = guard
         self._header_timer: asyncio.TimerHandle | None = None
         self._waiting = True  # for a request's headers (not handling one)
+        self._refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -55,6 +63,8 @@ class _RequestHandler(web.RequestHandler):
         self._guard.opened(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # answered 503 already: what it sends is read and dropped until it is closed
         # aiohttp counts the requests whose headers it parsed (or failed to parse) in _request_count.
         requests = self._request_count
         super().data_received(data)
@@ -82,10 +92,17 @@ class _RequestHandler(web.RequestHandler):
         super().connection_lost(exc)
 
     def refuse(self) -> None:
-        """Answer 503 to a connection there is no room for, before reading anything from it."""
+        """Answer 503 to a connection there is no room for, without reading its request. Closed a
+        moment later, or when the client closes first: closing a socket with unread bytes in it
+        sends a reset, which would destroy the answer before the client read it."""
+        self._stop_header_timer()
+        self._refused = True
         if self.transport is not None:
             self.transport.write(REFUSAL)
-        self.force_close()
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+        # The one timer a connection has (header timeout, then this): connection_lost cancels it.
+        self._header_timer = self._loop.call_later(REFUSAL_LINGER, self.force_close)
 
     def _start_header_timer(self) -> None:
         self._header_timer = self._loop.call_later(self._guard.header_timeout, self._header_timed_out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import resource
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -145,10 +146,49 @@ async def test_slow_header_connections_do_not_starve_other_clients(servers: Serv
     finally:
         await slow.close()
     assert await get_login_page(port) == 200
+    server.stop()  # SIGTERM: each process logs what it counted since its last line
+    assert server.returncode == 0
     log = server.log()
-    assert "open connections reached HTTP_MAX_CONNECTIONS (40)" in log, log
+    lines = [line for line in log.splitlines() if "HTTP_MAX_CONNECTIONS" in line]
+    # A line when the bound is first reached, one with the counts (here at shutdown), per process
+    # that reached it (the kernel need not share connections evenly between gunicorn's workers).
+    assert any("open connections reached HTTP_MAX_CONNECTIONS (40): from now on" in line for line in lines), log
+    counts = [
+        re.search(r"at HTTP_MAX_CONNECTIONS \(40\): closed (\d+) waiting for a request, answered (\d+)", line)
+        for line in lines
+    ]
+    closed = sum(int(m[1]) + int(m[2]) for m in counts if m)
+    assert closed >= slow_count - BOUND * workers, log
     assert "s3cr3t" not in log
     assert "Traceback" not in log, log
+
+
+async def test_when_every_connection_is_busy_a_new_one_is_answered_503(servers: Servers, db_url: str) -> None:
+    """Connections handling a request are never closed to make room: with all of them busy (forms
+    whose bodies are still coming), a new connection is answered 503 at once, and the others are
+    answered as their requests end."""
+    server = await start(servers, db_url, workers=1)
+    busy = []
+    try:
+        for _ in range(BOUND):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(
+                b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: 100\r\n\r\nusername=al"
+            )
+            busy.append((reader, writer))
+        await asyncio.sleep(0.5)  # let the server read them: their handlers wait for the bodies
+        status, headers, body = await raw(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (status, headers["retry-after"], body) == (503, ["1"], b"503 Service Unavailable\n")
+        assert "content-security-policy" in headers
+        for reader, writer in busy:  # each finishes its form and is answered as usual
+            writer.write(b"x" * 89)
+            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 ")
+            assert not (await reader.readline()).startswith(b"HTTP/1.1 503")
+    finally:
+        for _, writer in busy:
+            writer.close()
+    assert await get_login_page(server.port) == 200
 
 
 async def test_the_header_timeout_spares_idle_kept_alive_connections(servers: Servers, db_url: str) -> None:
