@@ -219,10 +219,11 @@ def ensure_open_files(settings: Settings) -> None:
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return
     if hard != resource.RLIM_INFINITY and hard < needed:
-        fits = max(hard - needed + settings.http_max_connections, 0)
+        fits = hard - needed + settings.http_max_connections
+        lower = f"set HTTP_MAX_CONNECTIONS to {fits} at most, or " if fits >= 1 else ""
         raise StartupError(
             f"HTTP_MAX_CONNECTIONS={settings.http_max_connections} needs {needed} open files, and this process"
-            f" may open {hard} (ulimit -n): set HTTP_MAX_CONNECTIONS to {fits} at most, or raise the limit"
+            f" may open {hard} (ulimit -n): {lower}raise the limit"
         )
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
     log.info("open files limit raised from %d to %d for HTTP_MAX_CONNECTIONS", soft, needed)
