@@ -18,7 +18,7 @@ from aiohttp_session_postgres import DatabaseUnavailable, PostgresStorage
 from . import embedded, logs, schema, throttle, usernames, users, workers
 from .config import ConfigError, Settings, load_settings
 from .passwords import MAX_PASSWORD_BYTES, hash_once
-from .runner import serve
+from .runner import ensure_open_files, serve
 from .server import StartupError, build_storage, open_pool
 from .text import escape, plural
 
@@ -114,6 +114,7 @@ def _with_storage(settings: Settings, work: Callable[[PostgresStorage], Awaitabl
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    ensure_open_files(settings)  # before gunicorn: its workers inherit the limit
     if settings.web_concurrency > 1 and not settings.embedded:
         workers.exec_gunicorn(settings)  # checks the database once, then becomes gunicorn
     with _database(settings) as ready:

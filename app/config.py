@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from aiohttp_session_postgres import DEFAULT_MAX_DATA_BYTES, ArgumentError, PostgresStorage
 
+from .connections import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 from .throttle import Limits
 
 DEFAULT_EMBEDDED_DIR = Path(__file__).resolve().parent.parent / ".local"
@@ -97,6 +98,11 @@ class Settings:
     web_concurrency: int = 1
     # Live sessions one user may hold; a login beyond it ends their least recently used one.
     max_sessions_per_user: int = 10
+    # Seconds a client may take to send a request's line and headers (connections.py: aiohttp has
+    # no such timeout); and open connections per process, past which the one waiting longest for
+    # a request is closed. For a server with no router in front; Heroku's router reads requests itself.
+    http_header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    http_max_connections: int = DEFAULT_MAX_CONNECTIONS
     # Failed logins counted per window before 429 (see throttle.py for the four counts).
     login_limits: Limits = field(default_factory=Limits)
     # Embedded mode keeps its PostgreSQL data and generated keys here (git-ignored).
@@ -225,6 +231,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         durable_writes=_bool(env, "SESSION_DURABLE_WRITES", default=True),
         pgbouncer=pgbouncer,
         web_concurrency=_int(env, "WEB_CONCURRENCY", 1, minimum=1, maximum=100),
+        http_header_timeout=_float(env, "HTTP_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT, minimum=0.1, maximum=300.0),
+        http_max_connections=_int(env, "HTTP_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, minimum=1, maximum=1_000_000),
         login_limits=Limits(
             window=_int(env, "LOGIN_THROTTLE_WINDOW", 900, minimum=1),
             per_username_ip=_int(env, "LOGIN_MAX_FAILURES_PER_USERNAME_IP", 5, minimum=1),

@@ -99,10 +99,29 @@ def _to_https(request: web.Request) -> web.StreamResponse:
         response = pages.error(400, "Bad request", "The Host header is not a host name.")
     else:
         # Built from the request's Host: no shared cache may keep it for another.
-        location = f"https://{host[1]}{request.raw_path}"
+        location = f"https://{host[1]}{_path_and_query(request)}"
         response = web.Response(status=308, headers={"Location": location, "Cache-Control": "no-store"})
     headers.secure(response, https=False)
     return response
+
+
+def _path_and_query(request: web.Request) -> str:
+    """The request's path and query, as sent (still percent-encoded), and nothing else of its
+    target: an absolute-form target (`GET http://evil.example/x`, RFC 9112 §3.2.2) gives its path
+    and query, not its scheme and host; the asterisk form (`OPTIONS *`) or an empty path gives
+    `/`; a fragment, which no browser sends, is dropped. Leading slashes and backslashes become
+    one slash: the Location is absolute, so its host is the Host header's whatever follows, but
+    `//evil.example` (or `/\\evil.example`, which browsers read alike) is no path of ours and would
+    name another host to anything that read the path on its own."""
+    url = request.rel_url  # aiohttp keeps only the path and query of an absolute-form target here
+    path = _LEADING_SLASHES.sub("/", url.raw_path)
+    if not path.startswith("/"):
+        path = "/"
+    query = url.raw_query_string
+    return f"{path}?{query}" if query else path
+
+
+_LEADING_SLASHES = re.compile(r"^[/\\]+")
 
 
 def _last(request: web.Request, name: str) -> str:
