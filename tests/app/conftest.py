@@ -1,6 +1,7 @@
 """Fixtures of the demo app's tests: the suite's database migrated by the app's migrations (every
 table emptied for each test), the app's settings, test clients on the real app, a user, and the
-app's own log lines. The server and the empty databases come from tests/conftest.py.
+app's own log lines, real server processes and a cookieless HTTP client. The server and the
+empty databases come from tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -8,11 +9,14 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 from support.demo import AppLog, AppTestServer, add_user, make_settings
+from support.servers import Servers, new_http
 
 from app import schema
 from app.config import Settings
@@ -102,3 +106,18 @@ async def user(pg: asyncpg.Connection) -> tuple[str, str]:
     password = secrets.token_urlsafe(12)
     await add_user(pg, "alice", password)
     return "alice", password
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    """Real `python -m app serve` processes, started by the test, stopped after it."""
+    started = Servers(tmp_path)
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client that keeps no cookies of its own (support.servers.new_http)."""
+    async with new_http() as client:
+        yield client

@@ -13,7 +13,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 from support.demo import add_user
 from support.postgres import eventually
-from support.servers import Servers, home, is_greeting, login, new_http
+from support.servers import Servers, home, is_greeting, login
 
 LIBFAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), Path("libfaketime.so.1"))
 PASSWORD = "correct horse"
@@ -50,19 +50,6 @@ async def db(skew_url: str) -> AsyncIterator[asyncpg.Connection]:
     await add_user(conn, "alice", PASSWORD)
     yield conn
     await conn.close()
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    started = Servers(tmp_path)
-    yield started
-    started.stop_all()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with new_http() as client:
-        yield client
 
 
 async def test_the_process_under_test_really_runs_on_a_shifted_clock() -> None:

@@ -17,7 +17,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -108,13 +107,6 @@ async def fresh(owned: OwnedPostgres) -> OwnedPostgres:
     finally:
         await conn.close()
     return owned
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    started = Servers(tmp_path)
-    yield started
-    started.stop_all()
 
 
 @contextlib.asynccontextmanager

@@ -10,8 +10,7 @@ a process still on the old keys signs out the users of one already on the new on
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import asyncpg
@@ -19,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from support.demo import add_user, make_settings
 from support.rotation import KINDS, Endpoint, Keys, assert_rewrites, neighbours, one_step, sign_outs, two_step
-from support.servers import Server, Servers, home, id_hash, is_greeting, new_http, signed_in
+from support.servers import Server, Servers, home, id_hash, is_greeting, signed_in
 
 from app.config import Settings
 from app.throttle import Limits
@@ -40,19 +39,6 @@ async def db(rotation_url: str) -> AsyncIterator[asyncpg.Connection]:
     await add_user(conn, "alice", PASSWORD)
     yield conn
     await conn.close()
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    started = Servers(tmp_path)
-    yield started
-    started.stop_all()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with new_http() as client:
-        yield client
 
 
 async def start(servers: Servers, url: str, steps: list[tuple[str, Keys]], *, cache: str) -> list[tuple[str, Server]]:

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -78,19 +77,6 @@ async def fleet_db(fleet_url: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await emptied_with_users(fleet_url)
     yield conn
     await conn.close()
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    started = Servers(tmp_path)
-    yield started
-    started.stop_all()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with new_http() as client:
-        yield client
 
 
 @pytest.fixture(scope="module", params=["on", "off"], ids=["cache-on", "cache-off"])

@@ -151,13 +151,6 @@ async def db(bouncer: Bouncer) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    started = Servers(tmp_path)
-    yield started
-    started.stop_all()
-
-
 async def test_the_core_flow_works_through_pgbouncer_with_database_pgbouncer_on(
     bouncer: Bouncer, db: asyncpg.Connection, servers: Servers
 ) -> None:

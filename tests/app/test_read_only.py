@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,7 +20,7 @@ import asyncpg
 import pytest
 from support.demo import add_user
 from support.postgres import admin, database_url, eventually, start_embedded
-from support.servers import Servers, home, is_greeting, login, logout, new_http
+from support.servers import Servers, home, is_greeting, login, logout
 from support.standby import Standby
 
 from app import schema
@@ -57,19 +56,6 @@ def standby(primary: Any, primary_db: asyncpg.Connection) -> Iterator[Standby]:
         yield replica
     finally:
         replica.stop()
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    started = Servers(tmp_path)
-    yield started
-    started.stop_all()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with new_http() as client:
-        yield client
 
 
 def _downgrade(url: str, revision: str) -> None:

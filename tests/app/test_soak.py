@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import asyncpg
 import pytest
@@ -32,13 +31,6 @@ POOL_MAX = 3
 IDLE = 8  # seconds: abandoned sessions expire and are swept several times over
 # "Flat", as the benchmark's long run measures it: under 5 MB of growth after the warm-up.
 RSS_GROWTH_LIMIT_KB = 5 * 1024
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    started = Servers(tmp_path)
-    yield started
-    started.stop_all()
 
 
 @pytest.fixture
