@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from support.demo import AppLog, login, make_settings, session_cookie
+from support.rawhttp import raw
 from support.servers import Server, Servers
 
 from app.config import Settings
@@ -22,24 +23,6 @@ from app.headers import CONTENT_SECURITY_POLICY
 
 MakeClient = Callable[[Settings], Awaitable[TestClient]]
 SECURITY_HEADERS = ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options")
-
-
-async def raw(port: int, request: bytes) -> tuple[int, dict[str, list[str]], bytes]:
-    """Send `request` as bytes; (status, headers by lower-cased name, body) of the answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        data = await asyncio.wait_for(reader.read(), timeout=10)  # the server closes after an error
-    finally:
-        writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers: dict[str, list[str]] = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers.setdefault(name.strip().lower(), []).append(value.strip())
-    return int(status_line.split()[1]), headers, body
 
 
 def assert_secured(headers: dict[str, list[str]]) -> None:
