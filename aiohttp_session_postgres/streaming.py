@@ -101,8 +101,19 @@ def session_middleware(storage: PostgresStorage) -> Middleware:
             # The common write, as aiohttp-session's: nothing saves after it (the hook skips a
             # plain Response), so nothing needs to remember it.
             await storage.save_session(request, response, session)
+        elif not response.prepared:
+            await _save(request, storage, session, response)
         else:
-            await _save(request, storage, session, None if response.prepared else response)
+            try:
+                await _save(request, storage, session, None)
+            except web.HTTPException as exc:
+                # The response began: an error answer (a 503, a 413) can no longer be sent; raised
+                # as one, aiohttp would write it into this response's body. A plain error is
+                # logged by aiohttp and cuts the response short, as the failure it is.
+                raise RuntimeError(
+                    f"the session changed in {_handler_name(request)} after its response began was not"
+                    f" saved: {exc.status} {exc.reason}"
+                ) from exc
         return response
 
     return middleware

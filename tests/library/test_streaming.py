@@ -7,6 +7,8 @@ PostgreSQL: each change reaches the row, and the cookie whenever the headers had
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -98,6 +100,13 @@ async def client(
         session["count"] = session.get("count", 0) + 1
         response = await streamed(request)
         session["late"] = True
+        return response
+
+    @routes.get("/stream/grow-late")
+    async def stream_grow_late(request: web.Request) -> web.StreamResponse:
+        session = await get_session(request)
+        response = await streamed(request)
+        session["big"] = "x" * 70_000  # over max_data_bytes (64 KiB), after the headers went out
         return response
 
     @routes.get("/stream/start")
@@ -307,6 +316,34 @@ async def test_writes_before_and_after_a_stream_began_are_both_saved(
     assert await response.text() == "streamed\n"
     assert await data_of(client, cookie) == {"user_id": USER, "count": 1, "late": True}
     assert await version_of(lib_pg, cookie) == before + 2  # at prepare(), then after the handler
+
+
+async def test_a_save_refused_after_a_stream_began_cuts_it_short_and_writes_no_second_response(
+    client: TestClient, lib_pg: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 413 (or a 503) can no longer be the answer once a stream's headers went out: raised as an
+    HTTP error, aiohttp wrote a second status line and its body into the stream's body. The
+    stream is cut short instead, the failure logged, the row unchanged."""
+    cookie = await started(client)
+    before = await version_of(lib_pg, cookie)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(
+            f"GET /stream/grow-late HTTP/1.1\r\nHost: x\r\nCookie: session={cookie}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        received = b""
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            while chunk := await asyncio.wait_for(reader.read(65536), 5):
+                received += chunk
+    finally:
+        writer.close()
+    assert received.startswith(b"HTTP/1.1 200 OK")
+    assert received.count(b"HTTP/1.1") == 1, received
+    assert b"streamed\n" in received
+    assert not received.endswith(b"0\r\n\r\n")  # cut short: never a complete chunked body
+    assert await version_of(lib_pg, cookie) == before
+    assert "stream_grow_late after its response began was not saved: 413" in caplog.text
 
 
 async def test_a_login_in_a_stream_handler_sends_its_cookie_with_the_headers(
