@@ -64,6 +64,10 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg
 # next says how many were not).
 REPORT_INTERVAL = 60.0
 
+# Seconds between two renewals of the pool's connections while the server refuses writes as
+# read-only (FairPool.refused_as_read_only).
+READ_ONLY_RECONNECT = 5.0
+
 # Seconds a connection given back after an error may take to be released: the server must
 # confirm the cancel of a statement the deadline cut short. Measured here: asyncpg given too
 # little (under ~0.1 s) terminates the connection before the cancel is even sent, and the
@@ -89,6 +93,7 @@ class FairPool:
         # asyncio.Semaphore serves waiters first-come, first-served, newcomers after them.
         self._turns = asyncio.Semaphore(pool.get_max_size())
         self._releasing: set[asyncio.Task[None]] = set()
+        self._expired_at = -READ_ONLY_RECONNECT  # refused_as_read_only, monotonic
         self._reported: dict[str, tuple[float, int]] = {}  # why: (logged at, monotonic; not logged since)
 
     @asynccontextmanager
@@ -111,6 +116,8 @@ class FairPool:
                 yield conn
         except UNAVAILABLE_ERRORS as exc:
             cut_short = True
+            if isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError):
+                await self.refused_as_read_only()
             if conn is None or _from_database(exc) or within.expired() or _closed(conn):
                 raise self._unavailable(exc) from exc
             raise
@@ -135,6 +142,17 @@ class FairPool:
                 finally:
                     if turn:
                         self._turns.release()
+
+    async def refused_as_read_only(self) -> None:
+        """A statement was refused because the server is read-only. A connection keeps the
+        default_transaction_read_only it began with, so that a server made writable again by that
+        setting (not by a promotion) would refuse its old connections' writes for ever: the pool's
+        connections are replaced at their next use, at most once a READ_ONLY_RECONNECT (on a hot
+        standby every new connection is read-only too)."""
+        now = time.monotonic()
+        if now - self._expired_at >= READ_ONLY_RECONNECT:
+            self._expired_at = now
+            await self.pool.expire_connections()
 
     def _release_later(self, conn: PoolConnection) -> None:
         task = asyncio.get_running_loop().create_task(self._release_in_background(conn))

@@ -290,6 +290,7 @@ class SessionRows:
                     # session is read without it (its idle deadline does not slide).
                     plain = True
                     self._refused_touch(sent)
+                    await self._fair.refused_as_read_only()
                 else:
                     self._writable()
             if plain:

@@ -113,6 +113,34 @@ async def test_a_read_only_standby_serves_signed_in_pages_refuses_writes_with_50
     assert "Traceback" not in log
 
 
+async def test_a_database_made_read_only_by_its_setting_is_written_again_once_the_setting_is_off(
+    primary: Any, primary_db: asyncpg.Connection, servers: Servers, http: aiohttp.ClientSession
+) -> None:
+    """default_transaction_read_only, unlike a promotion, holds for the connections opened under
+    it: the pool's are replaced after a refusal, so writes succeed again once it is off."""
+    url = database_url(primary.get_uri(), DATABASE)
+    writer = await servers.start(url)
+    cookie = (await login(http, writer.url, "alice", PASSWORD))[1]
+    assert cookie is not None
+    writer.stop()
+    await primary_db.execute(f'ALTER DATABASE "{DATABASE}" SET default_transaction_read_only = on')
+    try:
+        server = await servers.start(url)
+        status, text, _ = await home(http, server.url, cookie)
+        assert is_greeting(status, text, "alice"), status
+        status, _ = await _post(http, server.url + "/login", data={"username": "alice", "password": PASSWORD})
+        assert status == 503
+    finally:
+        await primary_db.execute(f'ALTER DATABASE "{DATABASE}" SET default_transaction_read_only = off')
+
+    async def logged_in() -> bool:
+        return (await login(http, server.url, "alice", PASSWORD))[1] is not None
+
+    await eventually(logged_in, 20, "still refused as read-only after the setting was turned off")
+    assert await logout(http, server.url, cookie) == 303
+    assert "Traceback" not in server.log()
+
+
 async def test_a_schema_downgraded_while_serving_answers_503_with_one_log_line_until_upgraded(
     primary: Any, primary_db: asyncpg.Connection, servers: Servers, http: aiohttp.ClientSession
 ) -> None:
