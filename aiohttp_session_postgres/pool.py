@@ -77,7 +77,15 @@ CANCEL_BUDGET = 3.0
 
 class Unavailable(Exception):
     """The database did not answer within the deadline, or could not be reached (one of
-    UNAVAILABLE_ERRORS, which is its ``__cause__``)."""
+    UNAVAILABLE_ERRORS, which is its ``__cause__``).
+
+    :ivar reason: why, in a few words for an operator (`reason`), or "" when the database did
+        not answer (in time).
+    """
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class FairPool:
@@ -179,7 +187,7 @@ class FairPool:
     def _unavailable(self, exc: BaseException) -> Unavailable:
         """Unavailable, from `exc`; logged with its reason, at most once a REPORT_INTERVAL per
         reason (an outage serves many requests)."""
-        why = reason(exc)
+        why = reason(exc) or type(exc).__name__
         now = time.monotonic()
         logged_at, since = self._reported.get(why, (-REPORT_INTERVAL, 0))
         if now - logged_at >= REPORT_INTERVAL:
@@ -188,7 +196,7 @@ class FairPool:
             self._reported[why] = (now, 0)
         else:
             self._reported[why] = (logged_at, since + 1)
-        return Unavailable()
+        return Unavailable(reason(exc))
 
 
 # How Citus reports, as an internal error (XX000) or an I/O error (58030), a worker it lost or
@@ -220,7 +228,7 @@ def reason(exc: BaseException) -> str:
     if isinstance(exc, SCHEMA_ERRORS):
         message = getattr(exc, "message", "") or type(exc).__name__
         return f"the schema is not what this code expects ({message}): are the migrations applied?"
-    return type(exc).__name__
+    return ""  # it did not answer, or not in time: the error's name says how
 
 
 def _closed(conn: Connection) -> bool:

@@ -690,7 +690,7 @@ class _Notifying:
             try:
                 await self._conn.execute(RECOVER_SQL)
             except asyncpg.PostgresError as error:
-                raise Unavailable() from error
+                raise Unavailable("a Citus worker missed a commit that could not be recovered yet") from error
         if self._shards and self._changed and not nested:
             await self._notify()  # every worker has committed by now: a load reads what changed
 

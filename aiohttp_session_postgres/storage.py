@@ -57,6 +57,13 @@ class DatabaseUnavailable(web.HTTPServiceUnavailable):
     def __init__(self) -> None:
         super().__init__(text=self.MESSAGE + "\n", headers={"Retry-After": str(self.RETRY_AFTER)})
 
+    @property
+    def why(self) -> str:
+        """Why, for an operator (a command's error line): that the database is read-only, or
+        that the schema is not what the code expects; "" when it did not answer in time."""
+        cause = self.__cause__
+        return cause.reason if isinstance(cause, Unavailable) else ""
+
 
 class ArgumentError(ValueError):
     """A keyword argument of PostgresStorage that breaks its rule; the message says which rule.

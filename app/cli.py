@@ -13,9 +13,10 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
-from aiohttp_session_postgres import DatabaseUnavailable, PostgresStorage
+import asyncpg
+from aiohttp_session_postgres import UNAVAILABLE_ERRORS, DatabaseUnavailable, PostgresStorage
 
-from . import embedded, logs, schema, throttle, usernames, users, workers
+from . import db, embedded, logs, schema, throttle, usernames, users, workers
 from .config import ConfigError, Settings, load_settings
 from .passwords import MAX_PASSWORD_BYTES, hash_once
 from .runner import ensure_open_files, serve
@@ -42,11 +43,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StartupError, CommandError, embedded.EmbeddedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except DatabaseUnavailable:
-        print("error: the database did not answer in time: check DATABASE_URL and that it is up", file=sys.stderr)
+    except DatabaseUnavailable as exc:
+        print(f"error: {_unavailable(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _unavailable(exc: DatabaseUnavailable) -> str:
+    why = exc.why
+    if not why:
+        return "the database did not answer in time: check DATABASE_URL and that it is up"
+    return f"the database is unavailable: {why}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -143,7 +151,10 @@ async def _ensure_demo_user(settings: Settings) -> None:
 
 def _sweep(settings: Settings, args: argparse.Namespace) -> int:
     async def work(storage: PostgresStorage) -> int:
-        deleted = await storage.sweep(batch_size=settings.sweep_batch_size)
+        try:
+            deleted = await storage.sweep(batch_size=settings.sweep_batch_size)
+        except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+            raise CommandError(f"the sweep failed: {db.reason(exc)}") from exc
         async with storage.connection() as conn:
             await throttle.prune(conn, settings.login_limits)
         if deleted is None:

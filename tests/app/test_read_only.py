@@ -130,6 +130,15 @@ async def test_a_database_made_read_only_by_its_setting_is_written_again_once_th
         assert is_greeting(status, text, "alice"), status
         status, _ = await _post(http, server.url + "/login", data={"username": "alice", "password": PASSWORD})
         assert status == 503
+        # One-off commands: one error line that says why, no traceback.
+        for args, expected in (
+            (("sweep",), "error: the sweep failed: cannot execute DELETE in a read-only transaction"),
+            (("sessions", "revoke", "alice", "--all"), "error: the database is unavailable: the database is read-only"),
+        ):
+            done = await asyncio.to_thread(server.run_command, *args)
+            assert done.returncode == 1, done
+            assert expected in done.stderr, done.stderr
+            assert "Traceback" not in done.stderr
     finally:
         await primary_db.execute(f'ALTER DATABASE "{DATABASE}" SET default_transaction_read_only = off')
 
