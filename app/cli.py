@@ -211,9 +211,10 @@ def _user_delete(settings: Settings, args: argparse.Namespace) -> int:
     name: str = args.name
 
     async def work(storage: PostgresStorage) -> int:
-        if not await users.delete(storage, name):
+        deleted = await users.delete(storage, name)
+        if deleted is None:
             raise CommandError(f"no user named {name!r}")
-        print(f"deleted user {name} and their sessions")
+        print(f"deleted user {escape(deleted)} and their sessions")
         return 0
 
     return _with_storage(settings, work)
@@ -224,7 +225,7 @@ async def _set_password(storage: PostgresStorage, name: str, password_hash: str)
         return await users.set_password(storage, name, password_hash)
     except users.LookAlike as exc:
         raise CommandError(
-            f"invalid username {name!r}: it looks like the existing user {exc.existing!r}"
+            f"invalid username {name!a}: it looks like the existing user {exc.existing!a}"
             " (the same Unicode skeleton, UTS #39): choose another name"
         ) from None
 

@@ -137,22 +137,23 @@ async def set_password(storage: PostgresStorage, username: str, password_hash: s
     raise AssertionError("unreachable")
 
 
-async def delete(storage: PostgresStorage, username: str) -> bool:
+async def delete(storage: PostgresStorage, username: str) -> str | None:
     """Delete the user and, in the same transaction, end their sessions through the storage (so
     every process's cache learns it; on one PostgreSQL the foreign key's ON DELETE CASCADE would
-    end them too, but on Citus a cascade notifies nothing). False when there is no such user."""
+    end them too, but on Citus a cascade notifies nothing). The name as stored (`username` may be
+    another spelling of it), or None when there is no such user."""
     async with storage.connection() as conn, conn.transaction():
         # On Citus, deleting from users (a reference table) after the shards' parallel delete is
         # refused in one transaction unless Citus works shard by shard; elsewhere the setting is
         # an unused placeholder.
         await conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
         name_key, spelled = _find_args(username)
-        user_id = await conn.fetchval(LOCK_SQL, name_key, spelled)
-        if user_id is None:
-            return False
-        await storage.end_all_sessions(user_id, conn=conn)
-        await conn.execute(DELETE_SQL, user_id)
-    return True
+        found = await conn.fetchrow(LOCK_SQL, name_key, spelled)
+        if found is None:
+            return None
+        await storage.end_all_sessions(found["id"], conn=conn)
+        await conn.execute(DELETE_SQL, found["id"])
+    return str(found["username"])
 
 
 @dataclass(frozen=True)

@@ -183,7 +183,7 @@ async def test_user_delete_removes_user_and_ends_their_sessions(
     assert (await bob_client.get("/", allow_redirects=False)).status == 200
 
     result = await run_app("user", "delete", "BOB", database_url=db_url)
-    assert result.one_output_line() == "deleted user BOB and their sessions"
+    assert result.one_output_line() == "deleted user bob and their sessions"  # as stored
 
     assert await pg.fetchval("SELECT count(*) FROM users WHERE username_key = 'bob'") == 0
     assert await pg.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1", bob_id) == 0

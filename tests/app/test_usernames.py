@@ -157,6 +157,7 @@ async def test_user_add_on_a_c_locale_database_makes_no_second_user_of_a_spellin
         assert (status, out) == (1, ""), name
         assert err.startswith("error: invalid username "), err
         assert "looks like the existing user 'alice'" in err
+        assert ascii(name) in err  # the code points that differ, visible
         assert err.count("\n") == 1
     conn = await asyncpg.connect(url)
     try:
