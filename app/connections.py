@@ -15,10 +15,15 @@ Two rules, per process (each gunicorn worker has its own), applied by runner._Re
 - **A bound on open connections**: past `max_connections`, the connection that has been waiting
   longest for a request (a slow one, or an idle kept-alive one) is closed to make room; a request
   in progress is never cut. So a client that sends its headers at once is served even while
-  thousands of slow ones keep reconnecting. Only when every other connection is busy with a
-  request is the new one answered 503 (`Retry-After: 1`) and closed. Reaching the bound is logged
-  at once (WARNING), then how many were closed or refused, one line a minute at most and one at
-  shutdown, with nothing the clients sent.
+  thousands of slow ones keep reconnecting. Next to go is a connection whose client does not read
+  its answers (the server's writes to it are paused, or requests are pipelined behind the one it
+  is being answered: a slow read with a pipeline queued would otherwise hold it busy as long as
+  it likes). Only when every other
+  connection is busy with a request is the new one answered 503 (`Retry-After: 1`) and closed.
+  Reaching the bound is logged at once (WARNING), then how many were closed or refused, one line
+  a minute at most and one at shutdown, with nothing the clients sent.
+- **A send timeout**: a connection whose client reads nothing of its answer for `header_timeout`
+  seconds (the server's writes paused all that time) is closed, what was not sent dropped.
 """
 
 from __future__ import annotations
@@ -69,7 +74,11 @@ class Connection(Protocol):
 
     def force_close(self) -> None: ...
 
+    def abort(self) -> None: ...
+
     def refuse(self) -> None: ...
+
+    def pipelined(self) -> bool: ...
 
 
 class ConnectionGuard:
@@ -88,6 +97,8 @@ class ConnectionGuard:
         self._open: set[Connection] = set()
         # Insertion order is the order they began to wait: the first is the one to close.
         self._waiting: dict[Connection, None] = {}
+        # Those whose client does not read (writes paused), in the order they stalled.
+        self._stalled: dict[Connection, None] = {}
         self._evicted = 0
         self._refused = 0
         self._report_handle: asyncio.TimerHandle | None = None
@@ -104,13 +115,18 @@ class ConnectionGuard:
         if len(self._open) <= self.max_connections:
             return
         oldest = next(iter(self._waiting))
-        self.closed(oldest)
-        if oldest is conn:
+        if oldest is not conn:
+            self.closed(oldest)
+            oldest.force_close()
+            self._evicted += 1
+        elif (stalled := self._not_reading(conn)) is not None:
+            self.closed(stalled)
+            stalled.abort()  # what it did not read is dropped: closing would wait to send it
+            self._evicted += 1
+        else:
+            self.closed(conn)
             self._refused += 1
             conn.refuse()
-        else:
-            self._evicted += 1
-            oldest.force_close()
         self._report()
 
     def busy(self, conn: Connection) -> None:
@@ -123,9 +139,27 @@ class ConnectionGuard:
             self._waiting.pop(conn, None)
             self._waiting[conn] = None
 
+    def _not_reading(self, new: Connection) -> Connection | None:
+        """A connection whose client does not read its answers: one the server's writes to stalled
+        first, else one with requests pipelined behind the one it is answering (browsers do not
+        pipeline; a file sent with sendfile stalls without pausing the transport's writes)."""
+        if self._stalled:
+            return next(iter(self._stalled))
+        return next((c for c in self._open if c is not new and c.pipelined()), None)
+
+    def stalled(self, conn: Connection) -> None:
+        """The client stopped reading: the server's writes to it are paused."""
+        if conn in self._open:
+            self._stalled[conn] = None
+
+    def flowing(self, conn: Connection) -> None:
+        """The client reads again."""
+        self._stalled.pop(conn, None)
+
     def closed(self, conn: Connection) -> None:
         self._open.discard(conn)
         self._waiting.pop(conn, None)
+        self._stalled.pop(conn, None)
 
     def close(self) -> None:
         """The server stops: what was counted since the last line is logged now."""
@@ -139,8 +173,8 @@ class ConnectionGuard:
         if self._report_handle is None:
             log.warning(
                 "open connections reached HTTP_MAX_CONNECTIONS (%d): from now on each new one closes the"
-                " connection waiting longest for a request (slow or idle clients), or is answered 503 if"
-                " all are busy; counts follow, one line per %d s at most",
+                " connection waiting longest for a request (slow or idle clients), else one whose client"
+                " does not read, or is answered 503 if all are busy; counts follow, one line per %d s at most",
                 self.max_connections,
                 REPORT_INTERVAL,
             )
@@ -158,8 +192,8 @@ class ConnectionGuard:
     def _log_counts(self) -> None:
         if self._evicted or self._refused:
             log.warning(
-                "open connections at HTTP_MAX_CONNECTIONS (%d): closed %d waiting for a request, answered %d"
-                " new ones 503",
+                "open connections at HTTP_MAX_CONNECTIONS (%d): closed %d waiting for a request or not reading,"
+                " answered %d new ones 503",
                 self.max_connections,
                 self._evicted,
                 self._refused,

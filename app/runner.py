@@ -54,6 +54,7 @@ class _RequestHandler(web.RequestHandler):
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._header_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
         self._waiting = True  # for a request's headers (not handling one)
         self._refused = False
 
@@ -88,8 +89,39 @@ class _RequestHandler(web.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_header_timer()
+        self._stop_send_timer()
         self._guard.closed(self)
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        # The client reads nothing of what it is sent (the transport's buffer is full): with
+        # requests pipelined behind, it would hold this connection, busy, for as long as it liked.
+        super().pause_writing()
+        self._guard.stalled(self)
+        if self._send_timer is None:
+            self._send_timer = self._loop.call_later(self._guard.header_timeout, self.abort)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stop_send_timer()
+        self._guard.flowing(self)
+
+    def pipelined(self) -> bool:
+        """Requests are queued behind the one being answered (HTTP/1.1 pipelining)."""
+        return bool(self._messages)
+
+    def abort(self) -> None:
+        """Closed at once, what was not sent dropped: closing would wait to send it to a client
+        that does not read."""
+        self._send_timer = None
+        if self.transport is not None:
+            self.transport.abort()
+        self.force_close()
+
+    def _stop_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
 
     def refuse(self) -> None:
         """Answer 503 to a connection there is no room for, without reading its request. Closed a

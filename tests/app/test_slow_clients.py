@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import re
 import resource
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -154,7 +155,9 @@ async def test_slow_header_connections_do_not_starve_other_clients(servers: Serv
     # that reached it (the kernel need not share connections evenly between gunicorn's workers).
     assert any("open connections reached HTTP_MAX_CONNECTIONS (40): from now on" in line for line in lines), log
     counts = [
-        re.search(r"at HTTP_MAX_CONNECTIONS \(40\): closed (\d+) waiting for a request, answered (\d+)", line)
+        re.search(
+            r"at HTTP_MAX_CONNECTIONS \(40\): closed (\d+) waiting for a request or not reading, answered (\d+)", line
+        )
         for line in lines
     ]
     closed = sum(int(m[1]) + int(m[2]) for m in counts if m)
@@ -189,6 +192,34 @@ async def test_when_every_connection_is_busy_a_new_one_is_answered_503(servers: 
         for _, writer in busy:
             writer.close()
     assert await get_login_page(server.port) == 200
+
+
+async def test_clients_that_do_not_read_their_answers_do_not_starve_others(servers: Servers, db_url: str) -> None:
+    """A slow read: each connection pipelines a thousand requests and reads nothing, so the
+    server's writes to it stall with requests queued behind, and it stays busy for as long as the
+    client likes (before: at the bound every new client was answered 503 until they let go).
+    Past the bound one of them is closed to make room, before any answer is refused."""
+    _allow_open_files(BOUND * 2 + 100)
+    server = await start(servers, db_url, workers=1)
+    pipeline = b"GET /public/login.html HTTP/1.1\r\nHost: x\r\n\r\n" * 1000
+    loop = asyncio.get_running_loop()
+    stalled: list[socket.socket] = []
+    try:
+        for _ in range(BOUND + 10):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing, holds little
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", server.port))
+            await loop.sock_sendall(sock, pipeline)
+            stalled.append(sock)
+        await asyncio.sleep(1)  # the server fills what they do not read, and its writes stall
+        for _ in range(3):
+            assert await asyncio.wait_for(get_login_page(server.port), 10) == 200
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert await get_login_page(server.port) == 200
+    assert "Traceback" not in server.log()
 
 
 async def test_the_header_timeout_spares_idle_kept_alive_connections(servers: Servers, db_url: str) -> None:
