@@ -3,11 +3,15 @@ signed in successfully as a user gets a signed cookie naming that user, and with
 in while that username is locked for everyone else (throttle.py), so an attacker cannot lock the
 owner out of their own devices. The device's own failures are counted and limited instead.
 
-Cookie value: ``<user id>.<device id>.<signature>``; the device ID is 16 random bytes (base64url),
-the signature HMAC-SHA256, under the session authentication key, of ``device:<user id>.<device
-id>`` and the user's current password hash. So a password reset revokes every device cookie of
-that user (whoever knew the old password loses the exemption with it), and the prefix keeps a
-device signature from ever verifying as, or being forged from, a session cookie's.
+Cookie value: ``<user id>.<device id>.<signature>.<tag>``; the device ID is 16 random bytes
+(base64url), the signature HMAC-SHA256, under the session authentication key, of ``device:<user
+id>.<device id>`` and the user's current password hash. So a password reset revokes every device
+cookie of that user (whoever knew the old password loses the exemption with it), and the prefix
+keeps a device signature from ever verifying as, or being forged from, a session cookie's. The
+tag, HMAC-SHA256 of ``device-id:<user id>.<device id>`` alone, is checked without the database:
+during a login flood only a cookie this app issued is worth a lookup (a forged one is refused
+with the strangers). A cookie from before the tag (three parts) still verifies, as a stranger's
+would be looked up; the next sign-in replaces it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from .users import User
 
 COOKIE_NAME = "device"
 MAX_AGE = 180 * 24 * 3600  # seconds: a device is remembered half a year after its last sign-in
-_VALUE_RE = re.compile(r"([0-9]{1,19})\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})")
+_VALUE_RE = re.compile(r"([0-9]{1,19})\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})(?:\.([A-Za-z0-9_-]{43}))?")
 _MAX_VALUES = 4  # device cookies of our name looked at per request
 
 
@@ -36,7 +40,8 @@ class DeviceCookies:
     def issue(self, request: web.BaseRequest, response: web.StreamResponse, user: User) -> None:
         """Remember this browser as one of `user`'s devices (a new device ID each sign-in)."""
         device_id = base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
-        value = f"{user.id}.{device_id}.{self._sign(self._keys[0], user, device_id)}"
+        key = self._keys[0]
+        value = f"{user.id}.{device_id}.{self._sign(key, user, device_id)}.{_tag(key, str(user.id), device_id)}"
         response.set_cookie(
             _name(request),
             value,
@@ -58,16 +63,25 @@ class DeviceCookies:
                     return match[2]
         return None
 
-    @staticmethod
-    def presented(request: web.BaseRequest) -> bool:
-        """Whether the browser sends a cookie shaped like a device cookie: only then is it worth
-        a database lookup to tell whether it is one (`trusted`) when strangers are refused."""
-        return bool(_candidates(request))
+    def presented(self, request: web.BaseRequest) -> bool:
+        """Whether the browser sends a device cookie this app issued (its tag verifies, no
+        database asked): only then is it worth a database lookup to tell whether it is still
+        good for the user (`trusted`) when strangers are refused."""
+        return any(
+            match[4] is not None and hmac.compare_digest(_tag(key, match[1], match[2]), match[4])
+            for match in _candidates(request)
+            for key in self._keys
+        )
 
     @staticmethod
     def _sign(key: bytes, user: User, device_id: str) -> str:
         message = f"device:{user.id}.{device_id}\x00{user.password_hash}".encode()
         return base64.urlsafe_b64encode(hmac.new(key, message, hashlib.sha256).digest()).rstrip(b"=").decode()
+
+
+def _tag(key: bytes, user_id: str, device_id: str) -> str:
+    message = f"device-id:{user_id}.{device_id}".encode()
+    return base64.urlsafe_b64encode(hmac.new(key, message, hashlib.sha256).digest()).rstrip(b"=").decode()
 
 
 def _candidates(request: web.BaseRequest) -> list[re.Match[str]]:
