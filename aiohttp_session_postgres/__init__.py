@@ -11,11 +11,12 @@ by the database's clock.
 
 Public names: PostgresStorage, PostgresSession, SessionCache, SessionInfo, get_session,
 new_session, renew_session, sweep, ArgumentError, DatabaseUnavailable, UNAVAILABLE_ERRORS,
-create_schema, schema_sql, schema_statements, schema_version, SCHEMA_VERSION. Everything else is
-internal and may change.
+create_schema, schema_sql, schema_statements, schema_version, SCHEMA_VERSION, tcp_keepalive.
+Everything else is internal and may change.
 """
 
 from .cache import SessionCache
+from .keepalive import tcp_keepalive
 from .pool import UNAVAILABLE_ERRORS
 from .rows import SessionInfo
 from .schema import SCHEMA_VERSION, create_schema, schema_sql, schema_statements, schema_version
@@ -43,4 +44,5 @@ __all__ = [
     "schema_statements",
     "schema_version",
     "sweep",
+    "tcp_keepalive",
 ]

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from ._types import Connection, PoolConnection
 
 log = logging.getLogger("aiohttp_session_postgres")
+
+T = TypeVar("T")
 
 # Errors that mean "the database cannot be reached or cannot answer now", not "the SQL is wrong".
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -54,6 +56,13 @@ CANCEL_BUDGET = 3.0
 class Unavailable(Exception):
     """The database did not answer within the deadline, or could not be reached (one of
     UNAVAILABLE_ERRORS, which is its ``__cause__``)."""
+
+
+class ConnectionLost(Unavailable):
+    """The connection broke under an operation before its deadline: the server closed it (a
+    restart), or the kernel found it dead (TCP_USER_TIMEOUT, a keepalive probe unanswered: a
+    NAT or load balancer that dropped it silently). What was sent may or may not have reached
+    the database: `FairPool.read` runs a read again on a new connection, nothing else does."""
 
 
 class FairPool:
@@ -91,7 +100,7 @@ class FairPool:
         except UNAVAILABLE_ERRORS as exc:
             cut_short = True
             if conn is None or _from_database(exc) or within.expired() or _closed(conn):
-                raise _unavailable(exc) from exc
+                raise _unavailable(exc, lost=conn is not None and not within.expired() and _closed(conn)) from exc
             raise
         except (asyncpg.InternalServerError, asyncpg.PostgresIOError) as exc:
             if not node_lost(exc):
@@ -115,6 +124,30 @@ class FairPool:
                     if turn:
                         self._turns.release()
 
+    async def read(self, timeout: float, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """`work(conn)` on a connection, all of it within `timeout` seconds as `connection` says;
+        if the connection breaks under it before then (ConnectionLost: a connection that died
+        silently since its last use, found by TCP_USER_TIMEOUT), once more on a new connection
+        within what is left. The pool's idle connections are closed first: they most likely
+        went the same way, and the pool would hand out one of them before a new one. Only for
+        work that, run twice, changes nothing more than run once: a read, or the touch (it sets
+        the time and client it sets, whatever ran before).
+
+        :raises Unavailable: as `connection` does, also when the new connection breaks too.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            async with self.connection(timeout) as conn:
+                return await work(conn)
+        except ConnectionLost:
+            if loop.time() >= deadline:
+                raise
+        log.info("a read's connection broke: reading again on a new connection")
+        await _drop_idle(self.pool)
+        async with self.connection(deadline - loop.time()) as conn:
+            return await work(conn)
+
     def _release_later(self, conn: PoolConnection) -> None:
         task = asyncio.get_running_loop().create_task(self._release_in_background(conn))
         self._releasing.add(task)
@@ -128,6 +161,20 @@ class FairPool:
             log.info("connection released after an error: %s", type(exc).__name__)
         finally:
             self._turns.release()
+
+
+async def _drop_idle(pool: asyncpg.Pool) -> None:
+    """Terminate the pool's idle connections (no I/O: a dead one cannot hold this up); the pool
+    opens new ones as they are asked for. Not `expire_connections()`: asyncpg closes an expired
+    connection gracefully, in a task of its own, whose error on a dead connection nobody
+    retrieves (a traceback in the log)."""
+    for _ in range(pool.get_max_size()):
+        if not pool.get_idle_size():
+            return
+        # The pool hands out a connected idle connection first, without I/O (no setup hook here).
+        conn = await pool.acquire()
+        conn.terminate()  # asyncpg puts its holder back, disconnected
+        await pool.release(conn)
 
 
 async def _release(pool: asyncpg.Pool, conn: PoolConnection, remaining: float) -> None:
@@ -157,7 +204,11 @@ def node_lost(exc: asyncpg.PostgresError) -> bool:
     return any(phrase in text for phrase in _NODE_LOST)
 
 
-def _unavailable(exc: BaseException) -> Unavailable:
+def _unavailable(exc: BaseException, *, lost: bool = False) -> Unavailable:
+    if lost:  # its own words: the database may well be up
+        cause = f" ({type(exc.__cause__).__name__})" if exc.__cause__ is not None else ""
+        log.warning("database connection lost: %s%s", type(exc).__name__, cause)
+        return ConnectionLost()
     log.warning("database unavailable: %s", type(exc).__name__)
     return Unavailable()
 
