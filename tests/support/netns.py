@@ -117,8 +117,9 @@ class NetnsPostgres:
         # opened in: the black hole is "every mark but the current generation's".
         self._rules(drop_requests=False, drop_answers=False)
 
-    def _rules(self, *, drop_requests: bool, drop_answers: bool) -> None:
+    def _rules(self, *, drop_requests: bool, drop_answers: bool, drop_new: bool = False) -> None:
         g = self._generation
+        old = "" if drop_new else f"ct mark != {g} "  # drop_new: every connection, whatever its mark
         script = [
             f"table inet {_TABLE} {{}}",
             f"delete table inet {_TABLE}",
@@ -126,11 +127,11 @@ class NetnsPostgres:
             "  chain input {",
             "    type filter hook input priority 0; policy accept;",
             f"    tcp dport {PORT} ct state new ct mark set {g}",
-            f"    tcp dport {PORT} ct mark != {g} drop" if drop_requests else "",
+            f"    tcp dport {PORT} {old}drop" if drop_requests else "",
             "  }",
             "  chain output {",
             "    type filter hook output priority 0; policy accept;",
-            f"    tcp sport {PORT} ct mark != {g} drop" if drop_answers else "",
+            f"    tcp sport {PORT} {old}drop" if drop_answers else "",
             "  }",
             "}",
         ]
@@ -143,12 +144,12 @@ class NetnsPostgres:
             timeout=30,
         )
 
-    def black_hole(self, *, answers_only: bool = False) -> None:
+    def black_hole(self, *, answers_only: bool = False, new_connections: bool = True) -> None:
         """From now on, drop every packet of the connections open now (both ways, or with
         `answers_only` only the server's: its ACKs and results), without a FIN or RST; new
-        connections pass."""
+        connections pass, unless `new_connections` is False (then they are dropped too)."""
         self._generation += 1
-        self._rules(drop_requests=not answers_only, drop_answers=True)
+        self._rules(drop_requests=not answers_only, drop_answers=True, drop_new=not new_connections)
 
     def heal(self) -> None:
         """Every packet passes again (the black-holed connections' too, if still open)."""
