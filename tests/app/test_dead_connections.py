@@ -16,7 +16,7 @@ that stopped forwarding would answer the probes itself).
   close them before any request uses one, and the pool opens new ones: page loads, a burst,
   a login and a logout all succeed, and no request had to read again.
 
-That a write is never sent twice is tests/library/test_dead_connections.py's.
+That a write is never sent twice is tests/library/test_library_dead_connections.py's.
 """
 
 from __future__ import annotations
