@@ -2,15 +2,16 @@
 session ID; the session lives in a table, encrypted, with its idle and absolute timeouts enforced
 by the database's clock.
 
-    import aiohttp_session
+    import aiohttp_session_postgres
     from aiohttp_session_postgres import PostgresStorage, create_schema, renew_session
 
     storage = PostgresStorage(pool, authentication_keys=[...], encryption_keys=[...])
-    aiohttp_session.setup(app, storage)
+    aiohttp_session_postgres.setup(app, storage)  # aiohttp-session's setup, for streams too
     app.cleanup_ctx.append(storage.sweeper())
 
-Public names: PostgresStorage, PostgresSession, SessionCache, SessionInfo, get_session,
-new_session, renew_session, sweep, ArgumentError, DatabaseUnavailable, UNAVAILABLE_ERRORS,
+Public names: PostgresStorage, PostgresSession, SessionCache, SessionInfo, setup,
+session_middleware, save_session, SessionNotSent, get_session, new_session, renew_session, sweep,
+ArgumentError, DatabaseUnavailable, SessionDataTooLarge, UNAVAILABLE_ERRORS, DEFAULT_MAX_DATA_BYTES,
 create_schema, schema_sql, schema_statements, schema_version, SCHEMA_VERSION, tcp_keepalive.
 Everything else is internal and may change.
 """
@@ -20,13 +21,15 @@ from .keepalive import tcp_keepalive
 from .pool import UNAVAILABLE_ERRORS
 from .rows import SessionInfo
 from .schema import SCHEMA_VERSION, create_schema, schema_sql, schema_statements, schema_version
-from .session import PostgresSession
+from .session import DEFAULT_MAX_DATA_BYTES, PostgresSession, SessionDataTooLarge
 from .storage import ArgumentError, DatabaseUnavailable, PostgresStorage, get_session, new_session, renew_session
+from .streaming import SessionNotSent, save_session, session_middleware, setup
 from .sweeper import sweep
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_MAX_DATA_BYTES",
     "SCHEMA_VERSION",
     "UNAVAILABLE_ERRORS",
     "ArgumentError",
@@ -34,15 +37,20 @@ __all__ = [
     "PostgresSession",
     "PostgresStorage",
     "SessionCache",
+    "SessionDataTooLarge",
     "SessionInfo",
+    "SessionNotSent",
     "__version__",
     "create_schema",
     "get_session",
     "new_session",
     "renew_session",
+    "save_session",
     "schema_sql",
     "schema_statements",
     "schema_version",
+    "session_middleware",
+    "setup",
     "sweep",
     "tcp_keepalive",
 ]

@@ -6,7 +6,8 @@
 session through the log, useless to authenticate. A token, a cookie or session data is never
 logged. Events: session.created, session.renewed, session.ended, session.revoked,
 session.expired_or_unknown, session.bad_signature, session.undecryptable,
-session.ended_during_request, session.not_created.
+session.ended_during_request, session.not_created, session.too_large.
+`session.too_large` is a save over max_data_bytes, refused; it carries `bytes=` and `limit=`.
 
 To tag each line with the request it belongs to, add a logging.Filter to your handler (the demo
 app adds Heroku's request ID that way).

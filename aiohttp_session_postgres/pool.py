@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, TypeVar
@@ -23,6 +24,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("aiohttp_session_postgres")
 
 T = TypeVar("T")
+
+# The schema is not what this code expects (a deploy migrating, a downgrade during traffic).
+SCHEMA_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.UndefinedTableError,
+    asyncpg.exceptions.UndefinedColumnError,
+    asyncpg.exceptions.UndefinedFunctionError,
+)
 
 # Errors that mean "the database cannot be reached or cannot answer now", not "the SQL is wrong".
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -39,12 +47,24 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     # The server ended the connection (a restart) while it sat in the pool: the next statement
     # meets the half-read error ("cannot switch to state ...") before asyncpg sees it closed.
     asyncpg.exceptions.InternalClientError,
+    # A read-only server (a hot standby, a failover not yet promoted, default_transaction_read_only
+    # on): writes wait for a writable one. Reads that need no write are served (rows.py).
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    # A request can only be asked to come back; the log says why, not a traceback per request.
+    *SCHEMA_ERRORS,
+    # A prepared statement whose table changed under it, in a transaction (outside one asyncpg
+    # prepares it again by itself): the next try prepares afresh.
+    asyncpg.exceptions.InvalidCachedStatementError,
 )
 
 
 # Everything a database operation may raise that is the database's doing: the above, or an error
 # PostgreSQL reports (a lock timeout, a table missing while a deploy creates it).
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+
+# Seconds between two log lines for the same reason of a 503 (the first is logged at once; the
+# next says how many were not).
+REPORT_INTERVAL = 60.0
 
 # Seconds a connection given back after an error may take to be released: the server must
 # confirm the cancel of a statement the deadline cut short. Measured here: asyncpg given too
@@ -78,6 +98,7 @@ class FairPool:
         # asyncio.Semaphore serves waiters first-come, first-served, newcomers after them.
         self._turns = asyncio.Semaphore(pool.get_max_size())
         self._releasing: set[asyncio.Task[None]] = set()
+        self._reported: dict[str, tuple[float, int]] = {}  # why: (logged at, monotonic; not logged since)
 
     @asynccontextmanager
     async def connection(self, timeout: float) -> AsyncIterator[Connection]:
@@ -100,12 +121,13 @@ class FairPool:
         except UNAVAILABLE_ERRORS as exc:
             cut_short = True
             if conn is None or _from_database(exc) or within.expired() or _closed(conn):
-                raise _unavailable(exc, lost=conn is not None and not within.expired() and _closed(conn)) from exc
+                lost = conn is not None and not within.expired() and _closed(conn)
+                raise self._unavailable(exc, lost=lost) from exc
             raise
         except (asyncpg.InternalServerError, asyncpg.PostgresIOError) as exc:
             if not node_lost(exc):
                 raise
-            raise _unavailable(exc) from exc
+            raise self._unavailable(exc) from exc
         except BaseException as exc:
             # A cancel (the client went away) may stop a statement midway; an error of the app's
             # own (an HTTPException) or one PostgreSQL reported leaves the connection idle.
@@ -119,7 +141,7 @@ class FairPool:
             else:
                 try:
                     if conn is not None:
-                        await _release(self.pool, conn, deadline - loop.time())
+                        await self._release(conn, deadline - loop.time())
                 finally:
                     if turn:
                         self._turns.release()
@@ -162,6 +184,33 @@ class FairPool:
         finally:
             self._turns.release()
 
+    async def _release(self, conn: PoolConnection, remaining: float) -> None:
+        # After a clean use: the reset asyncpg runs on release counts against what is left of the
+        # deadline; past that asyncpg terminates the connection.
+        try:
+            await self.pool.release(conn, timeout=max(remaining, 0.01))
+        except UNAVAILABLE_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: BaseException, *, lost: bool = False) -> Unavailable:
+        """Unavailable, from `exc` (ConnectionLost when `lost`: the connection broke before the
+        deadline); logged with its reason, at most once a REPORT_INTERVAL per reason (an outage
+        serves many requests)."""
+        if lost:  # its own words: the database may well be up
+            cause = f" ({type(exc.__cause__).__name__})" if exc.__cause__ is not None else ""
+            why = f"database connection lost: {type(exc).__name__}{cause}"
+        else:
+            why = f"database unavailable: {reason(exc)}"
+        now = time.monotonic()
+        logged_at, since = self._reported.get(why, (-REPORT_INTERVAL, 0))
+        if now - logged_at >= REPORT_INTERVAL:
+            more = f" ({since} more since the last line)" if since else ""
+            log.warning("%s%s", why, more)
+            self._reported[why] = (now, 0)
+        else:
+            self._reported[why] = (logged_at, since + 1)
+        return ConnectionLost() if lost else Unavailable()
+
 
 async def _drop_idle(pool: asyncpg.Pool) -> None:
     """Terminate the pool's idle connections (no I/O: a dead one cannot hold this up); the pool
@@ -175,15 +224,6 @@ async def _drop_idle(pool: asyncpg.Pool) -> None:
         conn = await pool.acquire()
         conn.terminate()  # asyncpg puts its holder back, disconnected
         await pool.release(conn)
-
-
-async def _release(pool: asyncpg.Pool, conn: PoolConnection, remaining: float) -> None:
-    # After a clean use: the reset asyncpg runs on release counts against what is left of the
-    # deadline; past that asyncpg terminates the connection.
-    try:
-        await pool.release(conn, timeout=max(remaining, 0.01))
-    except UNAVAILABLE_ERRORS as exc:
-        raise _unavailable(exc) from exc
 
 
 # How Citus reports, as an internal error (XX000) or an I/O error (58030), a worker it lost or
@@ -204,13 +244,18 @@ def node_lost(exc: asyncpg.PostgresError) -> bool:
     return any(phrase in text for phrase in _NODE_LOST)
 
 
-def _unavailable(exc: BaseException, *, lost: bool = False) -> Unavailable:
-    if lost:  # its own words: the database may well be up
-        cause = f" ({type(exc.__cause__).__name__})" if exc.__cause__ is not None else ""
-        log.warning("database connection lost: %s%s", type(exc).__name__, cause)
-        return ConnectionLost()
-    log.warning("database unavailable: %s", type(exc).__name__)
-    return Unavailable()
+def reason(exc: BaseException) -> str:
+    """Why the database is unavailable, for a log line: what an operator should know, never
+    data (PostgreSQL's message of a schema error names an object, not a value)."""
+    if isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError):
+        return (
+            "the database is read-only (a hot standby, a failover not yet promoted, or"
+            " default_transaction_read_only): what writes answers 503 until it is writable"
+        )
+    if isinstance(exc, SCHEMA_ERRORS):
+        message = getattr(exc, "message", "") or type(exc).__name__
+        return f"the schema is not what this code expects ({message}): are the migrations applied?"
+    return type(exc).__name__
 
 
 def _closed(conn: Connection) -> bool:

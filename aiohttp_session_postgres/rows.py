@@ -44,6 +44,10 @@ log = logging.getLogger("aiohttp_session_postgres")
 # about 2 MB).
 MEMO_SIZE = 10_000
 
+# Seconds between tries to touch on a server that refused a touch as read-only (a touch that
+# fails costs a round trip).
+READ_ONLY_RETRY = 5.0
+
 _HANDLE_RE = re.compile(rf"[0-9a-f]{{{HANDLE_BYTES * 2}}}")
 
 
@@ -59,7 +63,8 @@ class Client(NamedTuple):
 @dataclass(slots=True)
 class Row:
     """A live session's row, its data opened, read-only. Times are epoch seconds, the database's
-    clock."""
+    clock; `clock` relates it to this process's monotonic clock, so that every deadline is
+    compared with the database's time and never with this host's (which may be minutes off)."""
 
     plaintext: bytes  # the data as JSON
     version: int
@@ -67,7 +72,20 @@ class Row:
     idle_deadline: float
     absolute_deadline: float
     touched_at: float  # last_seen_at as this statement left it: its own touch, when it touched
+    # The database's clock minus time.monotonic(), from the statement's now() and the monotonic
+    # time just before it was sent: the estimate runs ahead of the database by the round trip, so
+    # a deadline is met early, never late.
+    clock: float
     current_key: bool = True  # sealed under the newest encryption key
+
+    def now(self) -> float:
+        """The database's clock now (epoch seconds), as estimated from the statement that read
+        this row: never behind the database's own."""
+        return time.monotonic() + self.clock
+
+    def local(self, deadline: float) -> float:
+        """`deadline` (the database's clock) on this process's monotonic clock."""
+        return deadline - self.clock
 
 
 class Gone(enum.Enum):
@@ -176,9 +194,13 @@ class SessionRows:
         # IDs found dead (unknown, expired, used up): an ID never comes back to life, so a browser
         # that keeps sending a dead cookie costs a lookup once, not on every request.
         self._dead: BoundedMap[bytes, None] = BoundedMap(MEMO_SIZE)
-        # When each session was last touched (epoch seconds, the database's clock), as this
-        # process last learned it: within the touch interval a load needs no touch.
+        # When each session was last touched (time.monotonic(), from the database's clock
+        # through Row.clock), as this process last learned it: within the touch interval a load
+        # needs no touch.
         self._touch_times: BoundedMap[bytes, float] = BoundedMap(MEMO_SIZE)
+        # Until when (time.monotonic()) loads do not try to touch: the server refused a touch as
+        # read-only.
+        self._read_only_until = 0.0
 
     def connection(self) -> contextlib.AbstractAsyncContextManager[Connection]:
         """A connection whose whole use ends within `database_timeout`, handed out in the order
@@ -245,11 +267,12 @@ class SessionRows:
         have no cache."""
         if id_hash in self._dead:
             return Gone.KNOWN_DEAD
-        touched = self._touch_times.get(id_hash)
+        touched = self._touch_times.get(id_hash)  # monotonic
         # The pool's connection itself, not _connection(): a context manager less on every read
         # that asks the database (1.8 µs, measured). Run again on a new connection if the one
         # it got had died silently.
-        record = await self._fair.read(self.database_timeout, partial(self._load_record, id_hash, touched, client))
+        load = partial(self._load_record, id_hash, touched, client)
+        record, sent, plain = await self._fair.read(self.database_timeout, load)
         if record is None:
             self._dead[id_hash] = None
             return Gone.EXPIRED_OR_UNKNOWN
@@ -257,26 +280,55 @@ class SessionRows:
         if opened is None:
             self._dead[id_hash] = None
             return Gone.UNDECRYPTABLE
-        return self._row(id_hash, record, *opened)
+        # A plain read's touch time is the one this process already knows.
+        return self._row(id_hash, record, *opened, sent=sent, now=record["now"], memo=not plain)
 
     async def _load_record(
         self, id_hash: bytes, touched: float | None, client: Callable[[], Client], conn: Connection
-    ) -> asyncpg.Record | None:
-        """`load`'s statement on `conn`: the read, with the touch when due. Safe to run twice (the
-        touch sets the time and client it sets), so FairPool.read may."""
+    ) -> tuple[asyncpg.Record | None, float, bool]:
+        """`load`'s statements on `conn`: the read, with the touch when due (the record, when
+        it was sent, monotonic, and whether it was a plain read). Safe to run twice (the touch
+        sets the time and client it sets), so FairPool.read may."""
         if self.citus is None:
             await self._find_out(conn)
-        if touched is not None and time.time() - touched < self.touch_interval:
-            return await conn.fetchrow(self.sql.load.sql, id_hash)
-        ip, user_agent = client()
-        args = self.sql.load_and_touch.args(
-            id_hash=id_hash,
-            touch_interval=self.touch_interval,
-            idle_timeout=self.idle_timeout,
-            client_ip=ip,
-            user_agent=user_agent,
-        )
-        return await conn.fetchrow(self.sql.load_and_touch.sql, *args)
+        sent = time.monotonic()
+        plain = (touched is not None and sent - touched < self.touch_interval) or sent < self._read_only_until
+        record: asyncpg.Record | None = None
+        if not plain:
+            ip, user_agent = client()
+            args = self.sql.load_and_touch.args(
+                id_hash=id_hash,
+                touch_interval=self.touch_interval,
+                idle_timeout=self.idle_timeout,
+                client_ip=ip,
+                user_agent=user_agent,
+            )
+            try:
+                record = await conn.fetchrow(self.sql.load_and_touch.sql, *args)
+            except asyncpg.exceptions.ReadOnlySQLTransactionError:
+                # A read-only server refuses the touch's UPDATE whatever it would match: the
+                # session is read without it (its idle deadline does not slide).
+                plain = True
+                self._refused_touch(sent)
+            else:
+                self._writable()
+        if plain:
+            record = await conn.fetchrow(self.sql.load.sql, id_hash)
+        return record, sent, plain
+
+    def _writable(self) -> None:
+        """A write went through: if touches were being skipped, no longer."""
+        if self._read_only_until:
+            self._read_only_until = 0.0
+            log.warning("database writable again: sessions are touched again")
+
+    def _refused_touch(self, now: float) -> None:
+        if not self._read_only_until:
+            log.warning(
+                "database is read-only: sessions are read without a touch (their idle deadlines"
+                " do not slide) and what writes answers 503, until it is writable"
+            )
+        self._read_only_until = now + READ_ONLY_RETRY
 
     async def create(
         self,
@@ -313,6 +365,7 @@ class SessionRows:
                 changing = self._changing(
                     conn, transaction=check is not None, notifies=replaces is not None, shards=replaces is not None
                 )
+                sent = time.monotonic()  # before the transaction whose now() the row's times take
                 async with changing as changed:
                     if check is not None and not await check(conn):
                         raise _Refused  # rolls back whatever the check did
@@ -322,7 +375,7 @@ class SessionRows:
                         changed.append(f"{replaces.hex()}:{record['replaced_version']}")
             except _Refused:
                 return NotCreated.PRECONDITION
-            return await self._with_cap(conn, id_hash, plaintext, user_id, record)
+            return await self._with_cap(conn, id_hash, plaintext, user_id, record, sent)
 
     async def renew(
         self, id_hash: bytes, plaintext: bytes, *, user_id: int | None, replaces: bytes, client: Client
@@ -343,23 +396,30 @@ class SessionRows:
                 user_agent=client.user_agent,
                 **values,
             )
+            sent = time.monotonic()
             async with self._changing(conn, shards=True) as changed:
                 if self.citus and user_id is not None:
                     await self._user_lock(conn, user_id, shared=True)  # inside RENEW_SQL elsewhere
                 record = await conn.fetchrow(statement.sql, *args)
                 if record is not None:
                     changed.append(f"{replaces.hex()}:{record['replaced_version']}")
-            return await self._with_cap(conn, id_hash, plaintext, user_id, record)
+            return await self._with_cap(conn, id_hash, plaintext, user_id, record, sent)
 
     async def _with_cap(
-        self, conn: Connection, id_hash: bytes, plaintext: bytes, user_id: int | None, record: asyncpg.Record | None
+        self,
+        conn: Connection,
+        id_hash: bytes,
+        plaintext: bytes,
+        user_id: int | None,
+        record: asyncpg.Record | None,
+        sent: float,
     ) -> Created | NotCreated:
         if record is None:
             return NotCreated.REPLACED_OR_ENDED
         ended: tuple[bytes, ...] = ()
         if user_id is not None and self.max_sessions_per_user is not None:
             ended = await self._trim(conn, user_id, self.max_sessions_per_user)
-        return Created(self._row(id_hash, record, plaintext, True), ended)
+        return Created(self._written(id_hash, record, plaintext, sent), ended)
 
     async def _trim(self, conn: Connection, user_id: int, keep: int) -> tuple[bytes, ...]:
         """TRIM_SQL. Its rows are locked in id_hash order, but a statement that locks one of them
@@ -396,15 +456,17 @@ class SessionRows:
         flush even with durable_writes=False (a merge decides for itself: a change of user_id
         ends something)."""
         async with self._connection(None) as conn:
+            sent = time.monotonic()
             async with self._changing(conn) as changed:
                 record = await self._write(conn, id_hash, plaintext, user_id, version, durable=durable, changed=changed)
             if record is None:
                 return await self._merge(conn, id_hash, rebase)
-        return self._row(id_hash, record, plaintext, True)
+        return self._written(id_hash, record, plaintext, sent)
 
     async def _merge(
         self, conn: Connection, id_hash: bytes, rebase: Callable[[bytes], tuple[bytes, int | None]]
     ) -> Row | NotSaved:
+        sent = time.monotonic()
         async with self._changing(conn, transaction=True) as changed:
             latest = await conn.fetchrow(self.sql.lock.sql, id_hash)
             if latest is None:
@@ -419,7 +481,7 @@ class SessionRows:
             record = await self._write(
                 conn, id_hash, plaintext, user_id, latest["version"], durable=durable, changed=changed
             )
-        return NotSaved.ENDED if record is None else self._row(id_hash, record, plaintext, True)
+        return NotSaved.ENDED if record is None else self._written(id_hash, record, plaintext, sent)
 
     async def _write(
         self,
@@ -509,7 +571,19 @@ class SessionRows:
             citus=self.citus,  # None: the sweep finds out for itself
         )
 
-    def _row(self, id_hash: bytes, record: asyncpg.Record, plaintext: bytes, current_key: bool) -> Row:
+    def _row(
+        self,
+        id_hash: bytes,
+        record: asyncpg.Record,
+        plaintext: bytes,
+        current_key: bool,
+        *,
+        sent: float,
+        now: float,
+        memo: bool,
+    ) -> Row:
+        """The row of `record`, read by a statement sent at `sent` (monotonic) whose now() was
+        `now`; `memo`: remember its touch time (on this process's monotonic clock)."""
         row = Row(
             plaintext,
             record["version"],
@@ -517,11 +591,17 @@ class SessionRows:
             record["idle_deadline"],
             record["absolute_deadline"],
             record["last_seen"],
+            now - sent,
             current_key,
         )
-        if self._touch_times.get(id_hash) != row.touched_at:  # a read within the interval: known already
-            self._touch_times[id_hash] = row.touched_at
+        if memo:
+            self._touch_times[id_hash] = row.local(row.touched_at)
         return row
+
+    def _written(self, id_hash: bytes, record: asyncpg.Record, plaintext: bytes, sent: float) -> Row:
+        """The row a write left: its touch is the statement's now()."""
+        self._writable()
+        return self._row(id_hash, record, plaintext, True, sent=sent, now=record["last_seen"], memo=True)
 
 
 class _Nothing:

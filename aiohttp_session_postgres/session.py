@@ -7,6 +7,8 @@
 - It knows what changed since load by comparing with a snapshot, so a change inside a nested
   value is saved too (aiohttp-session's own flag only sees top-level assignment), and so a
   concurrent save can re-apply just this request's changes.
+- Its size is checked at the save, on the data as serialized (compact UTF-8 JSON, before
+  encryption): `SessionDataTooLarge` when over the storage's `max_data_bytes`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from aiohttp import web
 from aiohttp_session import Session, SessionData
 
@@ -26,6 +29,34 @@ if TYPE_CHECKING:
     from ._types import Connection
 
 _MISSING = object()
+
+# PostgresStorage's max_data_bytes by default: 64 KiB of JSON. Sixteen times what a cookie
+# session holds (browsers must accept 4096-byte cookies, RFC 6265 section 6.1, the size Rails'
+# CookieOverflow and gorilla's redistore default stop at), and what Rails and Express session
+# tables on MySQL held for years (a TEXT column: 65,535 bytes). Sessions carry IDs and small
+# state; bulk belongs in tables of its own.
+DEFAULT_MAX_DATA_BYTES = 65_536
+
+
+class SessionDataTooLarge(web.HTTPRequestEntityTooLarge):
+    """HTTP 413, raised by the save when a session's data, as serialized (compact UTF-8 JSON,
+    before encryption), is over the storage's `max_data_bytes` and larger than the data it
+    replaces. Nothing is saved: the stored session stays as it was. A subclass of aiohttp's
+    HTTPRequestEntityTooLarge: unhandled, it is the response; a middleware may catch it to
+    render its own page. Its message names the size and the limit, never the data.
+
+    :ivar size: the data's size, in bytes.
+    :ivar limit: the storage's `max_data_bytes`.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        self.message = f"session data of {size} bytes is over the limit of {limit} bytes (max_data_bytes): not saved"
+        super().__init__(limit, size, text=self.message + "\n")
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def check_json_value(key: object, value: object) -> None:
@@ -106,7 +137,7 @@ class PostgresSession(Session):
         snapshot: dict[str, Any] | None = None,
         created: int | None = None,
         version: int = 0,
-        absolute_deadline: float | None = None,
+        expires: float | None = None,
         user_id_key: str = "user_id",
     ) -> None:
         """`snapshot` must be an independent copy of `data` (the storage decodes it twice)."""
@@ -116,8 +147,9 @@ class PostgresSession(Session):
         self._snapshot = snapshot if snapshot is not None else {}
         self.id_hash = id_hash
         self.version = version
-        # Epoch seconds after which the session ends however active (database clock).
-        self.absolute_deadline = absolute_deadline
+        # When the session ends however active: its absolute deadline on this process's
+        # time.monotonic() clock (the database's deadline, through the row's clock offset).
+        self.expires = expires
         # Read under an old key: save it again (re-encrypted, cookie re-signed) even if unchanged.
         self.needs_rewrite = False
         # Set by require(): checked in the transaction that creates the session.
@@ -125,6 +157,10 @@ class PostgresSession(Session):
         self.resigned_cookie: str | None = None
         # Set by renew_session: the row this one replaces, whose deadlines it keeps.
         self.renews: bytes | None = None
+        # Bytes of JSON a save may store even over the storage's max_data_bytes: the size of the
+        # data it replaces (a row written before the limit, or under a larger one, still saves if
+        # it does not grow). None until asked; renew_session gives the renewed session's.
+        self.allowed_size: int | None = None
         payload: SessionData | None = None
         if data is not None:
             payload = {"created": created if created is not None else int(time.time()), "session": data}
@@ -138,6 +174,14 @@ class PostgresSession(Session):
         """When the session was created (epoch seconds), its row's, whatever changed it since
         (aiohttp-session's own moves to "now" at every change)."""
         return self._creation
+
+    def size_allowed(self) -> int:
+        """The size (bytes of JSON, as the storage serializes it) of the stored data a save of
+        this session replaces: the data as loaded, the renewed session's for a renewal, 0 for a
+        new session. A save over the storage's `max_data_bytes` is refused only when larger."""
+        if self.allowed_size is None:
+            self.allowed_size = len(orjson.dumps(self._snapshot)) if self._snapshot else 0
+        return self.allowed_size
 
     @property
     def loaded(self) -> Mapping[str, Any]:

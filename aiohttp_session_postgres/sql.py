@@ -43,7 +43,9 @@ def epoch(column: str) -> str:
 
 
 # What a statement that reads or writes one session returns of it, beside its data: a row of
-# rows.Row, times as epoch seconds (the database's clock).
+# rows.Row, times as epoch seconds (the database's clock). A read also returns its `now()`, the
+# database's clock, which rows.py measures every deadline against; a write's is its `last_seen`
+# (the row's touch is the statement's now(): Citus refuses now() itself in a RETURNING clause).
 ROW_COLUMNS = f"""version,
        {epoch("created_at")}::bigint AS created,
        {epoch("idle_expires_at")}::float8 AS idle_deadline,
@@ -81,14 +83,15 @@ SELECT data, version,
     )
 }::float8 AS idle_deadline,
        {epoch("absolute_expires_at")}::float8 AS absolute_deadline,
-       {epoch("CASE WHEN due THEN now() ELSE last_seen_at END")}::float8 AS last_seen
+       {epoch("CASE WHEN due THEN now() ELSE last_seen_at END")}::float8 AS last_seen,
+       {epoch("now()")}::float8 AS now
 FROM live
 """
 
 # The same read when this process touched the row less than a touch interval ago: nothing to
 # slide, so no UPDATE to plan and no client details to send.
 LOAD_SQL = f"""
-SELECT data, {ROW_COLUMNS}
+SELECT data, {ROW_COLUMNS}, {epoch("now()")}::float8 AS now
 FROM {{table}}
 WHERE id_hash = $id_hash AND {LIVE}
 """

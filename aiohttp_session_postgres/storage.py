@@ -29,7 +29,7 @@ from .cookies import SessionCookie
 from .pool import Unavailable
 from .rows import Client, Created, NotCreated, NotSaved, Row, SessionInfo, SessionRows
 from .schema import TableNames
-from .session import PostgresSession, check_json_value
+from .session import DEFAULT_MAX_DATA_BYTES, PostgresSession, SessionDataTooLarge, check_json_value
 from .tokens import MIN_KEY_BYTES, TokenSigner, VerifiedToken
 
 if TYPE_CHECKING:
@@ -83,8 +83,15 @@ class PostgresStorage(AbstractStorage):
         signs, every one verifies. Each at least 32 bytes (RFC 2104: not shorter than the hash).
     :param encryption_keys: keys that encrypt session data at rest (AES-GCM), newest first: the
         first encrypts, every one decrypts. Each exactly 16, 24 or 32 bytes. A session read under
-        an old key of either list is rewritten under the newest on that request, so keys rotate
-        without logging anyone out.
+        a later key of either list is rewritten under the first on that request.
+    :param next_authentication_keys: keys that verify the cookie but never sign it, and a cookie
+        they verify is not re-signed: the first step of a rotation. Deploy a new key here on every
+        process, then put it first in `authentication_keys` (keeping the old one after it), then
+        drop the old one an `absolute_timeout` later: processes on neighbouring steps of a rolling
+        deploy then verify each other's cookies, re-signed ones included. A key moved into the
+        keys may stay listed here (it then counts as one of the keys). Each at least 32 bytes.
+    :param next_encryption_keys: the same for `encryption_keys`: they decrypt, never encrypt,
+        and data they decrypt is not rewritten. Each exactly 16, 24 or 32 bytes.
     :param idle_timeout: seconds without a request that end a session (OWASP: 15-30 minutes).
     :param absolute_timeout: seconds after creation that end a session however active; also the
         cookie's Max-Age (OWASP: 4-8 hours for most apps).
@@ -129,6 +136,13 @@ class PostgresStorage(AbstractStorage):
         `database_timeout` late); and what changes or ends a session also notifies the caches
         itself, in its transaction (the table has no triggers there), so a change made outside
         the library notifies nothing.
+    :param max_data_bytes: the most a session's data may be, in bytes of JSON as serialized
+        (compact UTF-8, before encryption; a row's sealed data is 28 bytes more). A save over it
+        raises `SessionDataTooLarge` (an HTTP 413) and stores nothing, unless it is no larger
+        than the data it replaces: a row written before the limit, or under a larger one, still
+        loads, and saves as long as it does not grow. 64 KiB by default (16 cookies' worth, and
+        what a Rails or Express session table on MySQL holds: see `DEFAULT_MAX_DATA_BYTES`).
+        None: no limit.
     :raises ArgumentError: (a ValueError) as `check_arguments` says.
     :raises ValueError: for a table or schema name that is not a plain identifier.
     """
@@ -139,6 +153,8 @@ class PostgresStorage(AbstractStorage):
         *,
         authentication_keys: Sequence[bytes],
         encryption_keys: Sequence[bytes],
+        next_authentication_keys: Sequence[bytes] = (),
+        next_encryption_keys: Sequence[bytes] = (),
         idle_timeout: int = 1800,
         absolute_timeout: int = 43200,
         touch_interval: int = 60,
@@ -152,6 +168,7 @@ class PostgresStorage(AbstractStorage):
         cache: SessionCache | None = None,
         durable_writes: bool = True,
         citus: bool | None = None,
+        max_data_bytes: int | None = DEFAULT_MAX_DATA_BYTES,
     ) -> None:
         if citus and not durable_writes:
             # Citus refuses set_config(), which makes a write skip the flush, in a modification.
@@ -159,15 +176,19 @@ class PostgresStorage(AbstractStorage):
         self.check_arguments(
             authentication_keys=authentication_keys,
             encryption_keys=encryption_keys,
+            next_authentication_keys=next_authentication_keys,
+            next_encryption_keys=next_encryption_keys,
             idle_timeout=idle_timeout,
             absolute_timeout=absolute_timeout,
             touch_interval=touch_interval,
             database_timeout=database_timeout,
             max_sessions_per_user=max_sessions_per_user,
+            max_data_bytes=max_data_bytes,
         )
+        self._max_data_bytes = max_data_bytes
         attributes: dict[str, Any] = {"path": "/", "httponly": True, "samesite": "Lax"}
         super().__init__(cookie_name=cookie_name, max_age=absolute_timeout, secure=secure, **attributes)
-        signer = TokenSigner(tuple(authentication_keys))
+        signer = TokenSigner(tuple(authentication_keys), tuple(next_authentication_keys))
         self._cookie = SessionCookie(cookie_name, secure=secure, signer=signer, **attributes)
         self._user_id_key = user_id_key
         options: dict[str, Any] = {
@@ -180,7 +201,7 @@ class PostgresStorage(AbstractStorage):
             "durable_writes": durable_writes,
             "citus": citus,
         }
-        cipher = DataCipher(tuple(encryption_keys))
+        cipher = DataCipher(tuple(encryption_keys), tuple(next_encryption_keys))
         self._rows = (
             SessionRows(pool, cipher, **options) if cache is None else CachedRows(pool, cipher, cache=cache, **options)
         )
@@ -195,15 +216,19 @@ class PostgresStorage(AbstractStorage):
         touch_interval: float,
         database_timeout: float,
         max_sessions_per_user: int | None,
+        max_data_bytes: int | None = DEFAULT_MAX_DATA_BYTES,
+        next_authentication_keys: Sequence[bytes] = (),
+        next_encryption_keys: Sequence[bytes] = (),
     ) -> None:
         """Check these arguments as the constructor does, without a pool: for an app that reads
         them from its configuration and wants to say what is wrong at start-up.
 
         :raises ArgumentError: unless ``0 <= touch_interval < idle_timeout <= absolute_timeout``;
-            for a `database_timeout` that is not positive, a `max_sessions_per_user` below 1, no
-            key in a list, an authentication key that is not bytes of at least 32 (RFC 2104: a
-            key shorter than the hash's output weakens it), an encryption key that is not bytes
-            of 16, 24 or 32 (AES-128, -192, -256).
+            for a `database_timeout` that is not positive, a `max_sessions_per_user` or a
+            `max_data_bytes` below 1, no key in `authentication_keys` or `encryption_keys`, an
+            authentication key (next or not) that is not bytes of at least 32 (RFC 2104: a key
+            shorter than the hash's output weakens it), an encryption key (next or not) that is not
+            bytes of 16, 24 or 32 (AES-128, -192, -256).
         """
         order = "need 0 <= touch_interval < idle_timeout <= absolute_timeout"
         if not 0 <= touch_interval < idle_timeout:
@@ -214,18 +239,28 @@ class PostgresStorage(AbstractStorage):
             raise ArgumentError("database_timeout must be positive", argument="database_timeout")
         if max_sessions_per_user is not None and max_sessions_per_user < 1:
             raise ArgumentError("max_sessions_per_user must be at least 1 (or None)", argument="max_sessions_per_user")
+        if max_data_bytes is not None and max_data_bytes < 1:
+            raise ArgumentError("max_data_bytes must be at least 1 (or None)", argument="max_data_bytes")
         if not authentication_keys:
             raise ArgumentError("at least one authentication key is required", argument="authentication_keys")
-        for i, key in enumerate(authentication_keys, 1):
-            if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
-                message = f"authentication key {i} must be bytes, at least {MIN_KEY_BYTES} long"
-                raise ArgumentError(message, argument="authentication_keys", index=i)
+        for argument, keys, kind in (
+            ("authentication_keys", authentication_keys, "authentication key"),
+            ("next_authentication_keys", next_authentication_keys, "next authentication key"),
+        ):
+            for i, key in enumerate(keys, 1):
+                if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
+                    message = f"{kind} {i} must be bytes, at least {MIN_KEY_BYTES} long"
+                    raise ArgumentError(message, argument=argument, index=i)
         if not encryption_keys:
             raise ArgumentError("at least one encryption key is required", argument="encryption_keys")
-        for i, key in enumerate(encryption_keys, 1):
-            if not isinstance(key, bytes) or len(key) not in AES_KEY_BYTES:
-                message = f"encryption key {i} must be bytes, 16, 24 or 32 long (AES-128, -192, -256)"
-                raise ArgumentError(message, argument="encryption_keys", index=i)
+        for argument, keys, kind in (
+            ("encryption_keys", encryption_keys, "encryption key"),
+            ("next_encryption_keys", next_encryption_keys, "next encryption key"),
+        ):
+            for i, key in enumerate(keys, 1):
+                if not isinstance(key, bytes) or len(key) not in AES_KEY_BYTES:
+                    message = f"{kind} {i} must be bytes, 16, 24 or 32 long (AES-128, -192, -256)"
+                    raise ArgumentError(message, argument=argument, index=i)
 
     @property
     def cache(self) -> SessionCache | None:
@@ -270,7 +305,7 @@ class PostgresStorage(AbstractStorage):
             snapshot=orjson.loads(row.plaintext),  # a second decode is the cheapest deep copy
             created=row.created,
             version=row.version,
-            absolute_deadline=row.absolute_deadline,
+            expires=row.local(row.absolute_deadline),
             user_id_key=self._user_id_key,
         )
         if not (row.current_key and verified.current_key):
@@ -286,6 +321,8 @@ class PostgresStorage(AbstractStorage):
 
         :raises TypeError: for a session this storage did not hand out, or a `user_id_key` value
             that is not an int.
+        :raises SessionDataTooLarge: when the data would grow over `max_data_bytes` (nothing
+            is saved).
         :raises DatabaseUnavailable: when the database does not answer in time.
         """
         if not isinstance(session, PostgresSession):
@@ -307,6 +344,7 @@ class PostgresStorage(AbstractStorage):
         cookie, id_hash = self._cookie.signer.new()
         mapping = dict(session)
         plaintext = _encode(mapping)
+        self._check_size(plaintext, session.size_allowed, session.renews)
         user_id = self._user_id(mapping)
         created: Created | NotCreated
         if session.renews is not None:
@@ -332,8 +370,9 @@ class PostgresStorage(AbstractStorage):
             events.emit("session.ended", ended, reason="max_sessions_per_user")
         session.id_hash = id_hash
         session.version = created.row.version
-        session.absolute_deadline = created.row.absolute_deadline
-        self._cookie.set(request, response, cookie, math.ceil(created.row.absolute_deadline - time.time()))
+        session.expires = created.row.local(created.row.absolute_deadline)
+        session._creation = created.row.created  # the row's (the database's clock), not this host's
+        self._cookie.set(request, response, cookie, math.ceil(session.expires - time.monotonic()))
         if session.renews is not None:
             events.emit("session.renewed", id_hash, previous=events.fingerprint(replaces))
         else:
@@ -344,9 +383,11 @@ class PostgresStorage(AbstractStorage):
         assert id_hash is not None
         mapping = dict(session)
         user_id = self._user_id(mapping)
+        plaintext = _encode(mapping)
+        self._check_size(plaintext, session.size_allowed, id_hash)
         saved = await self._rows.save(
             id_hash,
-            _encode(mapping),
+            plaintext,
             user_id=user_id,
             version=session.version,
             # A change of user_id (a logout by data, a switch of user) ends something: durable.
@@ -365,8 +406,8 @@ class PostgresStorage(AbstractStorage):
             log.warning("session %s: newer data under an unknown key; this change is dropped", fp)
         else:
             session.version = saved.version
-        if session.resigned_cookie is not None and session.absolute_deadline is not None:
-            max_age = math.ceil(session.absolute_deadline - time.time())
+        if session.resigned_cookie is not None and session.expires is not None:
+            max_age = math.ceil(session.expires - time.monotonic())
             self._cookie.set(request, response, session.resigned_cookie, max_age)
             session.resigned_cookie = None
 
@@ -377,7 +418,19 @@ class PostgresStorage(AbstractStorage):
         for key in deleted:
             latest.pop(key, None)
         latest.update(updated)
-        return _encode(latest), self._user_id(latest)
+        plaintext = _encode(latest)
+        # Raised under the row's lock: the merge's transaction rolls back, nothing is written.
+        self._check_size(plaintext, lambda: len(latest_plaintext), session.id_hash)
+        return plaintext, self._user_id(latest)
+
+    def _check_size(self, plaintext: bytes, allowed: Callable[[], int], id_hash: bytes | None) -> None:
+        """SessionDataTooLarge when `plaintext` is over max_data_bytes and over `allowed()` (the
+        size of the data it replaces, asked only then)."""
+        limit = self._max_data_bytes
+        size = len(plaintext)
+        if limit is not None and size > limit and size > allowed():
+            events.emit("session.too_large", id_hash, bytes=size, limit=limit)
+            raise SessionDataTooLarge(size, limit)
 
     async def _logout(self, request: web.Request, response: web.StreamResponse, session: PostgresSession) -> None:
         """Expires the cookie only when this request ended a session, and only that session's:
@@ -554,6 +607,7 @@ async def renew_session(request: web.Request) -> PostgresSession:
     fresh = await new_session(request)
     fresh.update(old)
     fresh.renews = old.id_hash
+    fresh.allowed_size = old.size_allowed()  # may keep a size the limit grandfathers
     return fresh
 
 

@@ -2,8 +2,10 @@
 
 Cookie value: ``<token>.<signature>``, both unpadded base64url, 43 characters each.
 - token: 32 bytes from `secrets` (256 bits), the session's bearer secret.
-- signature: HMAC-SHA256 of the token text under the newest authentication key. A cookie
+- signature: HMAC-SHA256 of the token text under the first authentication key. A cookie
   whose signature fails is rejected before any database lookup.
+Next keys (a rotation's first step) verify and never sign: a key reaches every process as a next
+key before any process signs with it, so no process meets a cookie it cannot verify.
 The database keys a session by ``id_hash = SHA-256(token)``, never the token (as Rails and Lucia
 do), so a leaked table yields no usable cookie.
 """
@@ -27,7 +29,8 @@ _COOKIE_RE = re.compile(rf"[A-Za-z0-9_-]{{{_B64_LEN}}}\.[A-Za-z0-9_-]{{{_B64_LEN
 @dataclass(frozen=True)
 class VerifiedToken:
     id_hash: bytes
-    # False when an older key verified it: the caller re-signs the cookie with the newest one.
+    # False when a key after the first verified it: the caller re-signs the cookie with the first.
+    # True for the first key and for a next key (never re-signed back to an older one).
     current_key: bool
 
 
@@ -38,12 +41,22 @@ MIN_KEY_BYTES = 32
 
 
 class TokenSigner:
-    """Signs with the first of `keys`, verifies with any (PostgresStorage.check_arguments checks
-    them: at least one, each at least MIN_KEY_BYTES)."""
+    """Signs with the first of `keys`, verifies with any of `keys` and `next_keys`
+    (PostgresStorage.check_arguments checks them: at least one key, each at least MIN_KEY_BYTES).
 
-    def __init__(self, keys: tuple[bytes, ...]) -> None:
+    :param keys: newest first: the first signs, every one verifies; a cookie verified by a later
+        one is reported for re-signing (`VerifiedToken.current_key` False).
+    :param next_keys: verify only, and a cookie they verify is not re-signed: the keys about to
+        be put first, deployed everywhere before any process signs with them. One that is also
+        in `keys` counts as one of `keys`.
+    """
+
+    def __init__(self, keys: tuple[bytes, ...], next_keys: tuple[bytes, ...] = ()) -> None:
+        verifying = keys + tuple(key for key in next_keys if key not in keys)
         # Keyed once: copying a prepared HMAC skips re-deriving the key pads on every request.
-        self._macs = tuple(hmac.new(key, digestmod=hashlib.sha256) for key in keys)
+        self._macs = tuple(hmac.new(key, digestmod=hashlib.sha256) for key in verifying)
+        # Positions 1 .. len(keys) - 1: older keys, whose cookies are re-signed with the first.
+        self._older = range(1, len(keys))
         # Cookies that verified: a returning cookie skips the HMAC and SHA-256 (measured at ~4% of
         # a cached read).
         self._verified: BoundedMap[str, VerifiedToken] = BoundedMap(_MAX_VERIFIED)
@@ -67,7 +80,7 @@ class TokenSigner:
         given = signature.encode()
         for i, keyed in enumerate(self._macs):
             if hmac.compare_digest(self._mac(keyed, token).encode(), given):
-                verified = VerifiedToken(id_hash_of(token), current_key=i == 0)
+                verified = VerifiedToken(id_hash_of(token), current_key=i not in self._older)
                 # Only cookies that verified are remembered (nobody else can make one), so the
                 # memory holds real sessions' cookies and a miss costs what it always did.
                 self._verified[cookie] = verified
@@ -75,7 +88,7 @@ class TokenSigner:
         return None
 
     def resign(self, cookie: str) -> str:
-        """The same token signed with the newest key (after `verify` accepted it)."""
+        """The same token signed with the first key (after `verify` accepted it)."""
         return self.sign(cookie.split(".")[0])
 
     @staticmethod

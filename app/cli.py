@@ -1,4 +1,4 @@
-"""`python -m app ...`: serve (the default), sweep, user add/delete, sessions list/revoke.
+"""`python -m app ...`: serve (the default), sweep, user add/delete/collisions, sessions list/revoke.
 
 Every failure an operator can cause ends with one line on stderr and a non-zero exit status.
 """
@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from aiohttp_session_postgres import DatabaseUnavailable, PostgresStorage
 
-from . import embedded, logs, schema, throttle, users, workers
+from . import embedded, logs, schema, throttle, usernames, users, workers
 from .config import ConfigError, Settings, load_settings
 from .passwords import MAX_PASSWORD_BYTES, hash_once
-from .runner import serve
+from .runner import ensure_open_files, serve
 from .server import StartupError, build_storage, open_pool
 from .text import escape, plural
 
@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     delete = user.add_parser("delete", help="delete a user and end their sessions")
     delete.add_argument("name")
     delete.set_defaults(run=_user_delete)
+    user.add_parser(
+        "collisions",
+        help="list accounts whose names collide under the username rules (same name, look-alike, refused)",
+    ).set_defaults(run=_user_collisions)
     sessions = commands.add_parser("sessions", help="list or end a user's sessions").add_subparsers(
         title="sessions commands", required=True
     )
@@ -110,6 +114,7 @@ def _with_storage(settings: Settings, work: Callable[[PostgresStorage], Awaitabl
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    ensure_open_files(settings)  # before gunicorn: its workers inherit the limit
     if settings.web_concurrency > 1 and not settings.embedded:
         workers.exec_gunicorn(settings)  # checks the database once, then becomes gunicorn
     with _database(settings) as ready:
@@ -152,14 +157,14 @@ def _sweep(settings: Settings, args: argparse.Namespace) -> int:
 
 def _user_add(settings: Settings, args: argparse.Namespace) -> int:
     name: str = args.name
-    problem = users.username_problem(name)
+    problem = usernames.problem(name)
     if problem:
-        raise CommandError(f"invalid username: {problem}")
+        raise CommandError(f"invalid username {name!r}: {problem}")
     password = _read_password()
 
     async def work(storage: PostgresStorage) -> int:
         password_hash = await hash_once(password, settings.password_cost)
-        created, stored = await users.set_password(storage, name, password_hash)
+        created, stored = await _set_password(storage, name, password_hash)
         print(f"created user {stored}" if created else f"reset the password of {stored} and ended their sessions")
         return 0
 
@@ -170,7 +175,7 @@ def _user_add_first(settings: Settings, args: argparse.Namespace) -> int:
     """The Deploy button's first user: created once, never reset (running it again changes
     nothing, so a password changed since is kept)."""
     name, password = settings.first_user_name, settings.first_user_password
-    problem = users.username_problem(name)
+    problem = usernames.problem(name)
     if problem:
         raise CommandError(f"invalid FIRST_USER_NAME: {problem}")
     if password is None:
@@ -184,7 +189,7 @@ def _user_add_first(settings: Settings, args: argparse.Namespace) -> int:
         if existing is not None:
             print(f"user {existing.username} exists: left as it is")
             return 0
-        await users.set_password(storage, name, await hash_once(password, settings.password_cost))
+        await _set_password(storage, name, await hash_once(password, settings.password_cost))
         print(f"created user {name}")
         return 0
 
@@ -198,6 +203,36 @@ def _user_delete(settings: Settings, args: argparse.Namespace) -> int:
         if not await users.delete(storage, name):
             raise CommandError(f"no user named {name!r}")
         print(f"deleted user {name} and their sessions")
+        return 0
+
+    return _with_storage(settings, work)
+
+
+async def _set_password(storage: PostgresStorage, name: str, password_hash: str) -> tuple[bool, str]:
+    try:
+        return await users.set_password(storage, name, password_hash)
+    except users.LookAlike as exc:
+        raise CommandError(
+            f"invalid username {name!r}: it looks like the existing user {exc.existing!r}"
+            " (the same Unicode skeleton, UTS #39): choose another name"
+        ) from None
+
+
+def _user_collisions(settings: Settings, args: argparse.Namespace) -> int:
+    """One line per account the username rules would refuse as it stands: name (escaped), its
+    code points when not ASCII, id, why, and whether it signs in only spelled exactly."""
+
+    async def work(storage: PostgresStorage) -> int:
+        async with storage.connection() as conn:
+            found = await users.collisions(conn)
+        if not found:
+            print("no accounts collide under the username rules", file=sys.stderr)
+        for item in found:
+            spelled = escape(item.username)
+            if not item.username.isascii():
+                spelled += f" ({item.username!a})"
+            how = "signs in only spelled exactly as stored" if item.exact_only else "signs in as before"
+            print(f"{spelled}\tid {item.id}\t{escape(item.reason)}\t{how}")
         return 0
 
     return _with_storage(settings, work)

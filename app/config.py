@@ -13,11 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from aiohttp_session_postgres import ArgumentError, PostgresStorage
+from aiohttp_session_postgres import DEFAULT_MAX_DATA_BYTES, ArgumentError, PostgresStorage
 
+from .connections import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 from .throttle import Limits
 
 DEFAULT_EMBEDDED_DIR = Path(__file__).resolve().parent.parent / ".local"
+
+# The cache's bound in bytes by default (the library's SessionCache default, 32 MiB), and the
+# least SESSION_CACHE_MAX_BYTES may be: below a mebibyte the cache holds too little to be worth
+# its listener's connection.
+DEFAULT_CACHE_MAX_BYTES = 32 * 2**20
+MIN_CACHE_MAX_BYTES = 2**20
+# The least SESSION_MAX_DATA_BYTES may be: the demo's own sessions must fit, and a login's holds
+# at most about 350 bytes of JSON (a user id, a 64-character name of 4-byte characters, a notice).
+MIN_MAX_DATA_BYTES = 1024
 
 
 class ConfigError(Exception):
@@ -48,6 +58,10 @@ class Settings:
     authentication_keys: tuple[bytes, ...] = field(default=(), repr=False)
     # Encrypts session data (AES-GCM). Same listing rule as the authentication keys.
     encryption_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    # A rotation's first step: keys that verify / decrypt and never sign / encrypt, deployed to
+    # every process before any process puts them first (README, "Rotating keys").
+    next_authentication_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    next_encryption_keys: tuple[bytes, ...] = field(default=(), repr=False)
     # Seconds without a request after which a session ends.
     idle_timeout: int = 1800
     # Seconds after login after which a session ends however active it is.
@@ -78,7 +92,12 @@ class Settings:
     # a revocation made through another process takes effect when its notification arrives.
     cache: bool = True
     cache_size: int = 10_000
+    # The cache's bound in bytes: each entry counts its data's length plus a measured overhead.
+    cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
     cache_max_age: int = 10
+    # The most a session's data may be, in bytes of JSON (before encryption); a request whose
+    # save would grow it past that answers 413 and changes nothing.
+    max_data_bytes: int = DEFAULT_MAX_DATA_BYTES
     # Off: writes that end nothing (a fresh session, a data change, a touch) are answered before
     # PostgreSQL's WAL flush, and a database crash may lose the last moments of them; logouts,
     # revocations and logins that use up a session always wait (PostgresStorage durable_writes).
@@ -90,6 +109,11 @@ class Settings:
     web_concurrency: int = 1
     # Live sessions one user may hold; a login beyond it ends their least recently used one.
     max_sessions_per_user: int = 10
+    # Seconds a client may take to send a request's line and headers (connections.py: aiohttp has
+    # no such timeout); and open connections per process, past which the one waiting longest for
+    # a request is closed. For a server with no router in front; Heroku's router reads requests itself.
+    http_header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    http_max_connections: int = DEFAULT_MAX_CONNECTIONS
     # Failed logins counted per window before 429 (see throttle.py for the four counts).
     login_limits: Limits = field(default_factory=Limits)
     # Embedded mode keeps its PostgreSQL data and generated keys here (git-ignored).
@@ -159,8 +183,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     authentication_keys = _split_keys(auth_raw, "SESSION_AUTHENTICATION_KEY") if auth_raw else ()
     # The Go sample's determineEncryptionKey: 16, 24 or 32 bytes as they are; longer is cut to 32.
     encryption_keys = tuple(key[:32] for key in _split_keys(enc_raw, "SESSION_ENCRYPTION_KEY")) if enc_raw else ()
+    next_auth_raw = env.get("SESSION_NEXT_AUTHENTICATION_KEY", "")
+    next_enc_raw = env.get("SESSION_NEXT_ENCRYPTION_KEY", "")
+    next_authentication_keys = (
+        _split_keys(next_auth_raw, "SESSION_NEXT_AUTHENTICATION_KEY") if next_auth_raw.strip() else ()
+    )
+    next_encryption_keys = (
+        tuple(key[:32] for key in _split_keys(next_enc_raw, "SESSION_NEXT_ENCRYPTION_KEY"))
+        if next_enc_raw.strip()
+        else ()
+    )
     database_timeout = _float(env, "DATABASE_TIMEOUT", 1.5, minimum=0.1, maximum=30.0)
     max_per_user = _int(env, "SESSION_MAX_PER_USER", 10, minimum=1, maximum=10_000)
+    max_data_bytes = _int(env, "SESSION_MAX_DATA_BYTES", DEFAULT_MAX_DATA_BYTES, minimum=MIN_MAX_DATA_BYTES)
     tcp_user_timeout = _float(env, "DATABASE_TCP_USER_TIMEOUT", database_timeout / 3, minimum=0.0, maximum=30.0)
     if tcp_user_timeout >= database_timeout:
         raise ConfigError(
@@ -172,14 +207,23 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             # Embedded mode supplies its own keys later: the timeouts are checked all the same.
             authentication_keys=authentication_keys or (b"\0" * 32,),
             encryption_keys=encryption_keys or (b"\0" * 32,),
+            next_authentication_keys=next_authentication_keys,
+            next_encryption_keys=next_encryption_keys,
             idle_timeout=idle,
             absolute_timeout=absolute,
             touch_interval=touch,
             database_timeout=database_timeout,
             max_sessions_per_user=max_per_user,
+            max_data_bytes=max_data_bytes,
         )
     except ArgumentError as exc:
-        raise ConfigError(_setting_error(exc, authentication_keys, encryption_keys)) from None
+        keys = {
+            "authentication_keys": authentication_keys,
+            "encryption_keys": encryption_keys,
+            "next_authentication_keys": next_authentication_keys,
+            "next_encryption_keys": next_encryption_keys,
+        }
+        raise ConfigError(_setting_error(exc, keys)) from None
 
     return Settings(
         database_url=database_url,
@@ -190,6 +234,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_tcp_user_timeout=tcp_user_timeout,
         authentication_keys=authentication_keys,
         encryption_keys=encryption_keys,
+        next_authentication_keys=next_authentication_keys,
+        next_encryption_keys=next_encryption_keys,
         idle_timeout=idle,
         absolute_timeout=absolute,
         touch_interval=touch,
@@ -207,10 +253,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         embedded=embedded,
         cache=cache,
         cache_size=_int(env, "SESSION_CACHE_SIZE", 10_000, minimum=1),
+        cache_max_bytes=_int(env, "SESSION_CACHE_MAX_BYTES", DEFAULT_CACHE_MAX_BYTES, minimum=MIN_CACHE_MAX_BYTES),
         cache_max_age=_int(env, "SESSION_CACHE_MAX_AGE", 10, minimum=1),
         durable_writes=_bool(env, "SESSION_DURABLE_WRITES", default=True),
         pgbouncer=pgbouncer,
         web_concurrency=_int(env, "WEB_CONCURRENCY", 1, minimum=1, maximum=100),
+        http_header_timeout=_float(env, "HTTP_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT, minimum=0.1, maximum=300.0),
+        http_max_connections=_int(env, "HTTP_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, minimum=1, maximum=1_000_000),
         login_limits=Limits(
             window=_int(env, "LOGIN_THROTTLE_WINDOW", 900, minimum=1),
             per_username_ip=_int(env, "LOGIN_MAX_FAILURES_PER_USERNAME_IP", 5, minimum=1),
@@ -219,6 +268,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             per_device=_int(env, "LOGIN_MAX_FAILURES_PER_DEVICE", 5, minimum=1),
         ),
         max_sessions_per_user=max_per_user,
+        max_data_bytes=max_data_bytes,
         embedded_dir=Path(env.get("EMBEDDED_DATA_DIR") or DEFAULT_EMBEDDED_DIR).resolve(),
         first_user_name=env.get("FIRST_USER_NAME") or "admin",
         first_user_password=env.get("FIRST_USER_PASSWORD") or None,
@@ -232,12 +282,15 @@ _SETTING_OF = {
     "touch_interval": "SESSION_TOUCH_INTERVAL",
     "database_timeout": "DATABASE_TIMEOUT",
     "max_sessions_per_user": "SESSION_MAX_PER_USER",
+    "max_data_bytes": "SESSION_MAX_DATA_BYTES",
     "authentication_keys": "SESSION_AUTHENTICATION_KEY",
     "encryption_keys": "SESSION_ENCRYPTION_KEY",
+    "next_authentication_keys": "SESSION_NEXT_AUTHENTICATION_KEY",
+    "next_encryption_keys": "SESSION_NEXT_ENCRYPTION_KEY",
 }
 
 
-def _setting_error(exc: ArgumentError, authentication: tuple[bytes, ...], encryption: tuple[bytes, ...]) -> str:
+def _setting_error(exc: ArgumentError, keys: Mapping[str, tuple[bytes, ...]]) -> str:
     """The library's ArgumentError, said in terms of the settings."""
     if exc.argument in ("touch_interval", "idle_timeout"):
         return (
@@ -246,8 +299,8 @@ def _setting_error(exc: ArgumentError, authentication: tuple[bytes, ...], encryp
         )
     setting = _SETTING_OF[exc.argument]
     if exc.index is not None:
-        key = (authentication if exc.argument == "authentication_keys" else encryption)[exc.index - 1]
-        longer = "; a longer one is cut to 32" if exc.argument == "encryption_keys" else ""
+        key = keys[exc.argument][exc.index - 1]
+        longer = "; a longer one is cut to 32" if exc.argument.endswith("encryption_keys") else ""
         return f"{setting} key {exc.index} is {len(key)} bytes: {exc}{longer}"
     return f"{setting}: {exc}"
 

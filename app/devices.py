@@ -50,11 +50,8 @@ class DeviceCookies:
     def trusted(self, request: web.BaseRequest, user: User) -> str | None:
         """The device ID this browser proves for `user` (as of their current password), or None.
         Every cookie of the name is tried (another one, planted or stale, cannot hide it)."""
-        name, parts = _name(request), request.headers.get(hdrs.COOKIE, "").split(";")
-        values = [value.strip() for key, sep, value in (p.partition("=") for p in parts) if sep and key.strip() == name]
-        for value in values[:_MAX_VALUES]:
-            match = _VALUE_RE.fullmatch(value)
-            if match is None or int(match[1]) != user.id:
+        for match in _candidates(request):
+            if int(match[1]) != user.id:
                 continue
             for key in self._keys:
                 if hmac.compare_digest(self._sign(key, user, match[2]), match[3]):
@@ -62,9 +59,22 @@ class DeviceCookies:
         return None
 
     @staticmethod
+    def presented(request: web.BaseRequest) -> bool:
+        """Whether the browser sends a cookie shaped like a device cookie: only then is it worth
+        a database lookup to tell whether it is one (`trusted`) when strangers are refused."""
+        return bool(_candidates(request))
+
+    @staticmethod
     def _sign(key: bytes, user: User, device_id: str) -> str:
         message = f"device:{user.id}.{device_id}\x00{user.password_hash}".encode()
         return base64.urlsafe_b64encode(hmac.new(key, message, hashlib.sha256).digest()).rstrip(b"=").decode()
+
+
+def _candidates(request: web.BaseRequest) -> list[re.Match[str]]:
+    """The well-formed values of the cookies of our name (the first few)."""
+    name, parts = _name(request), request.headers.get(hdrs.COOKIE, "").split(";")
+    values = [value.strip() for key, sep, value in (p.partition("=") for p in parts) if sep and key.strip() == name]
+    return [match for value in values[:_MAX_VALUES] if (match := _VALUE_RE.fullmatch(value))]
 
 
 def _name(request: web.BaseRequest) -> str:

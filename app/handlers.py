@@ -67,21 +67,39 @@ async def login(request: web.Request) -> web.Response:
     # Input that cannot belong to any user is still hashed (against a dummy), so a wrong guess
     # costs the same whatever made it wrong, and whether or not the user exists.
     plausible = users.username_problem(username) is None and len(password.encode()) <= MAX_PASSWORD_BYTES
-    if request.app[HASHER].busy:
-        # Refused before the attempt is counted: a flood of logins costs nobody their tries.
+    hasher, devices = request.app[HASHER], request.app[DEVICES]
+    # A login takes its place in the hash queue before anything is done for it, or is refused 503
+    # uncounted: a flood of logins costs nobody their tries, and is bounded in database work too.
+    # A stranger (no device cookie at all) is refused before any database work. A browser sending
+    # a device cookie is looked up first: if the cookie is valid for the username, its place is
+    # in the device lane, which strangers cannot fill (passwords.py). A lane rather than refusing
+    # strangers by the throttle first: an attacker with enough addresses (the 65,536 /64s of a
+    # /48, or a botnet) and fresh usernames stays under every count, and only the device cookie
+    # tells the owner apart.
+    presented = devices.presented(request)
+    admission = None if presented else hasher.admit()
+    if admission is None and not presented:
         return pages.busy()
-    async with storage.connection() as conn:
-        user = await users.find(conn, username) if plausible else None
-        # A browser that signed in as this very user (with the current password) is exempt from
-        # the username's lock and its address's: only its own failures count.
-        device = request.app[DEVICES].trusted(request, user) if user is not None else None
-        attempt = await throttle.begin(
-            conn, username, user.id if user else None, request.remote or "", device, settings.login_limits
-        )
-    if isinstance(attempt, throttle.Refusal):
-        log.info("event=login.throttled limit=%s ip=%s", attempt.limit, throttle.address_key(request.remote or ""))
-        return pages.too_many_attempts(attempt.retry_after)
-    ok = await request.app[HASHER].verify(password if plausible else "", user.password_hash if user else None)
+    try:
+        async with storage.connection() as conn:
+            user = await users.find(conn, username) if plausible else None
+            # A browser that signed in as this very user (with the current password) is exempt
+            # from the username's lock and its address's: only its own failures count.
+            device = devices.trusted(request, user) if user is not None else None
+            if admission is None:
+                admission = hasher.admit(device=device is not None)
+                if admission is None:
+                    return pages.busy()
+            attempt = await throttle.begin(
+                conn, username, user.id if user else None, request.remote or "", device, settings.login_limits
+            )
+        if isinstance(attempt, throttle.Refusal):
+            log.info("event=login.throttled limit=%s ip=%s", attempt.limit, throttle.address_key(request.remote or ""))
+            return pages.too_many_attempts(attempt.retry_after)
+        ok = await hasher.verify(password if plausible else "", user.password_hash if user else None, admission)
+    finally:
+        if admission is not None:
+            admission.release()
     if not (ok and user):
         raise web.HTTPSeeOther(LOGIN_FAILED)  # the attempt stays recorded as a failure
     async with storage.connection() as conn:
@@ -93,7 +111,7 @@ async def login(request: web.Request) -> web.Response:
     session["username"] = user.username
     session.require(users.credentials_unchanged(user), otherwise=web.HTTPSeeOther(LOGIN_FAILED))
     response = web.HTTPSeeOther("/")
-    request.app[DEVICES].issue(request, response, user)
+    devices.issue(request, response, user)
     raise response
 
 

@@ -8,11 +8,11 @@ import warnings
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-import aiohttp_session
 import asyncpg
 from aiohttp import web
 from aiohttp.web_exceptions import NotAppKeyWarning
 from aiohttp_session_postgres import UNAVAILABLE_ERRORS, PostgresStorage, SessionCache
+from aiohttp_session_postgres import setup as setup_sessions
 
 from . import db, handlers, schema, useragent
 from .appkeys import DEVICES, HASHER, POOL, SETTINGS, STORAGE
@@ -89,11 +89,19 @@ async def build_storage(settings: Settings, pool: asyncpg.Pool) -> PostgresStora
                 "SESSION_DURABLE_WRITES=off cannot run on Citus (the sessions table is distributed): unset it"
             )
         log.info("the sessions table is distributed by Citus: the storage runs in its Citus mode")
-    cache = SessionCache(max_entries=settings.cache_size, max_age=settings.cache_max_age) if settings.cache else None
+    cache = (
+        SessionCache(
+            max_entries=settings.cache_size, max_bytes=settings.cache_max_bytes, max_age=settings.cache_max_age
+        )
+        if settings.cache
+        else None
+    )
     return PostgresStorage(
         pool,
         authentication_keys=settings.authentication_keys,
         encryption_keys=settings.encryption_keys,
+        next_authentication_keys=settings.next_authentication_keys,
+        next_encryption_keys=settings.next_encryption_keys,
         idle_timeout=settings.idle_timeout,
         absolute_timeout=settings.absolute_timeout,
         touch_interval=settings.touch_interval,
@@ -103,6 +111,7 @@ async def build_storage(settings: Settings, pool: asyncpg.Pool) -> PostgresStora
         cache=cache,
         durable_writes=settings.durable_writes,
         citus=citus,
+        max_data_bytes=settings.max_data_bytes,
     )
 
 
@@ -118,8 +127,11 @@ async def create_app(settings: Settings) -> web.Application:
     app[POOL] = pool
     app[HASHER] = PasswordHasher(settings.password_cost)
     app[STORAGE] = storage
-    app[DEVICES] = DeviceCookies(settings.authentication_keys)
-    aiohttp_session.setup(app, storage)  # innermost middleware: after the proxy clone
+    # Next keys verify device cookies too (after the keys: the first still signs).
+    app[DEVICES] = DeviceCookies(settings.authentication_keys + settings.next_authentication_keys)
+    # aiohttp-session's middleware, saving streamed, websocket and file responses' sessions too;
+    # innermost: after the proxy clone.
+    setup_sessions(app, storage)
     app.router.add_routes(handlers.routes)
     app.router.add_static("/public", PUBLIC_DIR)
     app.cleanup_ctx.append(

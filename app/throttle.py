@@ -15,9 +15,10 @@ attempt is refused (HTTP 429) once a count it belongs to has reached its limit:
   count: an attacker cannot lock the owner out of their own devices, neither through the
   username nor through an address they share (OWASP, "Slow Down Online Guessing Attacks with
   Device Cookies"). Its failures still count for the others.
-A username that belongs to a user is counted as that user (`user:<id>`): every spelling the
-database takes for it (`ALICE`, `alİce`, whatever its collation folds) is one count. Any other
-username is counted as its lower-cased text.
+A username that belongs to a user is counted as that user (`user:<id>`): every spelling of its
+key (`ALICE`, `alice` in full-width letters) is one count. Any other username is counted as its key
+(usernames.throttle_key: RFC 8265, computed in Python, as the users table's), so a look-alike
+(`alİce`, `alice` with a Cyrillic a) counts the same whether or not `alice` exists.
 Addresses are normalised first: IPv4-mapped IPv6 is IPv4, IPv6 is counted per /64 (what one
 customer of a provider gets), so the spellings of one address are one count.
 Refused attempts are not recorded, so waiting out the window always works. A success clears
@@ -31,6 +32,8 @@ import math
 from dataclasses import dataclass
 
 import asyncpg
+
+from . import usernames
 
 _MAX_KEY_CHARS = 256
 
@@ -107,9 +110,9 @@ def username_key(username: str, user_id: int | None) -> str:
     """What an attempt on `username` counts as: its user when there is one, else the text."""
     if user_id is not None:
         return f"user:{user_id}"
-    # Bounded, since any string may be submitted. PostgreSQL text cannot hold NUL (a form can
-    # send %00): it would fail the query with a 500.
-    return "name:" + username.lower().replace("\x00", "\ufffd")[:_MAX_KEY_CHARS]
+    # The name's key (usernames.py: the one normalisation, also the users table's), so a name
+    # counts the same whether or not a user has it; bounded, and never NUL.
+    return usernames.throttle_key(username)
 
 
 def address_key(address: str) -> str:

@@ -83,7 +83,12 @@ async def create() -> web.AppRunner:
     try:
         settings = load_settings()
         logs.configure(settings.log_level)
-        return runner(await create_app(settings), access_log=settings.access_log)
+        return runner(
+            await create_app(settings),
+            access_log=settings.access_log,
+            header_timeout=settings.http_header_timeout,
+            max_connections=settings.http_max_connections,
+        )
     except (ConfigError, StartupError) as exc:
         # Checked before gunicorn started, so only a change since then (the database went away)
         # lands here: one line, and gunicorn stops rather than respawning workers forever.

@@ -85,17 +85,23 @@ async def drop_all_of_this_run() -> None:
 async def add_users(url: str, count: int) -> None:
     """Users 1..count (ids from the identity column), named user-N, password BENCH_PASSWORD
     hashed once at the shipped cost (the shipped variants sign in through the real form)."""
+    from app import usernames
     from app.config import Settings
     from app.passwords import hash_once
 
     from .harness import BENCH_PASSWORD
 
     password_hash = await hash_once(BENCH_PASSWORD, Settings(database_url=None).password_cost)
+    # Keys and skeletons as `user add` stores them (app/usernames.py): logins find users by key.
+    keys = [usernames.key(f"user-{i}") for i in range(1, count + 1)]
+    skeletons = [usernames.skeleton(key) for key in keys]
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(
-            "INSERT INTO users (username, password_hash) SELECT 'user-' || i, $2 FROM generate_series(1, $1) i",
-            count,
+            "INSERT INTO users (username, username_key, username_skeleton, password_hash)"
+            " SELECT k, k, s, $3 FROM unnest($1::text[], $2::text[]) AS t(k, s)",
+            keys,
+            skeletons,
             password_hash,
         )
     finally:

@@ -7,7 +7,8 @@ Variants (VARIANTS below). The minimal apps, one storage each behind aiohttp-ses
     db        no session, one `SELECT 1` through the app's own pool per request: the database limit
     cookie    aiohttp-session EncryptedCookieStorage (all data in an encrypted cookie)
     redis     aiohttp-session RedisStorage on Redis
-    pg        this project's PostgresStorage, cache off (built by app.server.create_app)
+    pg        this project's PostgresStorage, cache off (built by app.server.create_app; behind the
+              library's setup: aiohttp-session's middleware and its on_response_prepare hook)
     pgcache   the same with the in-process session cache on (Settings.cache=True)
 The whole app (create_app with every middleware, the real pages, the app's runner and logging,
 settings from the environment as on a dyno), with its session store swapped in the last three:
@@ -236,14 +237,17 @@ async def build_app(
 
         settings = pg_settings(database_url, cache=variant == "pgcache")  # type: ignore[arg-type]
         app = await create_app(settings)
-        # Keep only aiohttp-session's middleware, and no response signal: the same stack as
+        # Keep only the session middleware, and no response signal but the library's own (part
+        # of its setup, as aiohttp-session's middleware is of the others'): the same stack as
         # every other minimal variant.
-        kept = [m for m in app.middlewares if getattr(m, "__module__", "") == "aiohttp_session"]
+        kept = [m for m in app.middlewares if _is_session_middleware(m)]
         if len(kept) != 1:
-            raise RuntimeError(f"expected one aiohttp-session middleware in create_app's app, found {len(kept)}")
+            raise RuntimeError(f"expected one session middleware in create_app's app, found {len(kept)}")
         app.middlewares.clear()
         app.middlewares.extend(kept)
+        hooks = [h for h in app.on_response_prepare if h.__module__.startswith("aiohttp_session_postgres")]
         app.on_response_prepare.clear()
+        app.on_response_prepare.extend(hooks)
         app[BENCH_POOL] = app[POOL]
         app[BENCH_STORAGE] = app[STORAGE]
         app[BENCH_SETTINGS] = settings
@@ -311,7 +315,7 @@ async def build_whole_app(
         app.middlewares[:0] = [XForwardedRelaxed().middleware, Secure().middleware]
     else:
         app = await create_app(settings)
-    index = next(i for i, m in enumerate(app.middlewares) if getattr(m, "__module__", "") == "aiohttp_session")
+    index = next(i for i, m in enumerate(app.middlewares) if _is_session_middleware(m))
     if variant == "app-redis":
         from aiohttp_session.redis_storage import RedisStorage
         from redis import asyncio as aioredis
@@ -338,6 +342,11 @@ async def build_whole_app(
         app.middlewares[index] = aiohttp_session.session_middleware(storage)
     elif variant == "app-db":
         app.middlewares[index] = _select_one_session(app)
+    if variant in ("app-redis", "app-cookie", "app-db"):
+        # The library's response hook goes with its middleware: the other stores do not pay for it.
+        hooks = [h for h in app.on_response_prepare if not h.__module__.startswith("aiohttp_session_postgres")]
+        app.on_response_prepare.clear()
+        app.on_response_prepare.extend(hooks)
     app[BENCH_POOL] = app[POOL]
     app[BENCH_STORAGE] = app[STORAGE]
     app[BENCH_SETTINGS] = settings
@@ -352,6 +361,11 @@ async def build_whole_app(
 
     app.middlewares.append(count)
     return app
+
+
+def _is_session_middleware(middleware: Any) -> bool:
+    """aiohttp-session's middleware, or the library's (`aiohttp_session_postgres.setup`)."""
+    return getattr(middleware, "__module__", "") in ("aiohttp_session", "aiohttp_session_postgres.streaming")
 
 
 def _select_one_session(app: web.Application) -> Any:

@@ -207,10 +207,10 @@ async def test_a_load_racing_a_real_notification_never_leaves_stale_data_cached(
         settled, id_hash = cache.generation, row["id_hash"]
 
         async def notified(settled: int = settled, id_hash: bytes = id_hash) -> bool:
-            return cache.generation > settled or cache.get(id_hash, time.time()) is None
+            return cache.generation > settled or cache.get(id_hash) is None
 
         assert await _eventually(notified), attempt
-        entry = cache.get(id_hash, time.time())
+        entry = cache.get(id_hash)
         assert entry is None or entry.version > row["version"], (attempt, entry)
 
 
@@ -294,9 +294,28 @@ async def _listener(
         await asyncio.gather(task, return_exceptions=True)
 
 
-def _entry(version: int) -> Entry:
-    now = time.time()
-    return Entry(b"{}", version, int(now), now + 60, now + 120, touched_at=now, cached_at=time.monotonic())
+# The database's clock in these entries: far from this host's, which the cache never reads.
+DB_NOW = 1_000_000_000.0
+
+
+def _entry(version: int, *, idle: float = 60, absolute: float = 120, payload: bytes = b"{}") -> Entry:
+    """An entry read just now from a database whose clock said DB_NOW."""
+    local = time.monotonic()
+    return Entry(
+        payload,
+        version,
+        int(DB_NOW),
+        DB_NOW + idle,
+        DB_NOW + absolute,
+        touched_at=DB_NOW,
+        clock=DB_NOW - local,
+        cached_at=local,
+    )
+
+
+def _later(entry: Entry, seconds: float) -> None:
+    """As if `seconds` more had passed on the database's clock since `entry` was read."""
+    entry.clock += seconds
 
 
 def test_what_this_process_ended_is_not_put_back_by_a_load_or_write_in_flight() -> None:
@@ -305,19 +324,18 @@ def test_what_this_process_ended_is_not_put_back_by_a_load_or_write_in_flight() 
     generation = cache.generation  # a load (or a save) of it begins
     cache.evict(mine)  # meanwhile this process logs it out
     cache.put(mine, _entry(3), generation=generation)  # the load ends: stale
-    assert cache.get(mine, time.time()) is None
+    assert cache.get(mine) is None
 
 
 def test_a_load_that_raced_a_notification_for_its_session_is_not_cached() -> None:
     cache = _live_cache()
     mine, other = b"\x01" * 32, b"\x02" * 32
-    now = time.time()
 
     # Notifications about other sessions do not keep this one out of the cache.
     generation = cache.generation
     cache.notified(other.hex() + ":5")
     cache.put(mine, _entry(3), generation=generation)
-    assert cache.get(mine, now) is not None
+    assert cache.get(mine) is not None
 
     # A newer version of a session was announced while its load ran: its result is stale.
     # (Each case with a session of its own: an evicted session is ended for good.)
@@ -325,20 +343,20 @@ def test_a_load_that_raced_a_notification_for_its_session_is_not_cached() -> Non
     generation = cache.generation
     cache.notified(changed.hex() + ":4")
     cache.put(changed, _entry(3), generation=generation)
-    assert cache.get(changed, now) is None
+    assert cache.get(changed) is None
 
     # The announcement of the very version we wrote (our own echo) does not.
     generation = cache.generation
     cache.notified(changed.hex() + ":4")
     cache.put(changed, _entry(4), generation=generation)
-    assert cache.get(changed, now) is not None
+    assert cache.get(changed) is not None
 
     # A deletion announced while the load ran: never cached.
     deleted = b"\x12" * 32
     generation = cache.generation
     cache.notified(deleted.hex())
     cache.put(deleted, _entry(9), generation=generation)
-    assert cache.get(deleted, now) is None
+    assert cache.get(deleted) is None
 
 
 def test_an_entry_is_trusted_until_its_idle_deadline_and_not_at_it() -> None:
@@ -346,12 +364,14 @@ def test_an_entry_is_trusted_until_its_idle_deadline_and_not_at_it() -> None:
     database would refuse the session, so the cache must too."""
     cache = _live_cache()
     mine = b"\x04" * 32
-    now = time.time()
-    entry = Entry(b"{}", 1, int(now), now + 60, now + 3600, touched_at=now, cached_at=time.monotonic())
+    entry = _entry(1, idle=60, absolute=3600)
     cache.put(mine, entry, generation=cache.generation)
-    assert cache.get(mine, now + 59.999) is entry
-    assert cache.get(mine, now + 60) is None
-    assert cache.get(mine, now) is None  # dropped, not just hidden
+    _later(entry, 59.9)
+    assert cache.get(mine) is entry
+    _later(entry, 0.1)  # its idle deadline (and a little after, as the clock runs on)
+    assert cache.get(mine) is None
+    _later(entry, -60)
+    assert cache.get(mine) is None  # dropped, not just hidden
 
 
 def test_a_truncate_or_an_unreadable_notification_empties_and_bars_loads_in_flight() -> None:
@@ -365,10 +385,10 @@ def test_a_truncate_or_an_unreadable_notification_empties_and_bars_loads_in_flig
         generation = cache.generation  # a load of `in_flight` begins
         cache.notified(payload)
         cache.put(in_flight, _entry(1), generation=generation)
-        assert cache.get(in_flight, time.time()) is None, payload
+        assert cache.get(in_flight) is None, payload
         cache.put(later, _entry(1), generation=cache.generation)
-        assert cache.get(later, time.time()) is not None, payload
-        assert (cache.get(kept, time.time()) is None) is emptied, payload
+        assert cache.get(later) is not None, payload
+        assert (cache.get(kept) is None) is emptied, payload
 
 
 def test_the_record_of_notified_sessions_is_bounded_at_four_times_max_entries() -> None:
@@ -383,13 +403,13 @@ def test_the_record_of_notified_sessions_is_bounded_at_four_times_max_entries() 
     generation = cache.generation
     cache.notified(notified[7].hex())  # the 8th: the record is at 7, under 4 x 2
     cache.put(load, _entry(1), generation=generation)
-    assert cache.get(load, time.time()) is not None
+    assert cache.get(load) is not None
 
     other_load = b"\xbb" * 32
     generation = cache.generation
     cache.notified(notified[8].hex())  # the 9th: the record holds 8 = 4 x 2, and is forgotten
     cache.put(other_load, _entry(1), generation=generation)
-    assert cache.get(other_load, time.time()) is None
+    assert cache.get(other_load) is None
 
 
 def test_the_echo_of_this_process_own_write_keeps_its_entry() -> None:
@@ -399,9 +419,9 @@ def test_the_echo_of_this_process_own_write_keeps_its_entry() -> None:
     mine = b"\x08" * 32
     cache.put(mine, _entry(3), generation=cache.generation)
     cache.notified(mine.hex() + ":3")
-    assert cache.get(mine, time.time()) is not None
+    assert cache.get(mine) is not None
     cache.notified(mine.hex() + ":4")
-    assert cache.get(mine, time.time()) is None
+    assert cache.get(mine) is None
 
 
 def _channel() -> str:
@@ -473,9 +493,9 @@ async def test_a_closed_listener_is_noticed_at_once_logged_and_replaced(
         await _listening(cache)
         stale, fresh = b"\x0a" * 32, b"\x0b" * 32
         cache.put(stale, _entry(1), generation=before)
-        assert cache.get(stale, time.time()) is None
+        assert cache.get(stale) is None
         cache.put(fresh, _entry(1), generation=cache.generation)
-        assert cache.get(fresh, time.time()) is not None
+        assert cache.get(fresh) is not None
     # Stopping is expected: said at INFO, not as a warning.
     last = caplog.records[-1]
     assert (last.levelno, last.getMessage()) == (
@@ -516,15 +536,15 @@ def test_a_newer_version_already_cached_is_kept_and_the_same_version_refreshed()
     replaces the entry, so the later deadline holds."""
     cache = _live_cache()
     mine = b"\x0c" * 32
-    now = time.time()
-    newer = Entry(b'{"v":5}', 5, int(now), now + 60, now + 3600, touched_at=now, cached_at=time.monotonic())
+    newer = _entry(5, idle=60, absolute=3600, payload=b'{"v":5}')
     cache.put(mine, newer, generation=cache.generation)
     cache.put(mine, _entry(3), generation=cache.generation)
-    assert cache.get(mine, now) is newer
+    assert cache.get(mine) is newer
 
-    slid = Entry(b'{"v":5}', 5, int(now), now + 120, now + 3600, touched_at=now, cached_at=time.monotonic())
+    slid = _entry(5, idle=120, absolute=3600, payload=b'{"v":5}')
     cache.put(mine, slid, generation=cache.generation)
-    assert cache.get(mine, now + 90) is slid
+    _later(slid, 90)
+    assert cache.get(mine) is slid
 
 
 def test_the_cache_holds_10000_sessions_by_default() -> None:
@@ -534,7 +554,7 @@ def test_the_cache_holds_10000_sessions_by_default() -> None:
     for n in range(10_001):
         cache.put(n.to_bytes(32, "big"), _entry(1), generation=cache.generation)
     assert len(cache) == 10_000
-    assert cache.get((0).to_bytes(32, "big"), time.time()) is None  # the oldest went
+    assert cache.get((0).to_bytes(32, "big")) is None  # the oldest went
 
 
 def test_a_lower_version_announced_after_a_deletion_does_not_let_a_stale_load_in() -> None:
@@ -547,20 +567,20 @@ def test_a_lower_version_announced_after_a_deletion_does_not_let_a_stale_load_in
     cache.notified(mine.hex())  # ... the session is logged out ...
     cache.notified(mine.hex() + ":1")  # ... and a forged notification follows
     cache.put(mine, _entry(1), generation=generation)
-    assert cache.get(mine, time.time()) is None
+    assert cache.get(mine) is None
 
     generation = cache.generation
     cache.notified(mine.hex() + ":9")
     cache.notified(mine.hex() + ":2")
     cache.put(mine, _entry(5), generation=generation)  # read before version 9 was announced
-    assert cache.get(mine, time.time()) is None
+    assert cache.get(mine) is None
 
     # Nor does it make a current entry look stale: version 9, written here, stays cached.
     current = b"\x0f" * 32
     cache.put(current, _entry(9), generation=cache.generation)
     cache.notified(current.hex() + ":9")  # the echo of that write
     cache.notified(current.hex() + ":2")
-    assert cache.get(current, time.time()) is not None
+    assert cache.get(current) is not None
 
 
 def test_a_version_that_is_not_ascii_digits_is_read_as_a_deletion() -> None:
@@ -571,9 +591,9 @@ def test_a_version_that_is_not_ascii_digits_is_read_as_a_deletion() -> None:
     cache.put(mine, _entry(3), generation=cache.generation)
     generation = cache.generation
     cache.notified(mine.hex() + ":\u00b2")
-    assert cache.get(mine, time.time()) is None
+    assert cache.get(mine) is None
     cache.put(mine, _entry(3), generation=generation)
-    assert cache.get(mine, time.time()) is None
+    assert cache.get(mine) is None
 
 
 async def test_a_listener_that_fails_in_any_way_keeps_trying(db_url: str) -> None:

@@ -52,6 +52,21 @@ async def test_the_release_phase_distributes_the_schema_and_every_page_works(cit
             "error: SESSION_DURABLE_WRITES=off cannot run on Citus (the sessions table is distributed): unset it"
         )
         await command(citus_url, "user", "add", "alice", password=True)
+        # The username rules (migration 0007: users is a reference table, its unique indexes on
+        # every node): a look-alike is refused, and of two added at once, one is created.
+        stdin = f"{PASSWORD}\n".encode()
+        status, out, err = await run_app_command("user", "add", "\u0430lice", database_url=citus_url, stdin=stdin)
+        assert (status, out) == (1, ""), err
+        assert "looks like the existing user 'alice'" in err
+        both = await asyncio.gather(
+            *(run_app_command("user", "add", name, database_url=citus_url, stdin=stdin) for name in ("bob", "b\u043eb"))
+        )
+        assert sorted(status for status, _, _ in both) == [0, 1], both
+        assert await conn.fetchval("SELECT count(*) FROM users WHERE username_skeleton = 'bob'") == 1
+        await command(citus_url, "user", "delete", "bob" if both[0][0] == 0 else "b\u043eb")
+        status, out, err = await run_app_command("user", "collisions", database_url=citus_url)
+        assert (status, out) == (0, ""), err
+        assert err.endswith("\nno accounts collide under the username rules\n")  # after Citus mode's INFO line
         server = Server(citus_url, tmp_path).start()
         try:
             await server.ready()

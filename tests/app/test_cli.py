@@ -16,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from support.demo import login, make_settings, run_app_command
 
+from app import usernames
 from app.passwords import PasswordHasher
 
 MakeClient = Callable[..., Awaitable[TestClient]]
@@ -49,7 +50,7 @@ async def run_app(*args: str, database_url: str | None, stdin: bytes | None = No
 
 
 async def password_ok(pg: asyncpg.Connection, username: str, password: str) -> bool:
-    stored = await pg.fetchval("SELECT password_hash FROM users WHERE lower(username) = lower($1)", username)
+    stored = await pg.fetchval("SELECT password_hash FROM users WHERE username_key = $1", usernames.key(username))
     assert stored is not None
     hasher = PasswordHasher(4)
     try:
@@ -184,7 +185,7 @@ async def test_user_delete_removes_user_and_ends_their_sessions(
     result = await run_app("user", "delete", "BOB", database_url=db_url)
     assert result.one_output_line() == "deleted user BOB and their sessions"
 
-    assert await pg.fetchval("SELECT count(*) FROM users WHERE lower(username) = 'bob'") == 0
+    assert await pg.fetchval("SELECT count(*) FROM users WHERE username_key = 'bob'") == 0
     assert await pg.fetchval("SELECT count(*) FROM sessions WHERE user_id = $1", bob_id) == 0
     # Bob's cookie no longer opens anything; Carol is untouched.
     assert (await bob_client.get("/", allow_redirects=False)).status == 303

@@ -59,6 +59,18 @@ def test_defaults() -> None:
     assert s.access_log is False
     assert s.durable_writes is True
     assert s.max_sessions_per_user == 10
+    # Memory bounded by bytes (issue 20): 32 MiB of cache, 64 KiB of data per session.
+    assert (s.cache_max_bytes, s.max_data_bytes) == (32 * 2**20, 65_536)
+
+
+def test_the_byte_bounds_are_read_and_checked() -> None:
+    s = load_settings(env(SESSION_CACHE_MAX_BYTES="1048576", SESSION_MAX_DATA_BYTES="1024"))
+    assert (s.cache_max_bytes, s.max_data_bytes) == (2**20, 1024)
+    assert config_error(env(SESSION_CACHE_MAX_BYTES="1048575")) == (
+        "SESSION_CACHE_MAX_BYTES must be at least 1048576, got 1048575"
+    )
+    assert config_error(env(SESSION_MAX_DATA_BYTES="1023")) == "SESSION_MAX_DATA_BYTES must be at least 1024, got 1023"
+    assert config_error(env(SESSION_MAX_DATA_BYTES="64k")) == "SESSION_MAX_DATA_BYTES must be a whole number, got '64k'"
 
 
 def test_the_cache_is_off_by_default_behind_pgbouncer_and_refused_with_it() -> None:
@@ -201,6 +213,24 @@ def test_every_key_in_a_list_is_checked() -> None:
     assert "SESSION_AUTHENTICATION_KEY key 2" in message
     message = config_error(env(SESSION_ENCRYPTION_KEY=f"{'a' * 32},{'b' * 20}"))
     assert "SESSION_ENCRYPTION_KEY key 2" in message
+
+
+def test_next_keys_are_lists_under_the_same_rules_and_unset_by_default() -> None:
+    assert load_settings(env()).next_authentication_keys == ()
+    assert load_settings(env()).next_encryption_keys == ()
+    blank = load_settings(env(SESSION_NEXT_AUTHENTICATION_KEY=" ", SESSION_NEXT_ENCRYPTION_KEY=""))
+    assert (blank.next_authentication_keys, blank.next_encryption_keys) == ((), ())
+    s = load_settings(
+        env(SESSION_NEXT_AUTHENTICATION_KEY=f"{'n' * 32}, {'m' * 40}", SESSION_NEXT_ENCRYPTION_KEY="N" * 40)
+    )
+    assert s.next_authentication_keys == (b"n" * 32, b"m" * 40)
+    assert s.next_encryption_keys == (b"N" * 32,)  # cut to 32, as the encryption keys are
+    assert "n" * 32 not in repr(s)
+    message = config_error(env(SESSION_NEXT_AUTHENTICATION_KEY=f"{'a' * 32},{'b' * 10}"))
+    assert message.startswith("SESSION_NEXT_AUTHENTICATION_KEY key 2 is 10 bytes"), message
+    message = config_error(env(SESSION_NEXT_ENCRYPTION_KEY="b" * 20))
+    assert message.startswith("SESSION_NEXT_ENCRYPTION_KEY key 1 is 20 bytes"), message
+    assert "SESSION_NEXT_ENCRYPTION_KEY" in config_error(env(SESSION_NEXT_ENCRYPTION_KEY=f"{'e' * 32},"))
 
 
 # -- timeouts --------------------------------------------------------------------------------

@@ -1,13 +1,17 @@
 """Logins under attack, through the real app on real PostgreSQL: concurrent guesses counted before
 they are checked (one process and two), a login racing a password reset or a deletion, device
-cookies against lockouts, addresses normalised, the cap on sessions per user, and a login form
-submitted many times at once."""
+cookies against lockouts, addresses normalised, the cap on sessions per user, a login form
+submitted many times at once, and the owner's device signing in while strangers fill the hash
+queue."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import asyncpg
@@ -16,9 +20,13 @@ from aiohttp.test_utils import TestClient
 from support.demo import login, make_settings, run_app_command, session_cookie
 from support.servers import Servers, new_http
 
+from app import passwords, usernames
 from app.appkeys import HASHER
 from app.config import Settings
 from app.throttle import Limits
+
+if TYPE_CHECKING:
+    from app.passwords import Admission
 
 MakeClient = Callable[[Settings], Awaitable[TestClient]]
 LOGIN_FAILED = "/public/login.html?error=1"
@@ -41,8 +49,9 @@ async def attempt(
 
 
 def checked(responses: list[aiohttp.ClientResponse]) -> int:
-    """How many attempts reached the password check (all but the 429s)."""
-    assert {r.status for r in responses} <= {303, 429}, [r.status for r in responses]
+    """How many attempts reached the password check: all but the 429s, and the 503s (more logins
+    at once than the process takes in hand: refused before they are counted)."""
+    assert {r.status for r in responses} <= {303, 429, 503}, [r.status for r in responses]
     return sum(r.status == 303 for r in responses)
 
 
@@ -63,6 +72,8 @@ async def test_concurrent_wrong_passwords_check_at_most_the_limit(
 ) -> None:
     responses = await asyncio.gather(*(attempt(client, user[0], f"wrong-{i}") for i in range(burst)))
     assert checked(responses) == Limits().per_username_ip  # 5 checked, every other one 429
+    hasher = client.app[HASHER]
+    assert (hasher._queued, hasher._device_queued) == (0, 0)  # the refused gave their places back
     # The owner's right password inside the window is refused too: the count holds.
     assert (await attempt(client, *user)).status == 429
 
@@ -110,8 +121,8 @@ async def test_a_login_racing_a_password_change_creates_no_session(
     verify = hasher.verify
     verified, go_on = asyncio.Event(), asyncio.Event()
 
-    async def held(password: str, encoded: str | None) -> bool:
-        result = await verify(password, encoded)
+    async def held(password: str, encoded: str | None, admission: Admission | None = None) -> bool:
+        result = await verify(password, encoded, admission)
         verified.set()
         await go_on.wait()
         return result
@@ -253,10 +264,11 @@ async def test_no_spelling_that_signs_in_as_a_user_escapes_that_users_count(
 ) -> None:
     for _ in range(5):
         assert (await attempt(client, user[0], "wrong")).status == 303
-    # Python lowers "İ" to "i̇", the database (libc collation) may lower it to "i": whatever the
-    # database takes for "alice" is counted as alice.
-    for variant in ("ALICE", "Alice", "alİce", "ALİCE"):
-        names_alice = await pg.fetchval("SELECT lower($1) = 'alice'", variant)
+    # Whatever the app's one normalisation (app/usernames.py) takes for "alice" is counted as
+    # alice; "alİce" (lower-cased "ali̇ce") is another name, whatever the database's lower() says.
+    for variant in ("ALICE", "Alice", "\uff41\uff4c\uff49\uff43\uff45", "alİce", "ALİCE"):
+        names_alice = usernames.key_or_none(variant) == "alice"
+        assert names_alice == (variant not in ("alİce", "ALİCE"))
         if names_alice:
             assert (await attempt(client, variant, user[1])).status == 429, variant
         else:  # another username altogether, which no user has: it signs nobody in
@@ -309,9 +321,9 @@ async def test_a_flood_of_logins_is_refused_before_it_is_counted(
     hasher = client.app[HASHER]
     verify, go_on = hasher.verify, asyncio.Event()
 
-    async def held(password: str, encoded: str | None) -> bool:
+    async def held(password: str, encoded: str | None, admission: Admission | None = None) -> bool:
         await go_on.wait()
-        return await verify(password, encoded)
+        return await verify(password, encoded, admission)
 
     hasher.verify = held  # type: ignore[method-assign]
     hasher._max_queued = 3  # what concurrency + max_waiting would allow, made small
@@ -324,3 +336,115 @@ async def test_a_flood_of_logins_is_refused_before_it_is_counted(
     assert {r.status for r in refused} == {503}
     assert all(r.headers["Retry-After"] == "2" for r in refused)
     assert await pg.fetchval("SELECT count(*) FROM login_failures") == 0
+
+
+# -- issue 20, 6: a flood that fills the hash queue does not refuse the owner -----------------
+
+
+@dataclass
+class Flood:
+    strangers: list[asyncio.Task[aiohttp.ClientResponse]]
+    gate: threading.Event  # set: the strangers' derivations go on
+    ran_on: dict[str, str]  # password -> the name of the thread that derived it (the last time)
+
+    async def end(self) -> list[aiohttp.ClientResponse]:
+        """Let the strangers' hashes finish; their answers."""
+        assert not any(task.done() for task in self.strangers)  # they held their places all along
+        self.gate.set()
+        return await asyncio.gather(*self.strangers)
+
+
+@pytest.fixture
+async def owner_device(proxied: TestClient, user: tuple[str, str]) -> str:
+    """The owner's device cookie, from a sign-in before the flood."""
+    return device_cookie(await attempt(proxied, *user, ip="198.51.100.30"))
+
+
+@pytest.fixture
+async def flood(proxied: TestClient, owner_device: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Flood]:
+    """Strangers' wrong logins, from three /64s of one /48, hold every place of the strangers'
+    hash queue: their derivations block in the hasher's threads until `Flood.end`. The queue is
+    made 3 long (2 hashing, 1 waiting; 34 by default) so that three attempts fill it."""
+    hasher = proxied.app[HASHER]
+    hasher._max_queued = 3
+    gate, real, ran_on = threading.Event(), passwords._verify, {}
+
+    def held(password: str, encoded: str) -> tuple[bool, int | None]:
+        ran_on[password] = threading.current_thread().name
+        if password.startswith("stranger-"):
+            gate.wait(60)  # the bound only so that a failed test ends
+        return real(password, encoded)
+
+    monkeypatch.setattr(passwords, "_verify", held)
+    strangers = [
+        asyncio.create_task(attempt(proxied, f"victim{i}", f"stranger-{i}", ip=f"2001:db8:bad:{i}::1"))
+        for i in range(3)
+    ]
+    try:
+        async with asyncio.timeout(10):
+            while not hasher.busy:  # noqa: ASYNC110 - all three have their place (the hasher has no event)
+                await asyncio.sleep(0.01)
+        yield Flood(strangers, gate, ran_on)
+    finally:
+        gate.set()
+        await asyncio.gather(*strangers, return_exceptions=True)
+
+
+async def test_the_owners_device_signs_in_while_strangers_fill_the_hash_queue(
+    proxied: TestClient, user: tuple[str, str], owner_device: str, flood: Flood, pg: asyncpg.Connection
+) -> None:
+    # Anyone without the owner's device cookie is refused at once, uncounted: a stranger, the
+    # owner's password from a new browser, a forged device cookie.
+    forged = owner_device.rsplit(".", 1)[0] + "." + "A" * 43
+    for username, password, cookies in (("victim9", "stranger-9", None), (*user, None), (*user, forged)):
+        refused = await attempt(proxied, username, password, ip="2001:db8:bad:9::1", cookies=cookies)
+        assert refused.status == 503, (username, cookies)
+        assert refused.headers["Retry-After"] == "2"
+
+    # The owner's browser is admitted to its own lane and signs in while the strangers wait.
+    mine = await attempt(proxied, *user, ip="2001:db8:bad:10::1", cookies=owner_device)
+    assert mine.status == 303
+    assert mine.headers["Location"] == "/"
+    assert flood.ran_on[user[1]].startswith("scrypt-device")  # not behind a stranger's hash
+    session = mine.cookies["__Host-session"].value
+    headers = {"Cookie": f"__Host-session={session}", "X-Forwarded-For": "2001:db8:bad:10::1"}
+    headers["X-Forwarded-Proto"] = "https"
+    assert (await proxied.get("/", headers=headers, allow_redirects=False)).status == 200
+
+    strangers = await flood.end()
+    assert [r.headers["Location"] for r in strangers] == [LOGIN_FAILED] * 3
+    hasher = proxied.app[HASHER]
+    assert (hasher._queued, hasher._device_queued) == (0, 0)  # every place given back
+    # The strangers' three failures are counted; the refused attempts and the owner's success not.
+    assert await pg.fetchval("SELECT count(*) FROM login_failures") == 3
+
+
+async def test_the_owners_device_is_still_throttled_during_a_flood(
+    proxied: TestClient, user: tuple[str, str], owner_device: str, flood: Flood
+) -> None:
+    """The device lane is no way around the device's own count: its failures are counted and
+    limited (5 per window) while the strangers' queue is full."""
+    for i in range(Limits().per_device):
+        wrong = await attempt(proxied, user[0], f"wrong-{i}", ip=f"2001:db8:bad:{20 + i}::1", cookies=owner_device)
+        assert wrong.headers["Location"] == LOGIN_FAILED
+    assert (await attempt(proxied, *user, ip="2001:db8:bad:30::1", cookies=owner_device)).status == 429
+    assert proxied.app[HASHER]._device_queued == 0
+    await flood.end()
+
+
+def test_the_device_lane_is_bounded_and_overflows_into_the_strangers_queue() -> None:
+    hasher = passwords.PasswordHasher(4, concurrency=1, max_waiting=1, device_concurrency=1, device_max_waiting=1)
+    try:
+        lane = [hasher.admit(device=True) for _ in range(2)]
+        assert all(a is not None and a.device for a in lane)
+        queue = [hasher.admit(device=True), hasher.admit()]  # the lane is full: the strangers' queue
+        assert all(a is not None and not a.device for a in queue)
+        assert hasher.admit(device=True) is None
+        assert hasher.admit() is None
+        for admission in [*lane, *queue]:
+            assert admission is not None
+            admission.release()
+            admission.release()  # idempotent
+        assert (hasher._queued, hasher._device_queued) == (0, 0)
+    finally:
+        hasher.close()

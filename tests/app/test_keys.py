@@ -1,7 +1,8 @@
-"""Key rotation through the real app, restarted with new key lists as an operator would do it:
-new keys first, old ones kept, then the old ones removed. A session read under an old key is
-re-encrypted and its cookie re-signed on that request; removing an old key ends exactly the
-sessions that still depend on it.
+"""Key rotation through the real app, restarted with new key lists: new keys first, old ones kept,
+then the old ones removed (steps 2 and 3 of the README's rotation). A session read under an old
+key is re-encrypted and its cookie re-signed on that request; removing an old key ends exactly the
+sessions that still depend on it. Processes on neighbouring steps side by side, next keys
+included: test_key_rotation.py.
 """
 
 from __future__ import annotations

@@ -102,8 +102,12 @@ def assert_migrated(url: str) -> None:
     assert {name for name in SESSIONS_COLUMNS if sessions[name][1]} == {"user_id"}
 
     found = indexes(url)
-    assert "UNIQUE" in found["users_username_lower_key"]
-    assert "lower(username)" in found["users_username_lower_key"]
+    # Unique by the key and the skeleton the app computes (0007), no longer by lower().
+    assert "users_username_lower_key" not in found
+    assert "UNIQUE" in found["users_key_unique"]
+    assert "(username_key)" in found["users_key_unique"]
+    assert "UNIQUE" in found["users_skeleton_unique"]
+    assert "(username_skeleton)" in found["users_skeleton_unique"]
     assert "(idle_expires_at)" in found["sessions_idle_expires_at_idx"]
     assert "(user_id)" in found["sessions_user_id_idx"]
     assert "sessions_pkey" in found
@@ -176,14 +180,17 @@ def test_online_migration_without_database_url_says_so() -> None:
     assert "DATABASE_URL is not set" in result.stderr
 
 
-async def test_username_is_unique_without_regard_to_case(pg: asyncpg.Connection) -> None:
-    await pg.execute("INSERT INTO users (username, password_hash) VALUES ('Bob', 'x')")
-    with pytest.raises(asyncpg.UniqueViolationError):
-        await pg.execute("INSERT INTO users (username, password_hash) VALUES ('bob', 'x')")
-    with pytest.raises(asyncpg.UniqueViolationError):
-        await pg.execute("INSERT INTO users (username, password_hash) VALUES ('BOB', 'x')")
-    await pg.execute("INSERT INTO users (username, password_hash) VALUES ('bobby', 'x')")
-    assert await pg.fetchval("SELECT count(*) FROM users") == 2
+async def test_username_key_and_skeleton_are_unique(pg: asyncpg.Connection) -> None:
+    insert = "INSERT INTO users (username, username_key, username_skeleton, password_hash) VALUES ($1, $2, $3, 'x')"
+    await pg.execute(insert, "Bob", "bob", "bob")
+    with pytest.raises(asyncpg.UniqueViolationError, match="users_key_unique"):
+        await pg.execute(insert, "BOB", "bob", "bob")
+    with pytest.raises(asyncpg.UniqueViolationError, match="users_skeleton_unique"):
+        await pg.execute(insert, "b\u043eb", "b\u043eb", "bob")  # a Cyrillic o
+    # Accounts from before 0007 that collide keep their rows: without a key or a skeleton.
+    await pg.execute(insert, "bob", None, None)
+    await pg.execute(insert, "bobby", "bobby", "bobby")
+    assert await pg.fetchval("SELECT count(*) FROM users") == 3
 
 
 @pytest.mark.parametrize("username", ["", "x" * 65])
@@ -243,7 +250,7 @@ async def test_the_move_to_the_library_keeps_a_deployed_databases_sessions(
     assert alembic("upgrade", "0003", database_url=fresh_url).returncode == 0
     conn = await asyncpg.connect(fresh_url)
     try:
-        user_id = await add_user(conn, "dora", "pw-dora-1")
+        user_id = await add_user(conn, "dora", "pw-dora-1", legacy=True)
         cookie, id_hash = TokenSigner((AUTH_KEY,)).new()
         sealed = DataCipher((ENC_KEY,)).seal(b'{"user_id": %d, "username": "dora"}' % user_id, id_hash)
         await conn.execute(

@@ -27,7 +27,7 @@ from support.demo import add_user, login, make_settings, session_cookie
 from support.postgres import start_embedded
 
 from app import schema
-from app.appkeys import STORAGE
+from app.appkeys import HASHER, STORAGE
 from app.config import Settings
 
 MakeClient = Callable[..., Awaitable[TestClient]]
@@ -149,6 +149,7 @@ async def test_database_outage_answers_503_in_time_and_session_survives(
             client.post("/login", data={"username": "alice", "password": "pw"}, allow_redirects=False)
         )
         await assert_unavailable_page(response, elapsed)
+        assert client.app[HASHER]._queued == 0  # the login gave its place in the hash queue back
 
         # Many at once: each is still answered in time (waiting for a pool connection counts too).
         began = time.monotonic()

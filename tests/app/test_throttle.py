@@ -13,6 +13,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from support.demo import AppLog, add_user, make_settings
 
+from app import usernames
 from app.throttle import Limits
 
 MakeClient = Callable[..., Awaitable[TestClient]]
@@ -63,13 +64,16 @@ async def assert_throttled(response: ClientResponse, window: int) -> int:
 async def failures(pg: asyncpg.Connection, username: str | None = None, ip: str | None = None) -> int:
     """Recorded failures for `username` (as the throttle counts it: its user, if it has one) and
     `ip`, each if given."""
+    name_key = usernames.key_or_none(username) if username is not None else None
     return await pg.fetchval(
         "SELECT count(*) FROM login_failures"
         " WHERE ($1::text IS NULL OR username_key = coalesce("
-        "    (SELECT 'user:' || id FROM users WHERE lower(username) = lower($1)), 'name:' || lower($1)))"
+        "    (SELECT 'user:' || id FROM users WHERE username_key = $3), $4))"
         " AND ($2::text IS NULL OR client_ip = $2)",
         username,
         ip,
+        name_key,
+        usernames.throttle_key(username) if username is not None else None,
     )
 
 

@@ -72,8 +72,12 @@ async def test_every_documented_session_event_is_logged(
 
     documented = set(events.__doc__.split("Events:", 1)[1].split(".\n", 1)[0].replace("\n", " ").split(", "))
     documented = {name.strip() for name in documented}
-    client = await library_app(aiohttp_client, pool, max_sessions_per_user=1, idle_timeout=2, touch_interval=1)
+    client = await library_app(
+        aiohttp_client, pool, max_sessions_per_user=1, idle_timeout=2, touch_interval=1, max_data_bytes=200
+    )
     first = await started(client)  # session.created
+    too_large = await client.post("/mark", params={"key": "k" * 200}, headers=with_cookie(first))
+    assert too_large.status == 413  # session.too_large
     renewed = await client.post("/renew", headers=with_cookie(first))  # session.renewed
     second = renewed.cookies["session"].value
     await client.post("/start", headers=with_cookie(first))  # first is used up: session.not_created

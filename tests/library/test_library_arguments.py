@@ -61,13 +61,14 @@ NAME = "must be a plain identifier: letters, digits and _"
         ({"idle_timeout": 50000}, ORDER),
         ({"database_timeout": 0}, "database_timeout must be positive"),
         ({"max_sessions_per_user": 0}, "max_sessions_per_user must be at least 1 (or None)"),
+        ({"max_data_bytes": 0}, "max_data_bytes must be at least 1 (or None)"),
         ({"table": "sessions; DROP TABLE users"}, f"table name 'sessions; DROP TABLE users' {NAME}"),
         ({"schema": "a-b"}, f"schema name 'a-b' {NAME}"),
     ],
     ids=[
         "no-auth-key", "short-auth-key", "str-auth-key", "no-enc-key", "bad-enc-length", "str-enc-key",
         "touch-not-below-idle", "negative-touch", "idle-above-absolute", "zero-db-timeout", "zero-cap",
-        "bad-table", "bad-schema",
+        "zero-data-bytes", "bad-table", "bad-schema",
     ],
 )  # fmt: skip
 async def test_the_storage_refuses_bad_arguments_naming_the_problem(
@@ -89,6 +90,7 @@ async def test_the_storage_refuses_bad_arguments_naming_the_problem(
         ({"idle_timeout": 50000}, "idle_timeout", None),
         ({"database_timeout": 0}, "database_timeout", None),
         ({"max_sessions_per_user": 0}, "max_sessions_per_user", None),
+        ({"max_data_bytes": -1}, "max_data_bytes", None),
     ],
 )
 async def test_an_argument_error_names_the_argument_and_the_key(
@@ -104,7 +106,8 @@ async def test_the_storage_accepts_its_boundaries(pool: asyncpg.Pool) -> None:
     # The edges each rule allows: no touch at all, idle equal to absolute, a cap of one, every
     # AES key size, a key of exactly the minimum length.
     edges = {"idle_timeout": 3600, "absolute_timeout": 3600, "max_sessions_per_user": 1, "database_timeout": 0.01}
-    storage(pool, touch_interval=0, **edges)
+    storage(pool, touch_interval=0, max_data_bytes=1, **edges)
+    storage(pool, max_data_bytes=None)  # no limit
     for size in (16, 24, 32):
         storage(pool, encryption_keys=[os.urandom(size)])
     storage(pool, authentication_keys=[os.urandom(MIN_KEY_BYTES)])
@@ -116,13 +119,14 @@ async def test_the_storage_accepts_its_boundaries(pool: asyncpg.Pool) -> None:
     [
         ({"max_entries": 0}, "max_entries must be at least 1 and max_age positive"),
         ({"max_age": 0}, "max_entries must be at least 1 and max_age positive"),
+        ({"max_bytes": 511}, "max_bytes must be at least 512 (one entry's overhead)"),
     ],
-    ids=["no-entries", "zero-age"],
+    ids=["no-entries", "zero-age", "bytes-below-one-entry"],
 )
 def test_the_cache_refuses_bad_arguments(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         SessionCache(**options)
-    SessionCache(max_entries=1, max_age=0.001)  # the smallest allowed
+    SessionCache(max_entries=1, max_bytes=512, max_age=0.001)  # the smallest allowed
 
 
 @pytest.mark.parametrize(

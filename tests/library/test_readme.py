@@ -72,6 +72,15 @@ async def test_the_readme_app_runs_as_written(cache: str, wheel_python: Path, em
             assert await get(second) == (200, "hello user 1\n")
 
             assert (await post("/sudo", None)).status == 401  # nobody to elevate
+            # A logout over the websocket: saved before the server closes it.
+            async with http.ws_connect(program.url + "/ws", headers={"Cookie": f"session={second}"}) as ws:
+                await ws.send_str("hi")
+                assert (await ws.receive(timeout=10)).data == "hello user 1"
+                await ws.send_str("logout")
+                assert (await ws.receive(timeout=10)).type is aiohttp.WSMsgType.CLOSE
+                assert (await get(second))[0] == 401
+            second = cookie_of(await post("/login", None, username="alice"))
+            assert second is not None
             assert (await post("/logout", second)).status == 200
             assert (await get(second))[0] == 401
             # Only the tombstone of the renewed ID is left, until the sweeper takes it.

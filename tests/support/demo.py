@@ -18,6 +18,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
 
 from app import logs as app_logs
+from app import usernames
 from app.config import Settings
 from app.passwords import hash_once
 from app.runner import Runner
@@ -67,10 +68,22 @@ class AppLog:
         return [line for line in self.lines("aiohttp_session_postgres") if line.startswith("event=")]
 
 
-async def add_user(conn: asyncpg.Connection, username: str, password: str) -> int:
+async def add_user(conn: asyncpg.Connection, username: str, password: str, *, legacy: bool = False) -> int:
+    """A user, as `user add` stores one (its key and skeleton, app/usernames.py); `legacy`: as
+    code before migration 0007 stored one (the spelling alone), for older schemas."""
     password_hash = await hash_once(password, TEST_PASSWORD_COST)
+    if legacy:
+        return await conn.fetchval(
+            "INSERT INTO users (username, password_hash) VALUES ($1, $2) RETURNING id", username, password_hash
+        )
+    name_key = usernames.key(username)
     return await conn.fetchval(
-        "INSERT INTO users (username, password_hash) VALUES ($1, $2) RETURNING id", username, password_hash
+        "INSERT INTO users (username, username_key, username_skeleton, password_hash) VALUES ($1, $2, $3, $4)"
+        " RETURNING id",
+        username,
+        name_key,
+        usernames.skeleton(name_key),
+        password_hash,
     )
 
 

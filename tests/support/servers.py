@@ -13,11 +13,13 @@ import contextlib
 import hashlib
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -35,8 +37,17 @@ LOGIN_PAGE = "/public/login.html"
 class Server:
     """`python -m app serve` on 127.0.0.1:`port` against `database_url`, with `env` on top."""
 
-    def __init__(self, database_url: str, log_dir: Path, *, port: int | None = None, **env: str | None) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        log_dir: Path,
+        *,
+        port: int | None = None,
+        open_files: int | None = None,
+        **env: str | None,
+    ) -> None:
         self.database_url = database_url
+        self.open_files = open_files  # the process's RLIMIT_NOFILE (soft and hard), if set
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env
@@ -63,6 +74,7 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a signal from the test reaches only this server
+                preexec_fn=None if self.open_files is None else partial(_limit_open_files, self.open_files),
             )
         return self
 
@@ -161,6 +173,11 @@ class Server:
         return sum(_rss_kb(pid) for pid in [self.pid, *children(self.pid)])
 
 
+def _limit_open_files(limit: int) -> None:
+    """In the child before exec: at most `limit` open files, soft and hard (`ulimit -n`)."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
 def cmdline(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
 
@@ -207,9 +224,11 @@ class Servers:
         self.log_dir = log_dir
         self.started: list[Server] = []
 
-    async def start(self, database_url: str, *, port: int | None = None, **env: str | None) -> Server:
+    async def start(
+        self, database_url: str, *, port: int | None = None, open_files: int | None = None, **env: str | None
+    ) -> Server:
         for _ in range(3):
-            server = Server(database_url, self.log_dir, port=port, **env).start()
+            server = Server(database_url, self.log_dir, port=port, open_files=open_files, **env).start()
             self.started.append(server)
             try:
                 return await server.ready()

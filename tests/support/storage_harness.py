@@ -184,7 +184,7 @@ def build_app(pool: asyncpg.Pool, *, cache_url: str | None = None, **storage_opt
     app = web.Application()
     app[CONTROL] = Control()
     if cache_url is not None:
-        options["cache"] = SessionCache()
+        options.setdefault("cache", SessionCache())  # or the one the test made
     storage = PostgresStorage(pool, **{"authentication_keys": [AUTH_KEY], "encryption_keys": [ENC_KEY], **options})
     if cache_url is not None:
         app.cleanup_ctx.append(storage.cache_listener(partial(asyncpg.connect, cache_url)))
