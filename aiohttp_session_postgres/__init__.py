@@ -12,11 +12,12 @@ by the database's clock.
 Public names: PostgresStorage, PostgresSession, SessionCache, SessionInfo, setup,
 session_middleware, save_session, SessionNotSent, get_session, new_session, renew_session, sweep,
 ArgumentError, DatabaseUnavailable, SessionDataTooLarge, UNAVAILABLE_ERRORS, DEFAULT_MAX_DATA_BYTES,
-create_schema, schema_sql, schema_statements, schema_version, SCHEMA_VERSION. Everything else is
-internal and may change.
+create_schema, schema_sql, schema_statements, schema_version, SCHEMA_VERSION, tcp_keepalive.
+Everything else is internal and may change.
 """
 
 from .cache import SessionCache
+from .keepalive import tcp_keepalive
 from .pool import UNAVAILABLE_ERRORS
 from .rows import SessionInfo
 from .schema import SCHEMA_VERSION, create_schema, schema_sql, schema_statements, schema_version
@@ -51,4 +52,5 @@ __all__ = [
     "session_middleware",
     "setup",
     "sweep",
+    "tcp_keepalive",
 ]

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from ._types import Connection, PoolConnection
 
 log = logging.getLogger("aiohttp_session_postgres")
+
+T = TypeVar("T")
 
 # The schema is not what this code expects (a deploy migrating, a downgrade during traffic).
 SCHEMA_ERRORS: tuple[type[BaseException], ...] = (
@@ -88,6 +90,13 @@ class Unavailable(Exception):
         self.reason = reason
 
 
+class ConnectionLost(Unavailable):
+    """The connection broke under an operation before its deadline: the server closed it (a
+    restart), or the kernel found it dead (TCP_USER_TIMEOUT, a keepalive probe unanswered: a
+    NAT or load balancer that dropped it silently). What was sent may or may not have reached
+    the database: `FairPool.read` runs a read again on a new connection, nothing else does."""
+
+
 class FairPool:
     """`pool`, handed out in the order it was asked for. asyncpg's pool wakes a waiter when a
     connection comes back, but a newcomer can take it first, so with more requests than
@@ -127,7 +136,8 @@ class FairPool:
             if isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError):
                 await self.refused_as_read_only()
             if conn is None or _from_database(exc) or within.expired() or _closed(conn):
-                raise self._unavailable(exc) from exc
+                lost = conn is not None and not within.expired() and _closed(conn)
+                raise self._unavailable(exc, lost=lost) from exc
             raise
         except (asyncpg.InternalServerError, asyncpg.PostgresIOError) as exc:
             if not node_lost(exc):
@@ -162,6 +172,30 @@ class FairPool:
             self._expired_at = now
             await self.pool.expire_connections()
 
+    async def read(self, timeout: float, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """`work(conn)` on a connection, all of it within `timeout` seconds as `connection` says;
+        if the connection breaks under it before then (ConnectionLost: a connection that died
+        silently since its last use, found by TCP_USER_TIMEOUT), once more on a new connection
+        within what is left. The pool's idle connections are closed first: they most likely
+        went the same way, and the pool would hand out one of them before a new one. Only for
+        work that, run twice, changes nothing more than run once: a read, or the touch (it sets
+        the time and client it sets, whatever ran before).
+
+        :raises Unavailable: as `connection` does, also when the new connection breaks too.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            async with self.connection(timeout) as conn:
+                return await work(conn)
+        except ConnectionLost:
+            if loop.time() >= deadline:
+                raise
+        log.info("a read's connection broke: reading again on a new connection")
+        await _drop_idle(self.pool)
+        async with self.connection(deadline - loop.time()) as conn:
+            return await work(conn)
+
     def _release_later(self, conn: PoolConnection) -> None:
         task = asyncio.get_running_loop().create_task(self._release_in_background(conn))
         self._releasing.add(task)
@@ -184,19 +218,38 @@ class FairPool:
         except UNAVAILABLE_ERRORS as exc:
             raise self._unavailable(exc) from exc
 
-    def _unavailable(self, exc: BaseException) -> Unavailable:
-        """Unavailable, from `exc`; logged with its reason, at most once a REPORT_INTERVAL per
-        reason (an outage serves many requests)."""
-        why = reason(exc) or type(exc).__name__
+    def _unavailable(self, exc: BaseException, *, lost: bool = False) -> Unavailable:
+        """Unavailable, from `exc` (ConnectionLost when `lost`: the connection broke before the
+        deadline); logged with its reason, at most once a REPORT_INTERVAL per reason (an outage
+        serves many requests)."""
+        if lost:  # its own words: the database may well be up
+            cause = f" ({type(exc.__cause__).__name__})" if exc.__cause__ is not None else ""
+            why = f"database connection lost: {type(exc).__name__}{cause}"
+        else:
+            why = f"database unavailable: {reason(exc) or type(exc).__name__}"
         now = time.monotonic()
         logged_at, since = self._reported.get(why, (-REPORT_INTERVAL, 0))
         if now - logged_at >= REPORT_INTERVAL:
             more = f" ({since} more since the last line)" if since else ""
-            log.warning("database unavailable: %s%s", why, more)
+            log.warning("%s%s", why, more)
             self._reported[why] = (now, 0)
         else:
             self._reported[why] = (logged_at, since + 1)
-        return Unavailable(reason(exc))
+        return ConnectionLost(reason(exc)) if lost else Unavailable(reason(exc))
+
+
+async def _drop_idle(pool: asyncpg.Pool) -> None:
+    """Terminate the pool's idle connections (no I/O: a dead one cannot hold this up); the pool
+    opens new ones as they are asked for. Not `expire_connections()`: asyncpg closes an expired
+    connection gracefully, in a task of its own, whose error on a dead connection nobody
+    retrieves (a traceback in the log)."""
+    for _ in range(pool.get_max_size()):
+        if not pool.get_idle_size():
+            return
+        # The pool hands out a connected idle connection first, without I/O (no setup hook here).
+        conn = await pool.acquire()
+        conn.terminate()  # asyncpg puts its holder back, disconnected
+        await pool.release(conn)
 
 
 # How Citus reports, as an internal error (XX000) or an I/O error (58030), a worker it lost or

@@ -43,6 +43,17 @@ class Settings:
     # Upper bound, in seconds, on one database operation: waiting for a pool connection, connecting
     # and the statement itself. Past it the request answers 503 instead of hanging.
     database_timeout: float = 1.5
+    # TCP keepalive on the pool's connections (and the cache's listener): an idle connection is
+    # probed after this many seconds, then every database_keepalive_interval, and one a NAT or
+    # load balancer dropped silently is closed by the kernel (then replaced) before a request
+    # waits on it.
+    database_keepalive_idle: int = 10
+    database_keepalive_interval: int = 5
+    # Seconds data sent to the database may stay unacknowledged (after its first retransmission)
+    # before the kernel closes the connection (TCP_USER_TIMEOUT): a read on a connection that
+    # died since its last probe is then run again on a new one, within database_timeout. None: a
+    # third of database_timeout; 0: off.
+    database_tcp_user_timeout: float | None = None
     # Signs the cookie (HMAC-SHA256). Several may be listed, newest first: the first signs, all verify.
     authentication_keys: tuple[bytes, ...] = field(default=(), repr=False)
     # Encrypts session data (AES-GCM). Same listing rule as the authentication keys.
@@ -112,6 +123,13 @@ class Settings:
     first_user_name: str = "admin"
     first_user_password: str | None = field(default=None, repr=False)
 
+    @property
+    def tcp_user_timeout(self) -> float | None:
+        """TCP_USER_TIMEOUT for the database's connections in seconds, or None for none."""
+        if self.database_tcp_user_timeout is None:
+            return self.database_timeout / 3
+        return self.database_tcp_user_timeout or None
+
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from `env` (default `os.environ`) or raise ConfigError.
@@ -178,6 +196,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     database_timeout = _float(env, "DATABASE_TIMEOUT", 1.5, minimum=0.1, maximum=30.0)
     max_per_user = _int(env, "SESSION_MAX_PER_USER", 10, minimum=1, maximum=10_000)
     max_data_bytes = _int(env, "SESSION_MAX_DATA_BYTES", DEFAULT_MAX_DATA_BYTES, minimum=MIN_MAX_DATA_BYTES)
+    tcp_user_timeout = _float(env, "DATABASE_TCP_USER_TIMEOUT", database_timeout / 3, minimum=0.0, maximum=30.0)
+    if tcp_user_timeout >= database_timeout:
+        raise ConfigError(
+            f"DATABASE_TCP_USER_TIMEOUT must be less than DATABASE_TIMEOUT ({database_timeout}), so that a read"
+            f" on a dead connection can be tried again in time; got {tcp_user_timeout} (0 turns it off)"
+        )
     try:  # the library's rules, for what it takes; our own message
         PostgresStorage.check_arguments(
             # Embedded mode supplies its own keys later: the timeouts are checked all the same.
@@ -205,6 +229,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_url=database_url,
         database_pool_max=_int(env, "DATABASE_POOL_MAX", 5, minimum=1, maximum=100),
         database_timeout=database_timeout,
+        database_keepalive_idle=_int(env, "DATABASE_KEEPALIVE_IDLE", 10, minimum=1, maximum=7200),
+        database_keepalive_interval=_int(env, "DATABASE_KEEPALIVE_INTERVAL", 5, minimum=1, maximum=600),
+        database_tcp_user_timeout=tcp_user_timeout,
         authentication_keys=authentication_keys,
         encryption_keys=encryption_keys,
         next_authentication_keys=next_authentication_keys,

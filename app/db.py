@@ -1,15 +1,18 @@
 """The app's connection pool: how DATABASE_URL becomes asyncpg connections (TLS on a dyno,
-PgBouncer mode), and a pool that releases connections in one round trip.
+PgBouncer mode, TCP keepalive), and a pool that releases connections in one round trip.
 
 Each operation's deadline (a 503 instead of a hang) is the library's: `storage.connection()`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
+from aiohttp_session_postgres import tcp_keepalive
 
 
 def connect_kwargs(url: str, *, on_heroku: bool) -> dict[str, Any]:
@@ -44,14 +47,27 @@ def describe(url: str) -> str:
     return f"{host}:{port}{parts.path or '/'}"
 
 
+def keepalive(idle: int, interval: int, user_timeout: float | None) -> Callable[[asyncpg.Connection], Awaitable[bool]]:
+    """What sets TCP keepalive (probes after `idle` seconds, then every `interval`) and
+    TCP_USER_TIMEOUT (`user_timeout` seconds, or None for none) on a new connection."""
+    return partial(tcp_keepalive, idle=idle, interval=interval, user_timeout=user_timeout)
+
+
 async def create_pool(
-    url: str, *, on_heroku: bool, max_size: int, timeout: float, pgbouncer: bool = False
+    url: str,
+    *,
+    on_heroku: bool,
+    max_size: int,
+    timeout: float,
+    pgbouncer: bool = False,
+    init: Callable[[asyncpg.Connection], Awaitable[object]] | None = None,
 ) -> asyncpg.Pool:
     """Open the pool, connecting once so a wrong URL fails at start, not at the first request.
 
     `pgbouncer`: PgBouncer in transaction pooling hands each transaction to any server
     connection, so named prepared statements (asyncpg's statement cache) cannot be used. All
     timeouts here are client-side, so nothing is sent as a startup parameter PgBouncer rejects.
+    `init`: run on each new connection (`keepalive`).
     """
     return await asyncpg.create_pool(
         **connect_kwargs(url, on_heroku=on_heroku),
@@ -60,10 +76,14 @@ async def create_pool(
         timeout=timeout,  # connect
         # No command_timeout and no idle-connection timer: the storage's deadline bounds every
         # request's statements (the sweeper and the commands pass their own), and each of these
-        # costs asyncpg a timer per statement or per release, a measured share of a read.
+        # costs asyncpg a timer per statement or per release, a measured share of a read. A
+        # connection that died silently while idle is found by the kernel instead (`keepalive`:
+        # TCP keepalive, nothing per request), and one that died since its last probe by
+        # TCP_USER_TIMEOUT, within the deadline: the storage then reads again on a new one.
         max_inactive_connection_lifetime=0,
         statement_cache_size=0 if pgbouncer else 100,
         reset=_keep_session_state,
+        init=init,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import asyncpg
@@ -43,6 +44,7 @@ async def open_pool(settings: Settings) -> asyncpg.Pool:
             max_size=settings.database_pool_max,
             timeout=max(settings.database_timeout, 5.0),  # a cold start may be slower than a request
             pgbouncer=settings.pgbouncer,
+            init=_keepalive(settings),
         )
     except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError, ValueError) as exc:
         raise StartupError(
@@ -153,7 +155,15 @@ async def _warm_up(app: web.Application) -> None:
 async def _listener_connection(settings: Settings) -> asyncpg.Connection:
     assert settings.database_url is not None
     kwargs = db.connect_kwargs(settings.database_url, on_heroku=settings.on_heroku)
-    return await asyncpg.connect(**kwargs, timeout=max(settings.database_timeout, 5.0))
+    conn = await asyncpg.connect(**kwargs, timeout=max(settings.database_timeout, 5.0))
+    await _keepalive(settings)(conn)
+    return conn
+
+
+def _keepalive(settings: Settings) -> Callable[[asyncpg.Connection], Awaitable[bool]]:
+    return db.keepalive(
+        settings.database_keepalive_idle, settings.database_keepalive_interval, settings.tcp_user_timeout
+    )
 
 
 async def _close(app: web.Application) -> None:

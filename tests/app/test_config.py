@@ -313,6 +313,30 @@ def test_out_of_range_values_are_rejected_with_their_name(name: str, value: str)
     assert config_error(env(**{name: value})).startswith(name)
 
 
+def test_keepalive_and_tcp_user_timeout() -> None:
+    s = load_settings(env())
+    assert (s.database_keepalive_idle, s.database_keepalive_interval) == (10, 5)
+    assert s.tcp_user_timeout == 0.5  # a third of DATABASE_TIMEOUT
+    assert load_settings(env(DATABASE_TIMEOUT="3")).tcp_user_timeout == 1.0
+    s = load_settings(
+        env(DATABASE_KEEPALIVE_IDLE="30", DATABASE_KEEPALIVE_INTERVAL="2", DATABASE_TCP_USER_TIMEOUT="0.8")
+    )
+    assert (s.database_keepalive_idle, s.database_keepalive_interval, s.tcp_user_timeout) == (30, 2, 0.8)
+    assert load_settings(env(DATABASE_TCP_USER_TIMEOUT="0")).tcp_user_timeout is None  # off
+    # At or past the deadline, a read on a dead connection could never be run again in time.
+    message = config_error(env(DATABASE_TCP_USER_TIMEOUT="1.5"))
+    assert message.startswith("DATABASE_TCP_USER_TIMEOUT must be less than DATABASE_TIMEOUT (1.5)")
+    for name, value in (
+        ("DATABASE_KEEPALIVE_IDLE", "0"),
+        ("DATABASE_KEEPALIVE_IDLE", "7201"),
+        ("DATABASE_KEEPALIVE_INTERVAL", "0"),
+        ("DATABASE_KEEPALIVE_INTERVAL", "1.5"),
+        ("DATABASE_TCP_USER_TIMEOUT", "-1"),
+        ("DATABASE_TCP_USER_TIMEOUT", "soon"),
+    ):
+        assert config_error(env(**{name: value})).startswith(name)
+
+
 def test_range_boundaries_are_accepted() -> None:
     s = load_settings(
         env(PORT="65535", DATABASE_POOL_MAX="100", DATABASE_TIMEOUT="0.1", PASSWORD_HASH_COST="20", SWEEP_INTERVAL="1")
