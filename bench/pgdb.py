@@ -97,13 +97,24 @@ async def add_users(url: str, count: int) -> None:
     skeletons = [usernames.skeleton(key) for key in keys]
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute(
-            "INSERT INTO users (username, username_key, username_skeleton, password_hash)"
-            " SELECT k, k, s, $3 FROM unnest($1::text[], $2::text[]) AS t(k, s)",
-            keys,
-            skeletons,
-            password_hash,
+        keyed = await conn.fetchval(
+            "SELECT count(*) > 0 FROM information_schema.columns"
+            " WHERE table_name = 'users' AND column_name = 'username_key'"
         )
+        if keyed:
+            await conn.execute(
+                "INSERT INTO users (username, username_key, username_skeleton, password_hash)"
+                " SELECT k, k, s, $3 FROM unnest($1::text[], $2::text[]) AS t(k, s)",
+                keys,
+                skeletons,
+                password_hash,
+            )
+        else:  # a --baseline's schema, from before usernames had keys (migration 0007)
+            await conn.execute(
+                "INSERT INTO users (username, password_hash) SELECT k, $2 FROM unnest($1::text[]) AS t(k)",
+                keys,
+                password_hash,
+            )
     finally:
         await conn.close()
 
