@@ -22,14 +22,14 @@ That a write is never sent twice is tests/library/test_library_dead_connections.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable, Iterator
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from support import netns
 from support.demo import AppLog, add_user, login, make_settings, session_cookie
-from support.netns import NetnsPostgres, unavailable_reason
+from support.netns import NetnsPostgres
 from support.postgres import eventually
 
 from app import schema
@@ -43,19 +43,10 @@ RETRIED = "reading again on a new connection"
 
 @pytest.fixture(scope="module")
 def netns_postgres() -> Iterator[NetnsPostgres]:
-    reason = unavailable_reason()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    server = NetnsPostgres()
-    server.start()
-    try:
+    with netns.started() as server:
         asyncio.run(server.create_database())
         schema.upgrade(server.url())
         yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture

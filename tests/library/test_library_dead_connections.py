@@ -11,7 +11,6 @@ connections open at a given moment (support/netns.py), with `tcp_keepalive` on t
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
@@ -22,9 +21,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres import PostgresStorage, create_schema, get_session, new_session, tcp_keepalive
+from support import netns
 from support.keys import AUTH_KEY, ENC_KEY
 from support.logs import LOGGER, LibraryLog
-from support.netns import NetnsPostgres, unavailable_reason
+from support.netns import NetnsPostgres
 
 USER_TIMEOUT = 0.3  # seconds: well under the storage's deadline, so a read can be run again
 DATABASE_TIMEOUT = 1.5
@@ -36,17 +36,8 @@ Pools = Callable[[int], Awaitable[asyncpg.Pool]]
 
 @pytest.fixture(scope="module")
 def netns_postgres() -> Iterator[NetnsPostgres]:
-    reason = unavailable_reason()
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    server = NetnsPostgres()
-    server.start()
-    try:
+    with netns.started() as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture

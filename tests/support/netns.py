@@ -21,9 +21,11 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 PORT = 5432
 DATABASE = "app"
@@ -179,3 +181,20 @@ class NetnsPostgres:
             subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, timeout=30)
             subprocess.run(["ip", "link", "del", self._veth_here], capture_output=True, timeout=30)
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def started() -> Iterator[NetnsPostgres]:
+    """A NetnsPostgres for a test module's fixture, stopped and removed after it: skipped where
+    the machine cannot make one (`unavailable_reason`), failed instead under CI=true."""
+    reason = unavailable_reason()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = NetnsPostgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
