@@ -30,7 +30,7 @@ import asyncpg
 
 from .cipher import DataCipher
 from .memo import WeighedMap
-from .rows import Client, Created, Gone, NotCreated, NotSaved, Row, SessionRows
+from .rows import Client, Created, Gone, Lifetime, NotCreated, NotSaved, Row, SessionRows
 
 if TYPE_CHECKING:
     from ._types import Connection
@@ -286,20 +286,30 @@ class CachedRows(SessionRows):
         replaces: bytes | None,
         client: Client,
         check: Callable[[Connection], Awaitable[bool]] | None = None,
+        lifetime: Lifetime | None = None,
     ) -> Created | NotCreated:
         generation = self.cache.generation
         created = await super().create(
-            id_hash, plaintext, user_id=user_id, replaces=replaces, client=client, check=check
+            id_hash, plaintext, user_id=user_id, replaces=replaces, client=client, check=check, lifetime=lifetime
         )
         if created is not NotCreated.PRECONDITION:
             self._after_creation(id_hash, replaces, created, generation)
         return created
 
     async def renew(
-        self, id_hash: bytes, plaintext: bytes, *, user_id: int | None, replaces: bytes, client: Client
+        self,
+        id_hash: bytes,
+        plaintext: bytes,
+        *,
+        user_id: int | None,
+        replaces: bytes,
+        client: Client,
+        lifetime: Lifetime | None = None,
     ) -> Created | NotCreated:
         generation = self.cache.generation
-        created = await super().renew(id_hash, plaintext, user_id=user_id, replaces=replaces, client=client)
+        created = await super().renew(
+            id_hash, plaintext, user_id=user_id, replaces=replaces, client=client, lifetime=lifetime
+        )
         self._after_creation(id_hash, replaces, created, generation)
         return created
 
@@ -321,9 +331,12 @@ class CachedRows(SessionRows):
         version: int,
         durable: bool,
         rebase: Callable[[bytes], tuple[bytes, int | None]],
+        lifetime: Lifetime | None = None,
     ) -> Row | NotSaved:
         generation = self.cache.generation
-        saved = await super().save(id_hash, plaintext, user_id=user_id, version=version, durable=durable, rebase=rebase)
+        saved = await super().save(
+            id_hash, plaintext, user_id=user_id, version=version, durable=durable, rebase=rebase, lifetime=lifetime
+        )
         if isinstance(saved, Row):
             self._put_written(id_hash, saved, generation)
         elif saved is NotSaved.ENDED:

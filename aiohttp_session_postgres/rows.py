@@ -51,6 +51,29 @@ READ_ONLY_RETRY = 5.0
 _HANDLE_RE = re.compile(rf"[0-9a-f]{{{HANDLE_BYTES * 2}}}")
 
 
+class Lifetime(NamedTuple):
+    """A session's lifetime as its row keeps it, given at creation or by a change of its max_age.
+
+    :param seconds: its absolute lifetime, from its creation (the absolute deadline is
+        created_at + seconds).
+    :param idle_timeout: its own idle timeout (seconds: a remembered session's); None: the
+        storage's.
+    :param browser_session: its cookie has no Max-Age (ends with the browser).
+    """
+
+    seconds: float
+    idle_timeout: int | None
+    browser_session: bool
+
+    def values(self) -> dict[str, object]:
+        """As the statements take it (sql.py: $lifetime, $row_idle_timeout, $browser_session)."""
+        return {"row_idle_timeout": self.idle_timeout, "browser_session": self.browser_session}
+
+
+# No change of lifetime: the row keeps its own (RENEW_SQL, SAVE_SQL).
+_KEEP: dict[str, object] = {"lifetime": None, "row_idle_timeout": None, "browser_session": None}
+
+
 class Client(NamedTuple):
     """What a session keeps of the client at its last touch, valid text for PostgreSQL."""
 
@@ -77,6 +100,8 @@ class Row:
     # a deadline is met early, never late.
     clock: float
     current_key: bool = True  # sealed under the newest encryption key
+    browser_session: bool = False  # its cookie has no Max-Age
+    lifetime: int = 0  # seconds from creation to its absolute deadline
 
     def now(self) -> float:
         """The database's clock now (epoch seconds), as estimated from the statement that read
@@ -153,7 +178,10 @@ class SessionRows:
     :param cipher: seals and opens session data.
     :param names: the table.
     :param idle_timeout: seconds without a touch that end a session.
-    :param absolute_timeout: seconds after creation that end a session.
+    :param absolute_timeout: seconds after creation that end a session (unless its `Lifetime`
+        says otherwise).
+    :param remember_idle_timeout: the most a row's own idle timeout may be (a remembered
+        session's); None: `idle_timeout`.
     :param touch_interval: a load slides the idle deadline at most this often (seconds).
     :param database_timeout: seconds one operation may take, pool wait included.
     :param max_sessions_per_user: live sessions kept per user after a creation; None: no cap.
@@ -176,6 +204,7 @@ class SessionRows:
         max_sessions_per_user: int | None,
         durable_writes: bool,
         citus: bool | None = None,
+        remember_idle_timeout: float | None = None,
     ) -> None:
         self.pool = pool
         # Found out from the table at the first operation, whatever the constructor was told.
@@ -185,6 +214,7 @@ class SessionRows:
         self.names = names
         self.idle_timeout = idle_timeout
         self.absolute_timeout = absolute_timeout
+        self.remember_idle_timeout = idle_timeout if remember_idle_timeout is None else remember_idle_timeout
         self.touch_interval = touch_interval
         self.database_timeout = database_timeout
         self.max_sessions_per_user = max_sessions_per_user
@@ -300,6 +330,7 @@ class SessionRows:
                 id_hash=id_hash,
                 touch_interval=self.touch_interval,
                 idle_timeout=self.idle_timeout,
+                remember_idle_timeout=self.remember_idle_timeout,
                 client_ip=ip,
                 user_agent=user_agent,
             )
@@ -340,11 +371,14 @@ class SessionRows:
         replaces: bytes | None,
         client: Client,
         check: Callable[[Connection], Awaitable[bool]] | None = None,
+        lifetime: Lifetime | None = None,
     ) -> Created | NotCreated:
         """A new session, using up `replaces` (the session a login came with) in the same
         statement; then, for a user, the cap. `check`: run first, in the creation's transaction;
         False creates nothing. A creation that ends a session, or that a check guards, waits for
-        the WAL flush even with durable_writes=False."""
+        the WAL flush even with durable_writes=False. `lifetime`: None, the storage's."""
+        if lifetime is None:
+            lifetime = Lifetime(self.absolute_timeout, None, False)
         durable = replaces is not None or check is not None
         data = self._cipher.seal(plaintext, id_hash)
         async with self._connection(None) as conn:
@@ -354,7 +388,8 @@ class SessionRows:
                 user_id=user_id,
                 data=data,
                 idle_timeout=self.idle_timeout,
-                absolute_timeout=self.absolute_timeout,
+                absolute_timeout=lifetime.seconds,
+                **lifetime.values(),
                 replaced=replaces,
                 client_ip=client.ip,
                 user_agent=client.user_agent,
@@ -379,10 +414,18 @@ class SessionRows:
             return await self._with_cap(conn, id_hash, plaintext, user_id, record, sent)
 
     async def renew(
-        self, id_hash: bytes, plaintext: bytes, *, user_id: int | None, replaces: bytes, client: Client
+        self,
+        id_hash: bytes,
+        plaintext: bytes,
+        *,
+        user_id: int | None,
+        replaces: bytes,
+        client: Client,
+        lifetime: Lifetime | None = None,
     ) -> Created | NotCreated:
         """A new session replacing the live session `replaces`, keeping its creation time and
-        absolute deadline, in one statement; then, for a user, the cap."""
+        absolute deadline (and its lifetime: idle timeout, cookie kind), in one statement; then,
+        for a user, the cap. `lifetime`: a new one, counted from the creation time kept."""
         data = self._cipher.seal(plaintext, id_hash)
         async with self._connection(None) as conn:
             statement = self.sql.renew
@@ -392,6 +435,8 @@ class SessionRows:
                 user_id=user_id,
                 data=data,
                 idle_timeout=self.idle_timeout,
+                remember_idle_timeout=self.remember_idle_timeout,
+                **_lifetime_values(lifetime),
                 replaced=replaces,
                 client_ip=client.ip,
                 user_agent=client.user_agent,
@@ -450,22 +495,30 @@ class SessionRows:
         version: int,
         durable: bool,
         rebase: Callable[[bytes], tuple[bytes, int | None]],
+        lifetime: Lifetime | None = None,
     ) -> Row | NotSaved:
         """Write `plaintext` over the row if it is still at `version`. If someone saved since,
         `rebase(latest)` re-applies this request's changes to the latest data (returning it and
         its user_id), under the row's lock, for the length of one merge. `durable`: wait for the
         flush even with durable_writes=False (a merge decides for itself: a change of user_id
-        ends something)."""
+        ends something). `lifetime`: the session's new one (its max_age changed), counted from
+        its creation; None: it keeps its own."""
         async with self._connection(None) as conn:
             sent = time.monotonic()
             async with self._changing(conn) as changed:
-                record = await self._write(conn, id_hash, plaintext, user_id, version, durable=durable, changed=changed)
+                record = await self._write(
+                    conn, id_hash, plaintext, user_id, version, durable=durable, changed=changed, lifetime=lifetime
+                )
             if record is None:
-                return await self._merge(conn, id_hash, rebase)
+                return await self._merge(conn, id_hash, rebase, lifetime)
         return self._written(id_hash, record, plaintext, sent)
 
     async def _merge(
-        self, conn: Connection, id_hash: bytes, rebase: Callable[[bytes], tuple[bytes, int | None]]
+        self,
+        conn: Connection,
+        id_hash: bytes,
+        rebase: Callable[[bytes], tuple[bytes, int | None]],
+        lifetime: Lifetime | None,
     ) -> Row | NotSaved:
         sent = time.monotonic()
         async with self._changing(conn, transaction=True) as changed:
@@ -480,7 +533,14 @@ class SessionRows:
             plaintext, user_id = rebase(opened[0])
             durable = user_id != latest["user_id"]
             record = await self._write(
-                conn, id_hash, plaintext, user_id, latest["version"], durable=durable, changed=changed
+                conn,
+                id_hash,
+                plaintext,
+                user_id,
+                latest["version"],
+                durable=durable,
+                changed=changed,
+                lifetime=lifetime,
             )
         return NotSaved.ENDED if record is None else self._written(id_hash, record, plaintext, sent)
 
@@ -494,6 +554,7 @@ class SessionRows:
         *,
         durable: bool,
         changed: list[str],
+        lifetime: Lifetime | None = None,
     ) -> asyncpg.Record | None:
         statement = self.sql.save if durable else self.sql.save_async
         args = statement.args(
@@ -501,6 +562,8 @@ class SessionRows:
             data=self._cipher.seal(plaintext, id_hash),
             user_id=user_id,
             idle_timeout=self.idle_timeout,
+            remember_idle_timeout=self.remember_idle_timeout,
+            **_lifetime_values(lifetime),
             version=version,
         )
         record: asyncpg.Record | None = await conn.fetchrow(statement.sql, *args)
@@ -594,6 +657,8 @@ class SessionRows:
             record["last_seen"],
             now - sent,
             current_key,
+            record["browser_session"],
+            record["lifetime"],
         )
         if memo:
             self._touch_times[id_hash] = row.local(row.touched_at)
@@ -603,6 +668,13 @@ class SessionRows:
         """The row a write left: its touch is the statement's now()."""
         self._writable()
         return self._row(id_hash, record, plaintext, True, sent=sent, now=record["last_seen"], memo=True)
+
+
+def _lifetime_values(lifetime: Lifetime | None) -> dict[str, object]:
+    """RENEW_SQL's and SAVE_SQL's lifetime parameters: a new lifetime, or the row's kept."""
+    if lifetime is None:
+        return _KEEP
+    return {"lifetime": lifetime.seconds, **lifetime.values()}
 
 
 class _Nothing:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 # Bumped whenever schema.sql changes what it creates. The table's comment records the version a
 # database has, so create_schema() on an up-to-date database takes no lock on the table.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _VERSION_COMMENT = f"aiohttp-session-postgres schema {SCHEMA_VERSION}"
 
 # Plain identifiers only: quoting then is only a formality, and no name can carry SQL or a

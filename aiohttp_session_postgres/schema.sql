@@ -34,12 +34,21 @@ CREATE TABLE IF NOT EXISTS {table} (
     -- tombstone (expired, no data), kept a little while so that the same cookie cannot start a
     -- second session (a double-submitted login form, two concurrent renewals).
     replaced_at timestamptz,
+    -- A session's own lifetime, when its handler set session.max_age (NULL, as in rows written
+    -- before these columns: the storage's). idle_timeout: seconds without a request that end it
+    -- (a remembered session's); browser_session: true when its cookie has no Max-Age.
+    idle_timeout integer,
+    browser_session boolean,
     -- So the idle deadline alone decides expiry, and one index serves the sweeper.
     CHECK (idle_expires_at <= absolute_expires_at)
 ){partition_clause};
 {partitions}
 -- Brings a table made by an earlier layout up to date.
 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS replaced_at timestamptz;
+-- Schema 2: nullable, no default, no constraint: adding them rewrites and scans nothing, and
+-- processes of schema 1 keep working beside them (they never name these columns).
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS idle_timeout integer;
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS browser_session boolean;
 
 -- The sweeper's scan, oldest deadline first.
 CREATE INDEX IF NOT EXISTS {idle_index} ON {table} (idle_expires_at);

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from ._types import Connection
 
 _MISSING = object()
+# A new session's stored max_age: none yet (any value it is given is new).
+_NOT_STORED = object()
 
 # PostgresStorage's max_data_bytes by default: 64 KiB of JSON. Sixteen times what a cookie
 # session holds (browsers must accept 4096-byte cookies, RFC 6265 section 6.1, the size Rails'
@@ -123,6 +125,17 @@ class PostgresSession(Session):
     Use it as any Session (a mutable mapping of JSON values). The storage makes it; an app gets
     it from `get_session`, `new_session` or `renew_session`.
 
+    `max_age` (aiohttp-session's attribute) is the session's lifetime, in seconds from its
+    creation, and its cookie's kind: a new session starts with the storage's `absolute_timeout`
+    (a persistent cookie, as aiohttp-session's storages do); None makes a browser-session cookie
+    (no Max-Age: the browser drops it when it closes; the server still ends the session at its
+    idle and absolute timeouts); N makes a cookie of Max-Age N and a session that the server
+    ends N seconds after its creation ("remember me"), with the storage's
+    `remember_idle_timeout` when N is over its `absolute_timeout`. A loaded session reports its
+    own. Setting it on a loaded session saves it (unlike aiohttp-session, where it is only used
+    if something else changes), counted from its creation: a lifetime its age has already passed
+    ends it. A renewal keeps it.
+
     :raises TypeError: at assignment, for a value that is not JSON (str, int, float, bool, None,
         and lists and str-keyed dicts of them; integers within 64 bits, strings valid UTF-8,
         nested at most 64 deep), or a `user_id_key` value that is not an int: in the handler,
@@ -139,8 +152,12 @@ class PostgresSession(Session):
         version: int = 0,
         expires: float | None = None,
         user_id_key: str = "user_id",
+        max_age: int | None = None,
+        max_age_limit: int | None = None,
     ) -> None:
-        """`snapshot` must be an independent copy of `data` (the storage decodes it twice)."""
+        """`snapshot` must be an independent copy of `data` (the storage decodes it twice).
+        `max_age`: a loaded session's own (a new one's is given by the storage);
+        `max_age_limit`: the most `max_age` may be set to (None: no limit)."""
         self._flagged = False
         self._user_id_key = user_id_key
         self._assigned: set[str] = set()
@@ -155,6 +172,9 @@ class PostgresSession(Session):
         # Set by require(): checked in the transaction that creates the session.
         self.precondition: tuple[Callable[[Connection], Awaitable[bool]], web.HTTPException] | None = None
         self.resigned_cookie: str | None = None
+        # The cookie the browser holds for this session (as loaded, or as this request set it):
+        # sent again when its lifetime changes.
+        self.sent_cookie: str | None = None
         # Set by renew_session: the row this one replaces, whose deadlines it keeps.
         self.renews: bytes | None = None
         # Bytes of JSON a save may store even over the storage's max_data_bytes: the size of the
@@ -164,10 +184,58 @@ class PostgresSession(Session):
         payload: SessionData | None = None
         if data is not None:
             payload = {"created": created if created is not None else int(time.time()), "session": data}
+        # max_age not given to Session: it would drop the data by this host's clock.
         super().__init__(None if id_hash is None else id_hash.hex(), data=payload, new=id_hash is None)
+        self._max_age = max_age
+        self._max_age_limit = max_age_limit
+        # The max_age the row has: a change of it is saved.
+        self._stored_max_age: object = _NOT_STORED if id_hash is None else max_age
         # aiohttp-session moves its `_created` to "now" on every change (a cookie storage's
         # notion); here `created` stays the session's creation time, as its row has it.
         self._creation = self._created
+
+    @property
+    def max_age(self) -> int | None:
+        """The session's lifetime in seconds from its creation (and its cookie's Max-Age), or
+        None for a browser-session cookie. Setting it on a loaded session saves it.
+
+        :raises TypeError: for a value that is not an int or None.
+        :raises ValueError: for a value below 1 or over the storage's `max_remember_timeout`.
+        """
+        return self._max_age
+
+    @max_age.setter
+    def max_age(self, value: int | None) -> None:
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"session.max_age must be an int (seconds) or None, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError("session.max_age must be at least 1 second (or None; to end it, invalidate())")
+            limit = self._max_age_limit
+            if limit is not None and value > limit:
+                raise ValueError(f"session.max_age {value} is over the storage's max_remember_timeout ({limit} s)")
+        self._max_age = value
+
+    @property
+    def lifetime_changed(self) -> bool:
+        """Whether the handler changed the `max_age` of a stored session (a new one's is used
+        when it is created)."""
+        return self._stored_max_age is not _NOT_STORED and self._max_age != self._stored_max_age
+
+    def stored(self, max_age: int | None) -> None:
+        """The row now keeps `max_age` for this session (as it says after a write), which the
+        session then reports."""
+        self._max_age = self._stored_max_age = max_age
+
+    @property
+    def stored_browser_session(self) -> bool:
+        """Whether the cookie the row keeps is a browser-session cookie (no Max-Age)."""
+        return self._stored_max_age is None
+
+    def keep_lifetime_of(self, old: PostgresSession) -> None:
+        """For a renewal: this session takes `old`'s max_age, and its record of what is stored."""
+        self._max_age = old._max_age
+        self._stored_max_age = old._stored_max_age
 
     @property
     def created(self) -> int:
@@ -197,7 +265,7 @@ class PostgresSession(Session):
     # aiohttp-session's middleware saves when `_changed` is true; base methods assign it.
     @property
     def _changed(self) -> bool:
-        return self._flagged or self.needs_rewrite or self._mapping != self._snapshot
+        return self._flagged or self.needs_rewrite or self._mapping != self._snapshot or self.lifetime_changed
 
     @_changed.setter
     def _changed(self, value: bool) -> None:

@@ -42,6 +42,22 @@ def epoch(column: str) -> str:
     return f"extract(epoch FROM {column} AT TIME ZONE 'UTC')"
 
 
+def idle_seconds(row: str = "") -> str:
+    """The idle timeout (seconds) of the row named `row` (an alias, or "" for the table): its own
+    `idle_timeout` (a remembered session's; NULL: the storage's $idle_timeout), never more than
+    the storage's $remember_idle_timeout now, so that shortening that setting applies at the next
+    touch. Rows written before the column existed have NULL: today's idle timeout."""
+    prefix = f"{row}." if row else ""
+    return f"least(coalesce({prefix}idle_timeout::float8, $idle_timeout::float8), $remember_idle_timeout::float8)"
+
+
+# A session's lifetime, as kept per row (NULL in rows written before these columns, and read as
+# the storage's defaults): `idle_timeout` (seconds; NULL: the storage's idle timeout) and
+# `browser_session` (true: the cookie has no Max-Age; NULL or false: a persistent cookie). Its
+# absolute lifetime is absolute_expires_at - created_at, returned as `lifetime` (seconds).
+LIFETIME_COLUMNS = """coalesce(browser_session, false) AS browser_session,
+       round(extract(epoch FROM absolute_expires_at - created_at))::bigint AS lifetime"""
+
 # What a statement that reads or writes one session returns of it, beside its data: a row of
 # rows.Row, times as epoch seconds (the database's clock). A read also returns its `now()`, the
 # database's clock, which rows.py measures every deadline against; a write's is its `last_seen`
@@ -50,7 +66,8 @@ ROW_COLUMNS = f"""version,
        {epoch("created_at")}::bigint AS created,
        {epoch("idle_expires_at")}::float8 AS idle_deadline,
        {epoch("absolute_expires_at")}::float8 AS absolute_deadline,
-       {epoch("last_seen_at")}::float8 AS last_seen"""
+       {epoch("last_seen_at")}::float8 AS last_seen,
+       {LIFETIME_COLUMNS}"""
 
 # A read: the live row and, only when its last touch is older than the touch interval, slide its
 # idle deadline (never past the absolute one) and note the client, in the same statement. Inside
@@ -62,13 +79,14 @@ ROW_COLUMNS = f"""version,
 LOAD_AND_TOUCH_SQL = f"""
 WITH live AS (
     SELECT id_hash, data, version, created_at, idle_expires_at, absolute_expires_at, last_seen_at,
+           idle_timeout, browser_session,
            last_seen_at <= now() - make_interval(secs => $touch_interval) AS due
     FROM {{table}}
     WHERE id_hash = $id_hash AND {LIVE}
 ), touched AS (
     UPDATE {{table}} AS s
     SET last_seen_at = now(),
-        idle_expires_at = least(now() + make_interval(secs => $idle_timeout), s.absolute_expires_at),
+        idle_expires_at = least(now() + make_interval(secs => {idle_seconds("s")}), s.absolute_expires_at),
         client_ip = $client_ip, user_agent = $user_agent
     FROM live
     WHERE s.id_hash = $id_hash AND s.id_hash = live.id_hash AND live.due AND s.replaced_at IS NULL
@@ -78,12 +96,13 @@ SELECT data, version,
        {epoch("created_at")}::bigint AS created,
        {
     epoch(
-        "CASE WHEN due THEN least(now() + make_interval(secs => $idle_timeout), absolute_expires_at)"
+        f"CASE WHEN due THEN least(now() + make_interval(secs => {idle_seconds()}), absolute_expires_at)"
         " ELSE idle_expires_at END"
     )
 }::float8 AS idle_deadline,
        {epoch("absolute_expires_at")}::float8 AS absolute_deadline,
        {epoch("CASE WHEN due THEN now() ELSE last_seen_at END")}::float8 AS last_seen,
+       {LIFETIME_COLUMNS},
        {epoch("now()")}::float8 AS now
 FROM live
 """
@@ -103,7 +122,9 @@ WHERE id_hash = $id_hash AND {LIVE}
 # nothing: at most one live session results from one pre-login session, however many times the
 # form is submitted. The conflict's update takes its times from the row proposed (EXCLUDED: now()),
 # never a function: Citus allows only IMMUTABLE ones there. `replaced_version` is what a
-# notification of the used-up session carries.
+# notification of the used-up session carries. The new session lives $absolute_timeout seconds
+# (the storage's, or the session's max_age), with its own idle timeout $row_idle_timeout (NULL:
+# the storage's) and cookie kind $browser_session.
 CREATE_SQL = f"""
 WITH used AS (
     INSERT INTO {{table}} AS s (id_hash, data, idle_expires_at, absolute_expires_at, replaced_at)
@@ -115,9 +136,13 @@ WITH used AS (
            OR EXCLUDED.replaced_at - s.replaced_at >= make_interval(secs => $tombstone_seconds)
     RETURNING version
 ), created AS (
-    INSERT INTO {{table}} (id_hash, user_id, data, idle_expires_at, absolute_expires_at, client_ip, user_agent)
-    SELECT $id_hash, $user_id, $data, now() + make_interval(secs => $idle_timeout),
-           now() + make_interval(secs => $absolute_timeout), $client_ip, $user_agent
+    INSERT INTO {{table}} (id_hash, user_id, data, idle_expires_at, absolute_expires_at, idle_timeout,
+                           browser_session, client_ip, user_agent)
+    SELECT $id_hash, $user_id, $data,
+           least(now() + make_interval(secs => coalesce($row_idle_timeout::integer::float8, $idle_timeout::float8)),
+                 now() + make_interval(secs => $absolute_timeout::float8)),
+           now() + make_interval(secs => $absolute_timeout::float8), $row_idle_timeout::integer,
+           $browser_session::boolean, $client_ip, $user_agent
     WHERE ($replaced::bytea IS NULL OR EXISTS (SELECT FROM used)) {{async_commit}}
     RETURNING {ROW_COLUMNS}
 )
@@ -131,20 +156,30 @@ SELECT created.*, (SELECT version FROM used) AS replaced_version FROM created
 # not take it, rows.py takes it first in the same transaction): ending all of a user's sessions
 # takes it exclusively first, so a renewal in flight is either done before that statement looks
 # (its new row is then ended too) or finds the old row gone; without it, the new row was made where
-# that statement never looked.
+# that statement never looked. The new row keeps the old one's lifetime (idle_timeout,
+# browser_session), unless the handler changed the session's max_age ($lifetime not NULL: the new
+# absolute deadline is then created_at + $lifetime, with $row_idle_timeout and $browser_session).
 RENEW_SQL = f"""
 WITH used AS (
     UPDATE {{table}}
     SET data = '\\x'::bytea, user_id = NULL, version = version + 1, replaced_at = now(), idle_expires_at = now()
     WHERE id_hash = $replaced AND replaced_at IS NULL AND {LIVE} {{user_lock}}
-    RETURNING version, created_at, absolute_expires_at
+    RETURNING version, created_at, absolute_expires_at, idle_timeout, browser_session
+), kept AS (
+    SELECT created_at,
+           coalesce(created_at + make_interval(secs => $lifetime::float8), absolute_expires_at) AS absolute_expires_at,
+           CASE WHEN $lifetime::float8 IS NULL THEN idle_timeout ELSE $row_idle_timeout::integer END AS idle_timeout,
+           CASE WHEN $lifetime::float8 IS NULL THEN browser_session ELSE $browser_session::boolean END
+               AS browser_session
+    FROM used
 ), created AS (
     INSERT INTO {{table}}
-        (id_hash, user_id, data, created_at, idle_expires_at, absolute_expires_at, client_ip, user_agent)
-    SELECT $id_hash, $user_id, $data, u.created_at,
-           least(now() + make_interval(secs => $idle_timeout), u.absolute_expires_at), u.absolute_expires_at,
-           $client_ip, $user_agent
-    FROM used AS u
+        (id_hash, user_id, data, created_at, idle_expires_at, absolute_expires_at, idle_timeout, browser_session,
+         client_ip, user_agent)
+    SELECT $id_hash, $user_id, $data, k.created_at,
+           least(now() + make_interval(secs => {idle_seconds("k")}), k.absolute_expires_at), k.absolute_expires_at,
+           k.idle_timeout, k.browser_session, $client_ip, $user_agent
+    FROM kept AS k
     RETURNING {ROW_COLUMNS}
 )
 SELECT created.*, (SELECT version FROM used) AS replaced_version FROM created
@@ -176,11 +211,22 @@ RETURNING id_hash
 """
 
 # A write, optimistic: only if nobody saved since this request loaded $version. Never an upsert:
-# an ended session stays ended. Expiry against {write_clock}.
+# an ended session stays ended. Expiry against {write_clock}. The idle deadline slides by the
+# row's idle timeout. $lifetime not NULL: the handler changed the session's max_age; the row then
+# takes its new lifetime (absolute deadline created_at + $lifetime, $row_idle_timeout,
+# $browser_session), which a deadline already past ends at once. (SET reads the row as it was.)
+_NEW_ABSOLUTE = "coalesce(created_at + make_interval(secs => $lifetime::float8), absolute_expires_at)"
+_NEW_IDLE_TIMEOUT = "CASE WHEN $lifetime::float8 IS NULL THEN idle_timeout ELSE $row_idle_timeout::integer END"
 SAVE_SQL = f"""
 UPDATE {{table}}
 SET data = $data, user_id = $user_id, version = version + 1, last_seen_at = now(),
-    idle_expires_at = least(now() + make_interval(secs => $idle_timeout), absolute_expires_at)
+    absolute_expires_at = {_NEW_ABSOLUTE},
+    idle_timeout = {_NEW_IDLE_TIMEOUT},
+    browser_session = CASE WHEN $lifetime::float8 IS NULL THEN browser_session ELSE $browser_session::boolean END,
+    idle_expires_at = least(
+        now() + make_interval(secs => least(coalesce(({_NEW_IDLE_TIMEOUT})::float8, $idle_timeout::float8),
+                                            $remember_idle_timeout::float8)),
+        {_NEW_ABSOLUTE})
 WHERE id_hash = $id_hash AND version = $version AND {live("{write_clock}")} {{async_commit}}
 RETURNING {ROW_COLUMNS}
 """

@@ -25,9 +25,9 @@ from aiohttp_session import AbstractStorage, Session
 from . import events
 from .cache import CachedRows, SessionCache
 from .cipher import AES_KEY_BYTES, DataCipher
-from .cookies import SessionCookie
+from .cookies import SessionCookie, check_cookie_attributes
 from .pool import Unavailable
-from .rows import Client, Created, NotCreated, NotSaved, Row, SessionInfo, SessionRows
+from .rows import Client, Created, Lifetime, NotCreated, NotSaved, Row, SessionInfo, SessionRows
 from .schema import TableNames
 from .session import DEFAULT_MAX_DATA_BYTES, PostgresSession, SessionDataTooLarge, check_json_value
 from .tokens import MIN_KEY_BYTES, TokenSigner, VerifiedToken
@@ -101,15 +101,43 @@ class PostgresStorage(AbstractStorage):
         and data they decrypt is not rewritten. Each exactly 16, 24 or 32 bytes.
     :param idle_timeout: seconds without a request that end a session (OWASP: 15-30 minutes).
     :param absolute_timeout: seconds after creation that end a session however active; also the
-        cookie's Max-Age (OWASP: 4-8 hours for most apps).
+        cookie's Max-Age (OWASP: 4-8 hours for most apps). It is a new session's `max_age`
+        (aiohttp-session's attribute), which a handler may change: see below.
+    :param max_remember_timeout: the longest lifetime (seconds from creation) a handler may give
+        a session by setting ``session.max_age = N`` ("remember me": a cookie of Max-Age N, and
+        a session the server ends N seconds after its creation); a larger N raises ValueError
+        in the handler, at the assignment (never clamped silently). None (the default):
+        `absolute_timeout`, so nothing lives longer unless the app allows it.
+        ``session.max_age = None`` gives a browser-session cookie (no Max-Age: "do not remember
+        me"), the server still enforcing the idle and absolute timeouts.
+    :param remember_idle_timeout: seconds without a request that end a session whose
+        ``max_age`` is over `absolute_timeout` (a remembered one); the others keep
+        `idle_timeout`. None (the default): `idle_timeout`. Kept in the session's row; a
+        shorter setting applies to existing sessions at their next touch.
     :param touch_interval: a read slides the idle deadline at most this often (seconds), so most
         reads write nothing; a session may end after ``idle_timeout - touch_interval`` seconds
         without requests.
-    :param cookie_name: the cookie's name; ``__Host-`` is put in front of it when the cookie is
-        Secure (it then has ``Path=/`` and no ``Domain``: RFC 6265bis), and never read without it.
+    :param cookie_name: the cookie's base name (an RFC 6265 token, without a prefix). A Secure
+        cookie is named with a prefix browsers enforce (RFC 6265bis section 4.1.3), and is
+        never read without it: ``__Host-<name>`` when it has ``Path=/`` and no `domain` (the
+        prefix's own rules: the cookie is then pinned to this host), else ``__Secure-<name>``
+        (a `domain` or another `path`: browsers still refuse it from a page that is not
+        secure). A cookie that is not Secure has the plain name. `cookie_name` reports the
+        base name.
     :param secure: None (the default): the cookie is Secure when ``request.secure`` (the request
         came over HTTPS; behind a TLS-terminating proxy, make aiohttp see the forwarded scheme,
         e.g. with aiohttp-remotes). True: always Secure; False: never (plain-HTTP development).
+    :param domain: the cookie's ``Domain``: a plain host name (``example.com`` sends the
+        cookie to ``app.example.com`` and ``api.example.com`` too). None (the default): no
+        Domain, the cookie goes back only to the host that set it (and may be ``__Host-``).
+    :param path: the cookie's ``Path`` (starts with ``/``; printable ASCII, no ``;``). Default
+        ``/``.
+    :param samesite: the cookie's ``SameSite``: ``"Lax"`` (the default), ``"Strict"`` or
+        ``"None"`` (sent on cross-site requests too, as an app embedded in another site needs).
+        ``"None"`` needs Secure: with ``secure=False`` it is refused here; with ``secure=None``,
+        a cookie set on a plain-HTTP request is sent with ``SameSite=Lax`` instead (browsers
+        refuse ``SameSite=None`` without Secure; it is never sent so).
+    :param httponly: the cookie's ``HttpOnly`` (default True: scripts cannot read it).
     :param database_timeout: seconds one database operation may take (pool wait, connect,
         statements) before the request answers 503 (`DatabaseUnavailable`).
     :param user_id_key: the session key whose integer value is mirrored into the ``user_id``
@@ -151,7 +179,11 @@ class PostgresStorage(AbstractStorage):
         what a Rails or Express session table on MySQL holds: see `DEFAULT_MAX_DATA_BYTES`).
         None: no limit.
     :raises ArgumentError: (a ValueError) as `check_arguments` says.
+    :raises TypeError: for a cookie attribute of the wrong type, naming it.
     :raises ValueError: for a table or schema name that is not a plain identifier.
+
+    `cookie_params` (aiohttp-session's) reports the attributes as configured: ``secure`` None
+    means decided per request, ``max_age`` is the default (`absolute_timeout`).
     """
 
     def __init__(
@@ -167,6 +199,12 @@ class PostgresStorage(AbstractStorage):
         touch_interval: int = 60,
         cookie_name: str = "session",
         secure: bool | None = None,
+        domain: str | None = None,
+        path: str = "/",
+        samesite: str = "Lax",
+        httponly: bool = True,
+        max_remember_timeout: int | None = None,
+        remember_idle_timeout: int | None = None,
         database_timeout: float = 1.5,
         user_id_key: str = "user_id",
         table: str = "sessions",
@@ -191,16 +229,29 @@ class PostgresStorage(AbstractStorage):
             database_timeout=database_timeout,
             max_sessions_per_user=max_sessions_per_user,
             max_data_bytes=max_data_bytes,
+            max_remember_timeout=max_remember_timeout,
+            remember_idle_timeout=remember_idle_timeout,
+            cookie_name=cookie_name,
+            secure=secure,
+            domain=domain,
+            path=path,
+            samesite=samesite,
+            httponly=httponly,
         )
         self._max_data_bytes = max_data_bytes
-        attributes: dict[str, Any] = {"path": "/", "httponly": True, "samesite": "Lax"}
+        attributes: dict[str, Any] = {"domain": domain, "path": path, "httponly": httponly, "samesite": samesite}
         super().__init__(cookie_name=cookie_name, max_age=absolute_timeout, secure=secure, **attributes)
         signer = TokenSigner(tuple(authentication_keys), tuple(next_authentication_keys))
         self._cookie = SessionCookie(cookie_name, secure=secure, signer=signer, **attributes)
         self._user_id_key = user_id_key
+        self._absolute_timeout = absolute_timeout
+        self._max_remember_timeout = absolute_timeout if max_remember_timeout is None else max_remember_timeout
+        remember_idle = idle_timeout if remember_idle_timeout is None else remember_idle_timeout
+        self._remember_idle_timeout = math.ceil(remember_idle)  # kept in an integer column
         options: dict[str, Any] = {
             "names": TableNames(table, schema),
             "idle_timeout": float(idle_timeout),
+            "remember_idle_timeout": float(self._remember_idle_timeout),
             "absolute_timeout": float(absolute_timeout),
             "touch_interval": float(touch_interval),
             "database_timeout": database_timeout,
@@ -226,9 +277,26 @@ class PostgresStorage(AbstractStorage):
         max_data_bytes: int | None = DEFAULT_MAX_DATA_BYTES,
         next_authentication_keys: Sequence[bytes] = (),
         next_encryption_keys: Sequence[bytes] = (),
+        max_remember_timeout: float | None = None,
+        remember_idle_timeout: float | None = None,
+        cookie_name: str = "session",
+        secure: bool | None = None,
+        domain: str | None = None,
+        path: str = "/",
+        samesite: str = "Lax",
+        httponly: bool = True,
     ) -> None:
         """Check these arguments as the constructor does, without a pool: for an app that reads
         them from its configuration and wants to say what is wrong at start-up.
+
+        :raises ArgumentError: unless ``absolute_timeout <= max_remember_timeout`` and
+            ``idle_timeout <= remember_idle_timeout <= max_remember_timeout`` (when given); for
+            a cookie attribute that breaks its rule (a `cookie_name` that is no RFC 6265 token
+            or carries a ``__Host-``/``__Secure-`` prefix; a `domain` that is no plain host name;
+            a `path` not starting with ``/`` or holding ``;`` or control characters; a
+            `samesite` not ``"Lax"``, ``"Strict"`` or ``"None"``; ``samesite="None"`` with
+            ``secure=False``).
+        :raises TypeError: for a cookie attribute of the wrong type.
 
         :raises ArgumentError: unless ``0 <= touch_interval < idle_timeout <= absolute_timeout``;
             for a `database_timeout` that is not positive, a `max_sessions_per_user` or a
@@ -242,6 +310,24 @@ class PostgresStorage(AbstractStorage):
             raise ArgumentError(order, argument="touch_interval")
         if not idle_timeout <= absolute_timeout:
             raise ArgumentError(order, argument="idle_timeout")
+        if max_remember_timeout is not None and not absolute_timeout <= max_remember_timeout:
+            raise ArgumentError(
+                "max_remember_timeout must be at least absolute_timeout (None: absolute_timeout)",
+                argument="max_remember_timeout",
+            )
+        if remember_idle_timeout is not None:
+            longest = absolute_timeout if max_remember_timeout is None else max_remember_timeout
+            if not idle_timeout <= remember_idle_timeout <= longest:
+                raise ArgumentError(
+                    "need idle_timeout <= remember_idle_timeout <= max_remember_timeout",
+                    argument="remember_idle_timeout",
+                )
+        for argument, message, error in check_cookie_attributes(
+            cookie_name=cookie_name, domain=domain, path=path, secure=secure, httponly=httponly, samesite=samesite
+        ):
+            if error is TypeError:
+                raise TypeError(message)
+            raise ArgumentError(message, argument=argument)
         if database_timeout <= 0:
             raise ArgumentError("database_timeout must be positive", argument="database_timeout")
         if max_sessions_per_user is not None and max_sessions_per_user < 1:
@@ -283,7 +369,10 @@ class PostgresStorage(AbstractStorage):
         return values[0] if values else None
 
     async def new_session(self) -> PostgresSession:
-        return PostgresSession(user_id_key=self._user_id_key)
+        """A new, empty session, its max_age the storage's `absolute_timeout`."""
+        return PostgresSession(
+            user_id_key=self._user_id_key, max_age=self._absolute_timeout, max_age_limit=self._max_remember_timeout
+        )
 
     async def load_session(self, request: web.Request) -> PostgresSession:
         """The live session the request's cookie names, or a new empty one. A cookie that names no
@@ -314,7 +403,10 @@ class PostgresStorage(AbstractStorage):
             version=row.version,
             expires=row.local(row.absolute_deadline),
             user_id_key=self._user_id_key,
+            max_age=None if row.browser_session else row.lifetime,
+            max_age_limit=self._max_remember_timeout,
         )
+        session.sent_cookie = cookie
         if not (row.current_key and verified.current_key):
             # Read under an old key: save it again now, re-encrypted and re-signed.
             session.needs_rewrite = True
@@ -355,13 +447,25 @@ class PostgresStorage(AbstractStorage):
         user_id = self._user_id(mapping)
         created: Created | NotCreated
         if session.renews is not None:
+            # A renewal keeps the session's lifetime, unless the handler changed its max_age.
             created = await self._rows.renew(
-                id_hash, plaintext, user_id=user_id, replaces=session.renews, client=client_of(request)
+                id_hash,
+                plaintext,
+                user_id=user_id,
+                replaces=session.renews,
+                client=client_of(request),
+                lifetime=self._lifetime(session.max_age) if session.lifetime_changed else None,
             )
         else:
             check = session.precondition[0] if session.precondition is not None else None
             created = await self._rows.create(
-                id_hash, plaintext, user_id=user_id, replaces=replaces, client=client_of(request), check=check
+                id_hash,
+                plaintext,
+                user_id=user_id,
+                replaces=replaces,
+                client=client_of(request),
+                check=check,
+                lifetime=self._lifetime(session.max_age),
             )
         if created is NotCreated.PRECONDITION:
             assert session.precondition is not None
@@ -379,7 +483,9 @@ class PostgresStorage(AbstractStorage):
         session.version = created.row.version
         session.expires = created.row.local(created.row.absolute_deadline)
         session._creation = created.row.created  # the row's (the database's clock), not this host's
-        self._cookie.set(request, response, cookie, math.ceil(session.expires - time.monotonic()))
+        session.stored(None if created.row.browser_session else created.row.lifetime)
+        session.sent_cookie = cookie
+        self._set_cookie(request, response, cookie, session)
         if session.renews is not None:
             events.emit("session.renewed", id_hash, previous=events.fingerprint(replaces))
         else:
@@ -392,6 +498,7 @@ class PostgresStorage(AbstractStorage):
         user_id = self._user_id(mapping)
         plaintext = _encode(mapping)
         self._check_size(plaintext, session.size_allowed, id_hash)
+        relife = session.lifetime_changed
         saved = await self._rows.save(
             id_hash,
             plaintext,
@@ -400,6 +507,7 @@ class PostgresStorage(AbstractStorage):
             # A change of user_id (a logout by data, a switch of user) ends something: durable.
             durable=user_id != self._user_id(session.loaded),
             rebase=partial(self._rebase, session),
+            lifetime=self._lifetime(session.max_age) if relife else None,
         )
         if saved is NotSaved.ENDED:
             # Ended while this request ran (logout in another tab): do not bring it back, and
@@ -411,12 +519,38 @@ class PostgresStorage(AbstractStorage):
             # rather than replaced by data we cannot read.
             fp = events.fingerprint(id_hash)
             log.warning("session %s: newer data under an unknown key; this change is dropped", fp)
+            relife = False  # nor its lifetime
         else:
             session.version = saved.version
-        if session.resigned_cookie is not None and session.expires is not None:
-            max_age = math.ceil(session.expires - time.monotonic())
-            self._cookie.set(request, response, session.resigned_cookie, max_age)
+            if relife:
+                # A new lifetime: a new absolute deadline, and the cookie sent again of its kind.
+                session.expires = saved.local(saved.absolute_deadline)
+                session.stored(None if saved.browser_session else saved.lifetime)
+        cookie = session.resigned_cookie
+        if cookie is None and relife:
+            cookie = session.sent_cookie
+        if cookie is not None and session.expires is not None:
+            # Of the kind the row keeps (a browser-session cookie stays one).
+            self._set_cookie(request, response, cookie, session)
+            session.sent_cookie = cookie
             session.resigned_cookie = None
+
+    def _set_cookie(
+        self, request: web.Request, response: web.StreamResponse, cookie: str, session: PostgresSession
+    ) -> None:
+        """The session's cookie, of the kind its row keeps: without Max-Age for a
+        browser-session cookie, else with the seconds left to its absolute deadline."""
+        assert session.expires is not None
+        max_age = None if session.stored_browser_session else math.ceil(session.expires - time.monotonic())
+        self._cookie.set(request, response, cookie, max_age)
+
+    def _lifetime(self, max_age: int | None) -> Lifetime:
+        """The lifetime a session of this `max_age` gets: None, the absolute timeout and a
+        browser-session cookie; over `absolute_timeout`, a remembered session's idle timeout."""
+        if max_age is None:
+            return Lifetime(float(self._absolute_timeout), None, True)
+        remembered = max_age > self._absolute_timeout
+        return Lifetime(float(max_age), self._remember_idle_timeout if remembered else None, False)
 
     def _rebase(self, session: PostgresSession, latest_plaintext: bytes) -> tuple[bytes, int | None]:
         """Someone saved since this request loaded: its changes alone, applied to the latest."""
@@ -613,6 +747,7 @@ async def renew_session(request: web.Request) -> PostgresSession:
     old = await get_session(request)
     fresh = await new_session(request)
     fresh.update(old)
+    fresh.keep_lifetime_of(old)
     fresh.renews = old.id_hash
     fresh.allowed_size = old.size_allowed()  # may keep a size the limit grandfathers
     return fresh

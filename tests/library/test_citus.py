@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from aiohttp_session_postgres import SessionCache, create_schema, schema_sql, schema_version
+from aiohttp_session_postgres import SCHEMA_VERSION, SessionCache, create_schema, schema_sql, schema_version
 from aiohttp_session_postgres.sql import TOMBSTONE_SECONDS, Statements
 from aiohttp_session_postgres.tokens import handle_of, id_hash_of
 from support.citus import CitusCluster, worker_of
@@ -88,7 +88,7 @@ async def test_create_schema_distributes_the_table_by_id_hash_without_triggers(c
         triggers = "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'sessions'::regclass AND NOT tgisinternal"
         assert await conn.fetchval(triggers) == 0
         await conn.execute(schema_sql(citus=True))  # the printed SQL, again, on the distributed table
-        assert await schema_version(conn) == 1
+        assert await schema_version(conn) == SCHEMA_VERSION
     finally:
         await conn.close()
 
@@ -411,6 +411,7 @@ BEGIN
 END
 $$;
 """
+
 
 async def test_a_revocation_whose_commit_a_worker_missed_is_recovered_before_it_is_answered(
     aiohttp_client: Client, pool: asyncpg.Pool, pg: asyncpg.Connection, citus_cluster: CitusCluster, citus_url: str

@@ -26,6 +26,8 @@ EXPECTED_COLUMNS = {
     "client_ip": "text",
     "user_agent": "text",
     "replaced_at": "timestamp with time zone",
+    "idle_timeout": "integer",
+    "browser_session": "boolean",
 }
 
 
