@@ -51,6 +51,13 @@ def idle_seconds(row: str = "") -> str:
     return f"least(coalesce({prefix}idle_timeout::float8, $idle_timeout::float8), $remember_idle_timeout::float8)"
 
 
+def later(moment: str, seconds: str) -> str:
+    """`moment + make_interval(secs => seconds)` (timestamptz), written through UTC so that the
+    addition is IMMUTABLE: Citus refuses a STABLE function (timestamptz + interval is one) called
+    with a column in an UPDATE, and inside COALESCE or CASE. The instant is the same."""
+    return f"(({moment} AT TIME ZONE 'UTC') + make_interval(secs => {seconds})) AT TIME ZONE 'UTC'"
+
+
 # A session's lifetime, as kept per row (NULL in rows written before these columns, and read as
 # the storage's defaults): `idle_timeout` (seconds; NULL: the storage's idle timeout) and
 # `browser_session` (true: the cookie has no Max-Age; NULL or false: a persistent cookie). Its
@@ -86,7 +93,7 @@ WITH live AS (
 ), touched AS (
     UPDATE {{table}} AS s
     SET last_seen_at = now(),
-        idle_expires_at = least(now() + make_interval(secs => {idle_seconds("s")}), s.absolute_expires_at),
+        idle_expires_at = least({later("now()", idle_seconds("s"))}, s.absolute_expires_at),
         client_ip = $client_ip, user_agent = $user_agent
     FROM live
     WHERE s.id_hash = $id_hash AND s.id_hash = live.id_hash AND live.due AND s.replaced_at IS NULL
@@ -95,10 +102,7 @@ WITH live AS (
 SELECT data, version,
        {epoch("created_at")}::bigint AS created,
        {
-    epoch(
-        f"CASE WHEN due THEN least(now() + make_interval(secs => {idle_seconds()}), absolute_expires_at)"
-        " ELSE idle_expires_at END"
-    )
+    epoch(f"CASE WHEN due THEN least({later('now()', idle_seconds())}, absolute_expires_at) ELSE idle_expires_at END")
 }::float8 AS idle_deadline,
        {epoch("absolute_expires_at")}::float8 AS absolute_deadline,
        {epoch("CASE WHEN due THEN now() ELSE last_seen_at END")}::float8 AS last_seen,
@@ -167,7 +171,7 @@ WITH used AS (
     RETURNING version, created_at, absolute_expires_at, idle_timeout, browser_session
 ), kept AS (
     SELECT created_at,
-           coalesce(created_at + make_interval(secs => $lifetime::float8), absolute_expires_at) AS absolute_expires_at,
+           coalesce({later("created_at", "$lifetime::float8")}, absolute_expires_at) AS absolute_expires_at,
            CASE WHEN $lifetime::float8 IS NULL THEN idle_timeout ELSE $row_idle_timeout::integer END AS idle_timeout,
            CASE WHEN $lifetime::float8 IS NULL THEN browser_session ELSE $browser_session::boolean END
                AS browser_session
@@ -177,7 +181,7 @@ WITH used AS (
         (id_hash, user_id, data, created_at, idle_expires_at, absolute_expires_at, idle_timeout, browser_session,
          client_ip, user_agent)
     SELECT $id_hash, $user_id, $data, k.created_at,
-           least(now() + make_interval(secs => {idle_seconds("k")}), k.absolute_expires_at), k.absolute_expires_at,
+           least({later("now()", idle_seconds("k"))}, k.absolute_expires_at), k.absolute_expires_at,
            k.idle_timeout, k.browser_session, $client_ip, $user_agent
     FROM kept AS k
     RETURNING {ROW_COLUMNS}
@@ -215,8 +219,11 @@ RETURNING id_hash
 # row's idle timeout. $lifetime not NULL: the handler changed the session's max_age; the row then
 # takes its new lifetime (absolute deadline created_at + $lifetime, $row_idle_timeout,
 # $browser_session), which a deadline already past ends at once. (SET reads the row as it was.)
-_NEW_ABSOLUTE = "coalesce(created_at + make_interval(secs => $lifetime::float8), absolute_expires_at)"
+_NEW_ABSOLUTE = f"coalesce({later('created_at', '$lifetime::float8')}, absolute_expires_at)"
 _NEW_IDLE_TIMEOUT = "CASE WHEN $lifetime::float8 IS NULL THEN idle_timeout ELSE $row_idle_timeout::integer END"
+_NEW_IDLE_SECONDS = (
+    f"least(coalesce(({_NEW_IDLE_TIMEOUT})::float8, $idle_timeout::float8), $remember_idle_timeout::float8)"
+)
 SAVE_SQL = f"""
 UPDATE {{table}}
 SET data = $data, user_id = $user_id, version = version + 1, last_seen_at = now(),
@@ -224,8 +231,7 @@ SET data = $data, user_id = $user_id, version = version + 1, last_seen_at = now(
     idle_timeout = {_NEW_IDLE_TIMEOUT},
     browser_session = CASE WHEN $lifetime::float8 IS NULL THEN browser_session ELSE $browser_session::boolean END,
     idle_expires_at = least(
-        now() + make_interval(secs => least(coalesce(({_NEW_IDLE_TIMEOUT})::float8, $idle_timeout::float8),
-                                            $remember_idle_timeout::float8)),
+        {later("now()", _NEW_IDLE_SECONDS)},
         {_NEW_ABSOLUTE})
 WHERE id_hash = $id_hash AND version = $version AND {live("{write_clock}")} {{async_commit}}
 RETURNING {ROW_COLUMNS}

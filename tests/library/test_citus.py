@@ -29,6 +29,7 @@ from aiohttp_session_postgres.sql import TOMBSTONE_SECONDS, Statements
 from aiohttp_session_postgres.tokens import handle_of, id_hash_of
 from support.citus import CitusCluster, worker_of
 from support.library_app import STORAGE, USER, library_app, read, started, with_cookie
+from support.lifetime_app import lifetime_app, only_cookie, sent
 from support.logs import LOGGER, LibraryLog
 from support.paths import REPO_ROOT
 
@@ -545,12 +546,18 @@ async def test_each_per_request_statement_runs_on_one_shard_of_one_worker(
     version = await pg.fetchval("SELECT version FROM sessions WHERE id_hash = $1", live)
     sql = Statements('"public"."sessions"', durable_writes=True, citus=True)
     client_details = {"client_ip": "203.0.113.7", "user_agent": "test"}
+    keep_lifetime = {"remember_idle_timeout": 1800.0, "lifetime": None, "row_idle_timeout": None,
+                     "browser_session": None}  # fmt: skip
+    new_lifetime = {**keep_lifetime, "lifetime": 86400.0, "row_idle_timeout": 3600, "browser_session": False}
     per_request = {
         "load and touch": (sql.load_and_touch, {"id_hash": live, "touch_interval": 0.0, "idle_timeout": 1800.0,
-                                                **client_details}),
+                                                "remember_idle_timeout": 1800.0, **client_details}),
         "load": (sql.load, {"id_hash": live}),
         "save (a write)": (sql.save, {"id_hash": live, "data": b"\x00" * 40, "user_id": USER, "idle_timeout": 1800.0,
-                                      "version": version}),
+                                      "version": version, **keep_lifetime}),
+        "save with a new lifetime (session.max_age)": (
+            sql.save, {"id_hash": live, "data": b"\x00" * 40, "user_id": USER, "idle_timeout": 1800.0,
+                       "version": version, **new_lifetime}),
         "lock (a merge)": (sql.lock, {"id_hash": live}),
         "end (logout)": (sql.end, {"id_hash": live}),
     }  # fmt: skip
@@ -621,3 +628,35 @@ async def test_a_coordinator_restart_is_a_brief_outage(
 
 async def _status(client: TestClient, cookie: str) -> int:
     return (await client.get("/read", headers=with_cookie(cookie))).status
+
+
+async def test_each_sessions_lifetime_on_citus(
+    aiohttp_client: Client, pool: asyncpg.Pool, pg: asyncpg.Connection
+) -> None:
+    """session.max_age (issue 21): a remembered session, a change of lifetime on a loaded one and
+    a renewal that keeps it, each statement as Citus takes it (no STABLE function on a column)."""
+    client = await lifetime_app(
+        aiohttp_client, pool, citus=True, idle_timeout=30, absolute_timeout=300,
+        max_remember_timeout=3600, remember_idle_timeout=600,
+    )  # fmt: skip
+    response = await client.post("/login?max_age=3600")
+    assert response.status == 200, await response.text()
+    _name, morsel = only_cookie(response)
+    cookie = morsel.value
+    assert 3599 <= int(morsel["max-age"]) <= 3600
+    lifetime = (
+        "SELECT idle_timeout, browser_session, extract(epoch FROM absolute_expires_at - created_at)::int"
+        " FROM sessions WHERE id_hash = $1"
+    )
+    assert tuple(await pg.fetchrow(lifetime, row_of(cookie))) == (600, False, 3600)
+    assert (await (await client.post("/write", headers=sent("session", cookie))).json())["max_age"] == 3600
+    info = await (await client.get("/info", headers=sent("session", cookie))).json()
+    assert (info["data"], info["max_age"]) == ({"user_id": 1, "count": 1}, 3600)
+    forget = await client.post("/max-age?value=none", headers=sent("session", cookie))
+    assert forget.status == 200, await forget.text()
+    assert "Max-Age" not in forget.headers["Set-Cookie"]
+    assert tuple(await pg.fetchrow(lifetime, row_of(cookie))) == (None, True, 300)
+    renewed = await client.post("/renew", headers=sent("session", cookie))
+    _name, fresh = only_cookie(renewed)
+    assert "Max-Age" not in renewed.headers["Set-Cookie"]
+    assert tuple(await pg.fetchrow(lifetime, row_of(fresh.value))) == (None, True, 300)

@@ -283,12 +283,16 @@ async def test_which_partitions_each_statement_touches(
     ip, agent, data = "203.0.113.7", "test", b"\x00" * 40
     one = {"id_hash": live, "idle_timeout": 1800.0, "client_ip": ip, "user_agent": agent}
     new = {**one, "id_hash": fresh, "user_id": USER, "data": data, "absolute_timeout": 43200.0}
-    new |= {"tombstone_seconds": 10.0}
-    write = {"id_hash": live, "data": data, "user_id": USER, "idle_timeout": 1800.0, "version": version}
+    new |= {"tombstone_seconds": 10.0, "row_idle_timeout": None, "browser_session": False}
+    keep = {"remember_idle_timeout": 1800.0, "lifetime": None, "row_idle_timeout": None, "browser_session": None}
+    write = {"id_hash": live, "data": data, "user_id": USER, "idle_timeout": 1800.0, "version": version, **keep}
 
     # A request on its own session: one partition, the session's.
     for what, (statement, args) in {
-        "load (a read that touches)": (sql.load_and_touch, {**one, "touch_interval": 0.0}),
+        "load (a read that touches)": (
+            sql.load_and_touch,
+            {**one, "touch_interval": 0.0, "remember_idle_timeout": 1800.0},
+        ),
         "read (inside the touch interval)": (sql.load, {"id_hash": live}),
         "update (a write)": (sql.save, write),
         "update, durable_writes=False": (sql.save_async, write),
@@ -299,7 +303,7 @@ async def test_which_partitions_each_statement_touches(
         assert len(await partitions_touched(pg, mode, statement.sql, *statement.args(**args))) == 1, what
 
     # A login from a session, and a renewal: the used session's partition and the new one's.
-    renew = {k: v for k, v in new.items() if k not in ("absolute_timeout", "tombstone_seconds")}
+    renew = {k: v for k, v in new.items() if k not in ("absolute_timeout", "tombstone_seconds")} | keep
     for what, (statement, args) in {
         "create (a login from a session)": (sql.create, {**new, "replaced": live}),
         "renew": (sql.renew, {**renew, "replaced": live, "table_key": storage._rows.names.channel}),
