@@ -25,6 +25,11 @@ DEFAULT_EMBEDDED_DIR = Path(__file__).resolve().parent.parent / ".local"
 # its listener's connection.
 DEFAULT_CACHE_MAX_BYTES = 32 * 2**20
 MIN_CACHE_MAX_BYTES = 2**20
+# "Remember me" by default: a session of 14 days (Spring Security's remember-me and Devise's
+# remember_for default to two weeks), ended after 7 days without a request (a week away is
+# allowed, a fortnight is not). Never shorter than the ordinary absolute and idle timeouts.
+DEFAULT_REMEMBER_TIMEOUT = 14 * 86400
+DEFAULT_REMEMBER_IDLE_TIMEOUT = 7 * 86400
 # The least SESSION_MAX_DATA_BYTES may be: the demo's own sessions must fit, and a login's holds
 # at most about 350 bytes of JSON (a user id, a 64-character name of 4-byte characters, a notice).
 MIN_MAX_DATA_BYTES = 1024
@@ -68,8 +73,17 @@ class Settings:
     absolute_timeout: int = 43200
     # A read-only request slides the idle deadline at most this often (seconds), so reads rarely write.
     touch_interval: int = 60
-    # The cookie's name; "__Host-" is put in front of it whenever the cookie is Secure.
+    # The cookie's name; "__Host-" is put in front of it whenever the cookie is Secure ("__Secure-"
+    # when it has a Domain).
     cookie_name: str = "session"
+    # The cookie's Domain (None: only this host, and the __Host- prefix) and SameSite.
+    cookie_domain: str | None = None
+    cookie_samesite: str = "Lax"
+    # "Remember me" ticked at login: the session lives this long (seconds) and ends after
+    # remember_idle_timeout without a request. Unticked: a browser-session cookie, and the
+    # ordinary idle and absolute timeouts.
+    remember_timeout: int = DEFAULT_REMEMBER_TIMEOUT
+    remember_idle_timeout: int = DEFAULT_REMEMBER_IDLE_TIMEOUT
     # Seconds between sweeps of expired rows (each process jitters it), and rows deleted per batch.
     sweep_interval: int = 300
     sweep_batch_size: int = 1000
@@ -165,7 +179,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not cookie_name or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in cookie_name):
         raise ConfigError("SESSION_COOKIE_NAME must be non-empty and use only letters, digits, '-', '_' or '.'")
     if cookie_name.lower().startswith(("__host-", "__secure-")):
-        raise ConfigError("SESSION_COOKIE_NAME must not carry a prefix: '__Host-' is added when the cookie is Secure")
+        raise ConfigError(
+            "SESSION_COOKIE_NAME must not carry a prefix: '__Host-' (or '__Secure-') is added when the cookie is Secure"
+        )
+    cookie_domain = env.get("SESSION_COOKIE_DOMAIN") or None
+    cookie_samesite = env.get("SESSION_COOKIE_SAMESITE") or "Lax"
+    if cookie_samesite.capitalize() in ("Lax", "Strict", "None"):
+        cookie_samesite = cookie_samesite.capitalize()
+    remember = _int(env, "SESSION_REMEMBER_TIMEOUT", max(DEFAULT_REMEMBER_TIMEOUT, absolute), minimum=1)
+    remember_idle = _int(
+        env, "SESSION_REMEMBER_IDLE_TIMEOUT", min(max(DEFAULT_REMEMBER_IDLE_TIMEOUT, idle), remember), minimum=1
+    )
 
     pgbouncer = _bool(env, "DATABASE_PGBOUNCER", default=False)
     # On by default, except behind PgBouncer's transaction pooling, which cannot carry LISTEN.
@@ -215,6 +239,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             database_timeout=database_timeout,
             max_sessions_per_user=max_per_user,
             max_data_bytes=max_data_bytes,
+            max_remember_timeout=remember,
+            remember_idle_timeout=remember_idle,
+            cookie_name=cookie_name,
+            domain=cookie_domain,
+            samesite=cookie_samesite,
         )
     except ArgumentError as exc:
         keys = {
@@ -240,6 +269,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         absolute_timeout=absolute,
         touch_interval=touch,
         cookie_name=cookie_name,
+        cookie_domain=cookie_domain,
+        cookie_samesite=cookie_samesite,
+        remember_timeout=remember,
+        remember_idle_timeout=remember_idle,
         sweep_interval=_int(env, "SWEEP_INTERVAL", 300, minimum=1),
         sweep_batch_size=_int(env, "SWEEP_BATCH_SIZE", 1000, minimum=1, maximum=100_000),
         trust_proxy=_bool(env, "TRUST_PROXY", default=on_heroku),
@@ -287,6 +320,11 @@ _SETTING_OF = {
     "encryption_keys": "SESSION_ENCRYPTION_KEY",
     "next_authentication_keys": "SESSION_NEXT_AUTHENTICATION_KEY",
     "next_encryption_keys": "SESSION_NEXT_ENCRYPTION_KEY",
+    "max_remember_timeout": "SESSION_REMEMBER_TIMEOUT",
+    "remember_idle_timeout": "SESSION_REMEMBER_IDLE_TIMEOUT",
+    "cookie_name": "SESSION_COOKIE_NAME",
+    "domain": "SESSION_COOKIE_DOMAIN",
+    "samesite": "SESSION_COOKIE_SAMESITE",
 }
 
 
@@ -296,6 +334,11 @@ def _setting_error(exc: ArgumentError, keys: Mapping[str, tuple[bytes, ...]]) ->
         return (
             "SESSION_TOUCH_INTERVAL must be less than SESSION_IDLE_TIMEOUT, which must not exceed"
             f" SESSION_ABSOLUTE_TIMEOUT ({exc})"
+        )
+    if exc.argument in ("max_remember_timeout", "remember_idle_timeout"):
+        return (
+            "need SESSION_ABSOLUTE_TIMEOUT <= SESSION_REMEMBER_TIMEOUT and SESSION_IDLE_TIMEOUT <="
+            f" SESSION_REMEMBER_IDLE_TIMEOUT <= SESSION_REMEMBER_TIMEOUT ({exc})"
         )
     setting = _SETTING_OF[exc.argument]
     if exc.index is not None:

@@ -22,8 +22,9 @@ class FormError(Exception):
         self.status = status
 
 
-async def read_form(request: web.Request, fields: tuple[str, ...]) -> dict[str, str]:
-    """The named fields, each present exactly once. Other fields are ignored."""
+async def read_form(request: web.Request, fields: tuple[str, ...], *, optional: tuple[str, ...] = ()) -> dict[str, str]:
+    """The named fields, each present exactly once, and the `optional` ones (a checkbox left
+    unticked is not sent), each at most once. Other fields are ignored."""
     if request.content_type != "application/x-www-form-urlencoded":
         raise FormError("expected a form (application/x-www-form-urlencoded)")
     if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
@@ -53,7 +54,7 @@ async def read_form(request: web.Request, fields: tuple[str, ...]) -> dict[str, 
         raise FormError("malformed form encoding") from None
     values: dict[str, str] = {}
     for name, value in pairs:
-        if name in fields:
+        if name in fields or name in optional:
             if name in values:
                 raise FormError(f"field {name!r} given more than once")
             values[name] = value

@@ -58,7 +58,8 @@ async def login_page(request: web.Request) -> web.Response:
 @routes.post("/login")
 async def login(request: web.Request) -> web.Response:
     try:
-        form = await read_form(request, ("username", "password"))
+        form = await read_form(request, ("username", "password"), optional=("remember",))
+        remember = _checkbox(form, "remember")
     except FormError as exc:
         return pages.bad_form(exc)
     username, password = form["username"], form["password"]
@@ -109,10 +110,23 @@ async def login(request: web.Request) -> web.Response:
     session = await new_session(request)
     session["user_id"] = user.id
     session["username"] = user.username
+    # "Remember me" unticked: a browser-session cookie (gone when the browser closes, OWASP's
+    # advice for a session cookie); the server still ends the session at SESSION_IDLE_TIMEOUT and
+    # SESSION_ABSOLUTE_TIMEOUT. Ticked: a persistent cookie and a session of
+    # SESSION_REMEMBER_TIMEOUT, ended after SESSION_REMEMBER_IDLE_TIMEOUT without a request.
+    session.max_age = settings.remember_timeout if remember else None
     session.require(users.credentials_unchanged(user), otherwise=web.HTTPSeeOther(LOGIN_FAILED))
     response = web.HTTPSeeOther("/")
     devices.issue(request, response, user)
     raise response
+
+
+def _checkbox(form: dict[str, str], name: str) -> bool:
+    """A checkbox's state: absent is unticked; ticked sends "on" (HTML's default value)."""
+    value = form.get(name)
+    if value is not None and value != "on":
+        raise FormError(f"field {name!r} must be 'on' when given")
+    return value is not None
 
 
 @routes.get("/logout")
