@@ -94,9 +94,15 @@ async def test_a_logins_cookie_lives_the_absolute_timeout_whatever_the_apps_cloc
 ) -> None:
     """Max-Age is the database's absolute deadline less the database's now: an app 2 h ahead
     (more than the 1 h absolute timeout) once sent Max-Age=0, 2 h behind three hours."""
-    server = await servers.start(skew_url, SESSION_ABSOLUTE_TIMEOUT="3600", **skewed(offset))
+    # "Remember me" ticked, for a cookie with a Max-Age (unticked it has none); of the absolute
+    # timeout's length, so that the session's lifetime is the ordinary one.
+    server = await servers.start(
+        skew_url, SESSION_ABSOLUTE_TIMEOUT="3600", SESSION_REMEMBER_TIMEOUT="3600", **skewed(offset)
+    )
     async with http.post(
-        server.url + "/login", data={"username": "alice", "password": PASSWORD}, allow_redirects=False
+        server.url + "/login",
+        data={"username": "alice", "password": PASSWORD, "remember": "on"},
+        allow_redirects=False,
     ) as response:
         assert response.status == 303
         max_age = int(response.cookies["session"]["max-age"])

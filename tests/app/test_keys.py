@@ -56,7 +56,8 @@ async def row(pg: asyncpg.Connection, cookie: str) -> asyncpg.Record | None:
 
 async def logged_in_cookie(make_client: MakeClient, db_url: str, user: tuple[str, str]) -> str:
     client = await make_client(make_settings(db_url, authentication_keys=(K1,), encryption_keys=(E1,)))
-    await login(client, *user)
+    # "Remember me" ticked: a persistent cookie, whose re-signed copy must keep a Max-Age.
+    await login(client, *user, remember=True)
     cookie = session_cookie(client)
     assert cookie is not None
     return cookie

@@ -509,8 +509,14 @@ async def test_logout_deletes_row_and_expires_cookie_with_same_attributes(
 async def test_login_cookie_attributes_over_plain_http(
     make_client: MakeClient, db_url: str, user: tuple[str, str]
 ) -> None:
-    client = await make_client(db_settings(db_url, absolute_timeout=7200))
-    response = await client.post("/login", data={"username": user[0], "password": user[1]}, allow_redirects=False)
+    client = await make_client(
+        db_settings(db_url, absolute_timeout=7200, remember_timeout=7200, remember_idle_timeout=1800)
+    )
+    # "Remember me" ticked: a persistent cookie (unticked: a browser-session cookie, issue 21;
+    # test_remember_me.py).
+    response = await client.post(
+        "/login", data={"username": user[0], "password": user[1], "remember": "on"}, allow_redirects=False
+    )
     assert response.status == 303
     name, value, attributes = the_set_cookie(response)
     assert name == "session"
@@ -518,6 +524,15 @@ async def test_login_cookie_attributes_over_plain_http(
     assert attributes["max-age"] == "7200"
     assert attributes["path"] == "/"
     assert attributes["samesite"] == "Lax"
+    assert "httponly" in attributes
+    assert "secure" not in attributes
+    assert "domain" not in attributes
+    unticked = await client.post("/login", data={"username": user[0], "password": user[1]}, allow_redirects=False)
+    name, value, attributes = the_set_cookie(unticked)
+    assert name == "session"
+    assert "max-age" not in attributes
+    assert "expires" not in attributes
+    assert (attributes["path"], attributes["samesite"]) == ("/", "Lax")
     assert "httponly" in attributes
     assert "secure" not in attributes
     assert "domain" not in attributes

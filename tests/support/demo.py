@@ -87,8 +87,9 @@ async def add_user(conn: asyncpg.Connection, username: str, password: str, *, le
     )
 
 
-async def login(client: TestClient, username: str, password: str) -> None:
-    response = await client.post("/login", data={"username": username, "password": password}, allow_redirects=False)
+async def login(client: TestClient, username: str, password: str, *, remember: bool = False) -> None:
+    form = {"username": username, "password": password, **({"remember": "on"} if remember else {})}
+    response = await client.post("/login", data=form, allow_redirects=False)
     assert response.status == 303, await response.text()
     assert response.headers["Location"] == "/", "login failed"
 
