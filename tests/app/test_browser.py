@@ -20,6 +20,7 @@ import asyncio
 import os
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -444,11 +445,38 @@ async def test_an_idle_session_ends_and_sends_the_user_to_the_form(
     await expect_greeting(page, app, "alice")
 
     await asyncio.sleep(1.5)
-    # The browser still has and sends its cookie (Max-Age is the absolute timeout); the server
-    # no longer accepts it.
+    # The browser still has and sends its cookie (a browser-session cookie: "Remember me" was
+    # left unticked, so it lasts while the browser runs); the server no longer accepts it.
     assert [c["name"] for c in await session_cookies(context)] == ["session"]
     await page.reload()
     await expect_login_form(page, app)
+    assert_clean(chromium, app)
+
+
+async def test_remember_me_is_a_box_that_makes_the_cookie_outlive_the_browser(
+    chromium: Chromium, serve: Callable[[Settings], Awaitable[Served]], db_url: str, user: tuple[str, str]
+) -> None:
+    """Unticked (as the page opens), the session cookie is a browser-session cookie (Chromium
+    reports expires -1); ticked by clicking its label, it lasts SESSION_REMEMBER_TIMEOUT."""
+    app = await serve(make_settings(db_url, remember_timeout=86400, remember_idle_timeout=3600))
+    context = await chromium.context()
+    page = await context.new_page()
+    await log_in(page, app, *user)
+    await expect_greeting(page, app, "alice")
+    assert [c["expires"] for c in await session_cookies(context)] == [-1]
+
+    other = await chromium.context()
+    page = await other.new_page()
+    await page.goto(app.url("/"))
+    await expect(page.get_by_label("Remember me on this device")).not_to_be_checked()
+    await page.get_by_label("Username").fill(user[0])
+    await page.get_by_label("Password").fill(user[1])
+    await page.get_by_text("Remember me on this device").click()
+    await expect(page.get_by_label("Remember me on this device")).to_be_checked()
+    await page.get_by_role("button", name="Log in").click()
+    await expect_greeting(page, app, "alice")
+    (cookie,) = await session_cookies(other)
+    assert 86390 <= cookie["expires"] - time.time() <= 86401
     assert_clean(chromium, app)
 
 
