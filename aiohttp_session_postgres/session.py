@@ -189,6 +189,11 @@ class PostgresSession(Session):
         return MappingProxyType(self._snapshot)
 
     @property
+    def user_id_key(self) -> str:
+        """The key whose value ties the session to a user (the storage's `user_id_key`)."""
+        return self._user_id_key
+
+    @property
     def handle(self) -> str | None:
         """The session's public name (16 hex digits, as `SessionInfo.handle`), or None for a
         session not yet saved."""
