@@ -215,6 +215,18 @@ class PostgresSession(Session):
         super().__setitem__(key, value)
         self._assigned.add(key)
 
+    def set_new_identity(self, identity: Any) -> None:
+        """Refused: the storage chooses every session ID itself (256 random bits, signed in the
+        cookie; the table keeps only a hash of it), so an ID given here would be silently
+        ignored. `new_session` or `renew_session` give a session a new ID.
+
+        :raises RuntimeError: always (aiohttp-session raises it too, for a session not new).
+        """
+        raise RuntimeError(
+            "PostgresStorage chooses session IDs itself (random, signed): set_new_identity is not supported;"
+            " new_session() or renew_session() give a new ID"
+        )
+
     def require(self, check: Callable[[Connection], Awaitable[bool]], *, otherwise: web.HTTPException) -> None:
         """Create this new session only if `await check(conn)` returns True, run on the connection
         and in the transaction that creates it. For a login: check, and lock with FOR SHARE, that
