@@ -22,7 +22,13 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp_security import AbstractIdentityPolicy
+
+try:
+    from aiohttp_security import AbstractIdentityPolicy
+except ImportError as exc:  # an optional dependency: say which extra brings it
+    raise ImportError(
+        "aiohttp_session_postgres.security needs aiohttp-security: pip install 'aiohttp-session-postgres[security]'"
+    ) from exc
 
 from .storage import get_session, new_session
 

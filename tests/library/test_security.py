@@ -12,7 +12,9 @@ ids); they are strict xfails, so they fail as XPASS once that lands: then drop t
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp_security
@@ -37,6 +39,7 @@ from aiohttp_security.api import IDENTITY_KEY
 from aiohttp_session_postgres import PostgresStorage, get_session
 from aiohttp_session_postgres.security import PostgresIdentityPolicy
 from support.keys import AUTH_KEY, ENC_KEY
+from support.readme import readme_security
 
 ClientMaker = Callable[..., Awaitable[TestClient]]
 STORAGE = web.AppKey("storage", PostgresStorage)
@@ -344,6 +347,41 @@ async def test_by_default_the_identity_is_stored_as_the_str_it_is(
     assert seen["data"] == {"user_id": "alice"}
     assert await listed(client, "alice") == [seen["handle"]]
     assert await (await client.get("/private", headers=cookie(value))).text() == "hello alice"
+
+
+# -- the README's recipe, as written -----------------------------------------------------------
+
+
+async def test_the_readme_recipe_signs_in_and_out_through_aiohttp_security(
+    aiohttp_client: ClientMaker, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    path = tmp_path / "readme_security.py"
+    path.write_text(readme_security())
+    spec = importlib.util.spec_from_file_location("readme_security", path)
+    assert spec is not None
+    assert spec.loader is not None
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+
+    storage = PostgresStorage(pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY])
+    app = web.Application()
+    aiohttp_session_postgres.setup(app, storage)
+    recipe.setup_security(app)
+    client = await aiohttp_client(app)  # keeps cookies, follows redirects: a browser
+    assert (await client.get("/")).status == 401
+    response = await client.post("/login", data={"username": "mallory"})
+    assert (response.status, await response.text()) == (403, "unknown user\n")
+    response = await client.post("/login", data={"username": "alice"})
+    assert (response.status, response.url.path, await response.text()) == (200, "/", "hello user 1\n")
+    assert len(await storage.list_sessions(1)) == 1  # tied to user 1, an int as the app's own logins make it
+    assert (await client.post("/write")).status == 403  # alice may read only
+    response = await client.post("/logout")
+    assert (response.url.path, response.status) == ("/", 401)  # signed out: home refuses
+    assert await storage.list_sessions(1) == []
+    assert await row_count(pool) == 0
+    await client.post("/login", data={"username": "bob"})
+    response = await client.post("/write")
+    assert (response.status, await response.text()) == (200, "written\n")
 
 
 # -- aiohttp-security's own SessionIdentityPolicy, unmodified, on the store -------------------------
