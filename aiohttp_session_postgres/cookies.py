@@ -41,18 +41,17 @@ def check_cookie_attributes(
     ValueError); empty when they are all good. The storage raises the first."""
     problems: list[tuple[str, str, type[Exception]]] = []
     if not isinstance(cookie_name, str):
-        problems.append(("cookie_name", "cookie_name must be a str", TypeError))
+        problems.append(("cookie_name", f"cookie_name must be a str, got {_type_name(cookie_name)}", TypeError))
     elif not _TOKEN.fullmatch(cookie_name):
-        problems.append(
-            ("cookie_name", "cookie_name must be a token (RFC 6265: letters, digits, !#$%&'*+-.^_`|~)", ValueError)
-        )
+        message = f"cookie_name {cookie_name!r} must be a cookie token: letters, digits and !#$%&'*+-.^_`|~"
+        problems.append(("cookie_name", message, ValueError))
     elif cookie_name.lower().startswith(_PREFIXES):
         problems.append(
             ("cookie_name", "cookie_name must not carry a __Host- or __Secure- prefix: the storage adds it", ValueError)
         )
     if domain is not None:
         if not isinstance(domain, str):
-            problems.append(("domain", "domain must be a str or None", TypeError))
+            problems.append(("domain", f"domain must be a str or None, got {_type_name(domain)}", TypeError))
         elif len(domain) > 253 or not all(_LABEL.fullmatch(label) for label in domain.split(".")):
             problems.append(
                 (
@@ -63,17 +62,18 @@ def check_cookie_attributes(
                 )
             )
     if not isinstance(path, str):
-        problems.append(("path", "path must be a str", TypeError))
+        problems.append(("path", f"path must be a str, got {_type_name(path)}", TypeError))
     elif not _PATH.fullmatch(path):
         problems.append(
             ("path", "path must start with '/' and hold only printable ASCII, no ';' (RFC 6265)", ValueError)
         )
     if secure is not None and not isinstance(secure, bool):
-        problems.append(("secure", "secure must be True, False or None", TypeError))
+        problems.append(("secure", f"secure must be True, False or None, got {_type_name(secure)}", TypeError))
     if not isinstance(httponly, bool):
-        problems.append(("httponly", "httponly must be True or False", TypeError))
+        problems.append(("httponly", f"httponly must be True or False, got {_type_name(httponly)}", TypeError))
     if not isinstance(samesite, str):
-        problems.append(("samesite", "samesite must be one of the strings 'Lax', 'Strict', 'None'", TypeError))
+        message = f"samesite must be one of the strings 'Lax', 'Strict', 'None', got {_type_name(samesite)}"
+        problems.append(("samesite", message, TypeError))
     elif samesite not in SAMESITE_VALUES:
         problems.append(("samesite", "samesite must be one of 'Lax', 'Strict', 'None' (spelt so)", ValueError))
     elif samesite == "None" and secure is False:
@@ -81,6 +81,10 @@ def check_cookie_attributes(
             ("samesite", "samesite='None' needs a Secure cookie: browsers refuse it with secure=False", ValueError)
         )
     return problems
+
+
+def _type_name(value: object) -> str:
+    return "None" if value is None else type(value).__name__
 
 
 class SessionCookie:
