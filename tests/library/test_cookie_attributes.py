@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp_session_postgres import ArgumentError, PostgresStorage
+from support.hosts import browser
 from support.keys import AUTH_KEY, ENC_KEY
 from support.lifetime_app import HTTPS, lifetime_app, only_cookie, raw_set_cookie, sent
 
@@ -97,6 +98,8 @@ async def test_a_cookie_attribute_of_the_wrong_type_is_a_type_error_naming_it(
     with pytest.raises(TypeError) as raised:
         storage(pool, **options)
     assert next(iter(options)) in str(raised.value)
+    assert isinstance(raised.value, ArgumentError)
+    assert raised.value.argument == next(iter(options))
 
 
 async def test_cookie_params_tell_the_truth(pool: asyncpg.Pool) -> None:
@@ -260,3 +263,33 @@ async def test_samesite_none_decided_per_request_falls_back_to_lax_on_plain_http
     gone = await client.post("/logout", headers=sent(name, morsel.value))
     assert "SameSite=Lax" in raw_set_cookie(gone)
     assert "Secure" not in raw_set_cookie(gone)
+
+
+# -- a Domain cookie shared by sibling hosts, as a browser's cookie jar keeps it -------------------
+
+
+@pytest.mark.parametrize("domain", ["example.com", None])
+async def test_a_domain_cookie_is_shared_by_sibling_hosts_and_ended_from_either(
+    aiohttp_client: ClientMaker, pool: asyncpg.Pool, domain: str | None
+) -> None:
+    """app.example.com and api.example.com (both this machine), one storage with
+    ``domain="example.com"``: a login on one is the session on the other, and a logout on the
+    other ends it for both. Without a domain the cookie is host-only: the other host never sees
+    it."""
+    client = await lifetime_app(aiohttp_client, pool, secure=False, domain=domain)
+    port = client.server.port
+    app, api = f"http://app.example.com:{port}", f"http://api.example.com:{port}"
+    async with browser("app.example.com", "api.example.com") as http:
+        async with http.post(app + "/login") as response:
+            assert response.status == 200
+        async with http.get(api + "/info") as response:
+            seen = (await response.json())["data"]
+        if domain is None:
+            assert seen == {}
+            return
+        assert seen == {"user_id": 1}
+        async with http.post(api + "/logout") as response:
+            assert "Domain=example.com" in response.headers["Set-Cookie"]
+        assert [cookie.key for cookie in http.cookie_jar] == []  # the jar dropped it
+        async with http.get(app + "/info") as response:
+            assert (await response.json())["new"] is True
