@@ -346,16 +346,6 @@ class PostgresStorage(AbstractStorage):
         """Check these arguments as the constructor does, without a pool: for an app that reads
         them from its configuration and wants to say what is wrong at start-up.
 
-        :raises ArgumentError: unless ``absolute_timeout <= max_remember_timeout`` and
-            ``idle_timeout <= remember_idle_timeout <= max_remember_timeout`` (when given); for
-            a cookie attribute that breaks its rule (a `cookie_name` that is no RFC 6265 token
-            or carries a ``__Host-``/``__Secure-`` prefix; a `domain` that is no plain host name;
-            a `path` not starting with ``/`` or holding ``;`` or control characters; a
-            `samesite` not ``"Lax"``, ``"Strict"`` or ``"None"``; ``samesite="None"`` with
-            ``secure=False``).
-        :raises ArgumentTypeError: (an ArgumentError and a TypeError) for a cookie attribute of the
-            wrong type, or a remember timeout that is not a number.
-
         :raises ArgumentError: unless ``0 <= touch_interval < idle_timeout <= absolute_timeout``;
             for a `database_timeout` that is not positive, a timeout that is not finite (NaN,
             infinity), a `max_sessions_per_user` or a `max_data_bytes` below 1, no key in
@@ -366,6 +356,14 @@ class PostgresStorage(AbstractStorage):
             an int or float (a str, a bool), a count that is not an int or None, a key list that
             is not a sequence (a list or tuple) or is a single bytes or str, a key that is not
             bytes.
+        :raises ArgumentError: also unless ``absolute_timeout <= max_remember_timeout`` and
+            ``idle_timeout <= remember_idle_timeout <= max_remember_timeout`` (those given); for a
+            cookie attribute that breaks its rule: a `cookie_name` that is no RFC 6265 token or
+            carries a ``__Host-``/``__Secure-`` prefix, a `domain` that is no plain host name, a
+            `path` not starting with ``/`` or holding ``;``, control or non-ASCII characters, a
+            `samesite` not ``"Lax"``, ``"Strict"`` or ``"None"``, ``samesite="None"`` with
+            ``secure=False``. One that is also a TypeError for a cookie attribute of the wrong
+            type, or a remember timeout that is not a number.
         """
         for argument, seconds in (
             ("idle_timeout", idle_timeout),
