@@ -256,8 +256,11 @@ async def test_login_survives_reload_and_reopening_the_page(
         page = await context.new_page()
         await page.goto(app.url(LOGIN_PAGE))
         await screenshot(page, f"login-{device}")
-        # Keyboard users see where they are: Tab reaches the button, which shows a focus ring.
+        # Keyboard users see where they are: Tab reaches the "Remember me" box, then the
+        # button, which shows a focus ring.
         await page.keyboard.press("Tab")
+        await page.keyboard.press("Tab")
+        await expect(page.get_by_label("Remember me on this device")).to_be_focused()
         await page.keyboard.press("Tab")
         await expect(page.get_by_role("button", name="Log in")).to_be_focused()
         ring = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
