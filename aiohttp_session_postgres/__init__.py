@@ -12,12 +12,18 @@ by the database's clock.
 Public names: PostgresStorage, PostgresSession, SessionCache, SessionInfo, setup,
 session_middleware, save_session, SessionNotSent, get_session, new_session, renew_session, sweep,
 ArgumentError, DatabaseUnavailable, SessionDataTooLarge, UNAVAILABLE_ERRORS, DEFAULT_MAX_DATA_BYTES,
-create_schema, schema_sql, schema_statements, schema_version, SCHEMA_VERSION, tcp_keepalive.
+create_schema, schema_sql, schema_statements, schema_version, SCHEMA_VERSION, tcp_keepalive,
+SessionEvent (the hooks' events: ``storage.on_event``), StorageMetrics (what the storage reports),
+PrometheusMetrics (with the ``[metrics]`` extra: imported only when asked for).
 Everything else is internal and may change.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .cache import SessionCache
+from .hooks import SessionEvent
 from .keepalive import tcp_keepalive
+from .observer import StorageMetrics
 from .pool import UNAVAILABLE_ERRORS
 from .rows import SessionInfo
 from .schema import SCHEMA_VERSION, create_schema, schema_sql, schema_statements, schema_version
@@ -25,6 +31,9 @@ from .session import DEFAULT_MAX_DATA_BYTES, PostgresSession, SessionDataTooLarg
 from .storage import ArgumentError, DatabaseUnavailable, PostgresStorage, get_session, new_session, renew_session
 from .streaming import SessionNotSent, save_session, session_middleware, setup
 from .sweeper import sweep
+
+if TYPE_CHECKING:
+    from .metrics import PrometheusMetrics
 
 __version__ = "0.1.0"
 
@@ -36,10 +45,13 @@ __all__ = [
     "DatabaseUnavailable",
     "PostgresSession",
     "PostgresStorage",
+    "PrometheusMetrics",
     "SessionCache",
     "SessionDataTooLarge",
+    "SessionEvent",
     "SessionInfo",
     "SessionNotSent",
+    "StorageMetrics",
     "__version__",
     "create_schema",
     "get_session",
@@ -54,3 +66,16 @@ __all__ = [
     "sweep",
     "tcp_keepalive",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # PrometheusMetrics needs prometheus-client (the [metrics] extra): imported on first use only.
+    if name == "PrometheusMetrics":
+        try:
+            from .metrics import PrometheusMetrics
+        except ImportError as exc:
+            raise ImportError(
+                "PrometheusMetrics needs prometheus-client: pip install 'aiohttp-session-postgres[metrics]'"
+            ) from exc
+        return PrometheusMetrics
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

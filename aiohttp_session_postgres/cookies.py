@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import hdrs, web
 
 from . import events
@@ -17,6 +19,8 @@ MAX_VALUES = 16
 
 class SessionCookie:
     """The session cookie's name and attributes, and the signer that makes and checks its value.
+    `bad_signature`, when set, is called once per request whose cookies of the name failed
+    verification (the storage's metrics).
 
     :param name: the cookie's name; ``__Host-`` is put in front of it when the cookie is Secure
         (it then has ``Path=/`` and no ``Domain``: RFC 6265bis), and never read without it.
@@ -35,6 +39,8 @@ class SessionCookie:
         self.httponly = httponly
         self.samesite = samesite
         self.signer = signer
+
+    bad_signature: Callable[[], None] | None = None
 
     def is_secure(self, request: web.BaseRequest) -> bool:
         return request.secure if self.secure is None else self.secure
@@ -63,6 +69,8 @@ class SessionCookie:
                 break
         if bad:  # one line per request, however many cookies it sent
             events.emit("session.bad_signature", cookies=bad)
+            if self.bad_signature is not None:
+                self.bad_signature()
         return found
 
     def set(self, request: web.BaseRequest, response: web.StreamResponse, value: str, max_age: int) -> None:

@@ -29,6 +29,7 @@ import asyncpg
 
 from .cipher import DataCipher
 from .memo import BoundedMap
+from .observer import StorageMetrics
 from .pool import FairPool, Unavailable
 from .schema import TableNames, distributed
 from .sql import TOMBSTONE_SECONDS, Statements
@@ -161,6 +162,7 @@ class SessionRows:
     :param citus: whether the table is distributed by Citus (sql.Statements says what that
         changes). The first operation asks the table (one query, once); a `citus` that disagrees
         is logged, and the table is followed.
+    :param metrics: told of pool waits and of the database's failures (observer.py).
     """
 
     def __init__(
@@ -176,6 +178,7 @@ class SessionRows:
         max_sessions_per_user: int | None,
         durable_writes: bool,
         citus: bool | None = None,
+        metrics: StorageMetrics | None = None,
     ) -> None:
         self.pool = pool
         # Found out from the table at the first operation, whatever the constructor was told.
@@ -190,7 +193,7 @@ class SessionRows:
         self.max_sessions_per_user = max_sessions_per_user
         self.sql = Statements(names.qualified, durable_writes=durable_writes, citus=bool(citus))
         self._cipher = cipher
-        self._fair = FairPool(pool)
+        self._fair = FairPool(pool, metrics=metrics)
         # IDs found dead (unknown, expired, used up): an ID never comes back to life, so a browser
         # that keeps sending a dead cookie costs a lookup once, not on every request.
         self._dead: BoundedMap[bytes, None] = BoundedMap(MEMO_SIZE)
@@ -554,11 +557,31 @@ class SessionRows:
 
     # -- the table -------------------------------------------------------------------------
 
-    async def sweep_forever(self, *, interval: float, batch_size: int, timeout: float) -> None:
-        """sweeper.sweep_forever on this table: a pass every `interval` seconds until cancelled."""
+    async def sweep_forever(
+        self,
+        *,
+        interval: float,
+        batch_size: int,
+        timeout: float,
+        swept: Callable[[int, float], None] | None = None,
+    ) -> None:
+        """sweeper.sweep_forever on this table: a pass every `interval` seconds until cancelled;
+        `swept(rows, seconds)` after each pass that ran."""
         await sweep_forever(
-            self.pool, self.names, interval=interval, batch_size=batch_size, timeout=timeout, citus=self.citus
+            self.pool,
+            self.names,
+            interval=interval,
+            batch_size=batch_size,
+            timeout=timeout,
+            citus=self.citus,
+            swept=swept,
         )
+
+    async def count_live(self, *, timeout: float) -> int:
+        """The live sessions in the table (a count: for a periodic sample, never per request)."""
+        async with self.pool.acquire(timeout=timeout) as conn:
+            count: int = await conn.fetchval(self.sql.count_live, timeout=timeout)
+        return count
 
     async def sweep(self, *, batch_size: int, timeout: float) -> int | None:
         """Delete expired rows (sweeper.sweep): the number deleted, None when another process

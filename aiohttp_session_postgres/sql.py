@@ -256,6 +256,10 @@ WHERE {{row_key}} = ANY (ARRAY(
 )) AND {_SWEEPABLE}
 """
 
+# The live sessions (tombstones are not sessions), for the metrics' periodic sample: never per
+# request (a count reads the whole table, or its index).
+COUNT_LIVE_SQL = f"SELECT count(*) FROM {{table}} WHERE replaced_at IS NULL AND {LIVE}"
+
 # durable_writes=False: the statement's own transaction commits without waiting for the WAL
 # flush (synchronous_commit is a per-transaction setting; set_config(..., true) sets it for this
 # one only).
@@ -341,3 +345,4 @@ class Statements:
         self.end_by_handle = Statement(END_BY_HANDLE_SQL, **fields)
         self.end_user = Statement(END_USER_SQL, **fields)
         self.sweep = Statement(SWEEP_SQL, **fields)
+        self.count_live = COUNT_LIVE_SQL.format(table=table)  # no parameter
