@@ -45,6 +45,7 @@ import contextlib
 import hashlib
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -127,6 +128,8 @@ class SessionHooks:
     _pending: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _dropped: int = field(init=False, default=0)
     _dropped_at: float = field(init=False, default=-DROP_REPORT_INTERVAL)
+    # Whether `listen` has its LISTEN connection now.
+    listening: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.signal = Signal(self.owner)
@@ -171,9 +174,11 @@ class SessionHooks:
             except TimeoutError:
                 log.warning("session hook %s took over %s s on %s: cancelled", _name(hook), self.timeout, event.name)
             except Exception as exc:
-                # Its type only: an exception's message may quote session data.
-                log.error("session hook %s raised %s on %s", _name(hook), type(exc).__name__, event.name)
-                log.debug("session hook %s's traceback", _name(hook), exc_info=exc)
+                # Its type and where, not its message (nor a traceback, which ends with it): an
+                # exception's message may quote session data.
+                log.error(
+                    "session hook %s raised %s on %s at %s", _name(hook), type(exc).__name__, event.name, _where(exc)
+                )
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait for the hooks still running (at most `timeout` seconds, the hook timeout by
@@ -235,6 +240,7 @@ class SessionHooks:
                 closed = asyncio.Event()
                 conn.add_termination_listener(partial(_closed, closed))
                 await conn.add_listener(channel, lambda _c, _pid, _ch, payload: self.notified(payload))
+                self.listening = True
                 log.info("session events: listening for other processes' events")
                 backoff = 0.5
                 while True:
@@ -244,8 +250,10 @@ class SessionHooks:
                         raise ConnectionError("listener connection closed")
                     await conn.execute("SELECT 1", timeout=check_every / 2)
             except asyncio.CancelledError:
+                self.listening = False
                 raise
             except Exception as exc:
+                self.listening = False
                 log.warning(
                     "session events: listener lost (%s): other processes' events missed until back", type(exc).__name__
                 )
@@ -280,6 +288,12 @@ def parse_payload(payload: str, *, origin: str) -> SessionEvent | None:
     except ValueError:
         return None
     return SessionEvent(name, fp, user_id, reason, local=False)
+
+
+def _where(exc: BaseException) -> str:
+    """file:line where `exc` was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
 
 
 def _closed(event: asyncio.Event, _conn: object) -> None:
