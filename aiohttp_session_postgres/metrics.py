@@ -25,16 +25,17 @@ Metrics (prefix ``aiohttp_session_``; counters count what this process did):
 ``aiohttp_session_sweep_seconds``                sweep passes' durations (histogram)
 ``aiohttp_session_live``                         live sessions in the table, counted every
                                                  sampler interval (gauge; the latest count)
-``aiohttp_session_cache_enabled``                1 when the session cache serves reads (gauge;
-                                                 across processes, the least: 0 if any is off)
-``aiohttp_session_cache_entries``                sessions cached (gauge; across processes, the sum)
-``aiohttp_session_cache_bytes``                  bytes the cache accounts (gauge; the sum)
+``aiohttp_session_cache_enabled``                1 when this process's session cache serves reads,
+                                                 0 when it is off or its listener is down (gauge)
+``aiohttp_session_cache_entries``                sessions this process's cache holds (gauge)
+``aiohttp_session_cache_bytes``                  bytes it accounts (gauge)
 ==========================================  =====================================================
 
 Several processes (gunicorn workers): set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory
 before they start, serve a registry with ``prometheus_client.multiprocess.MultiProcessCollector``
 and call ``multiprocess.mark_process_dead(pid)`` when a worker exits (prometheus-client's
-multiprocess mode); the gauges' modes above are set for it.
+multiprocess mode); the gauges' modes are set for it: the cache's have a ``pid`` label per live
+process (sum or min them in PromQL), ``live`` is the latest count of any live process.
 """
 
 from __future__ import annotations
@@ -104,14 +105,14 @@ class PrometheusMetrics:
         self._cache_enabled = Gauge(
             name("cache_enabled"),
             "1 when the session cache serves reads",
-            multiprocess_mode="livemin",
+            multiprocess_mode="liveall",
             registry=registry,
         )
         self._cache_entries = Gauge(
-            name("cache_entries"), "Sessions in the session cache", multiprocess_mode="livesum", registry=registry
+            name("cache_entries"), "Sessions in the session cache", multiprocess_mode="liveall", registry=registry
         )
         self._cache_bytes = Gauge(
-            name("cache_bytes"), "Bytes the session cache accounts", multiprocess_mode="livesum", registry=registry
+            name("cache_bytes"), "Bytes the session cache accounts", multiprocess_mode="liveall", registry=registry
         )
 
     def event(self, event: SessionEvent) -> None:
