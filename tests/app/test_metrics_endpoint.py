@@ -5,9 +5,12 @@ multiprocess mode, its directory made by `serve`)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -144,3 +147,36 @@ async def test_one_scrape_sees_every_gunicorn_worker(servers: Servers, db_url: s
             assert value(scraped, "aiohttp_session_events_total", event="created", reason="") == logins
         async with http.get(server.url + "/metrics") as response:
             assert response.status == 401
+
+        # A worker that dies: gunicorn starts another, and its live gauges leave the scrape.
+        directory = metrics_dir_of(int(sorted(workers)[1]))
+        assert exists(directory)
+        dead = sorted(workers)[0]
+        os.kill(int(dead), signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while True:
+            now = {str(pid) for pid in children(server.pid)}
+            async with http.get(server.url + "/metrics", headers=AUTH) as response:
+                text = await response.text()
+            if (len(now) == 2 and dead not in now and worker_pids(text) == now) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert dead not in worker_pids(text)
+        assert worker_pids(text) == now, (now, text)
+        assert value(text, "aiohttp_session_events_total", event="created", reason="") == logins  # counters stay
+    server.stop()
+    assert not exists(directory)  # gunicorn's master removed it as it exited
+
+
+def metrics_dir_of(pid: int) -> str:
+    """The multiprocess directory a worker writes its metrics in (its files are mapped in memory;
+    gunicorn's setproctitle overwrites what /proc shows of the environment)."""
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        path = line.split(maxsplit=5)[-1]
+        if "/app-metrics-" in path and path.endswith(".db"):
+            return str(Path(path).parent)
+    raise AssertionError(f"worker {pid} maps no metrics file")
+
+
+def exists(path: str) -> bool:
+    return Path(path).exists()
