@@ -32,7 +32,7 @@ from .memo import BoundedMap
 from .observer import StorageMetrics
 from .pool import FairPool, Unavailable
 from .schema import TableNames, distributed
-from .sql import TOMBSTONE_SECONDS, Statements
+from .sql import COUNT_LIVE_SQL, TOMBSTONE_SECONDS, Statements
 from .sweeper import sweep, sweep_forever
 from .tokens import HANDLE_BYTES, handle_of
 
@@ -580,7 +580,7 @@ class SessionRows:
     async def count_live(self, *, timeout: float) -> int:
         """The live sessions in the table (a count: for a periodic sample, never per request)."""
         async with self.pool.acquire(timeout=timeout) as conn:
-            count: int = await conn.fetchval(self.sql.count_live, timeout=timeout)
+            count: int = await conn.fetchval(COUNT_LIVE_SQL.format(table=self.names.qualified), timeout=timeout)
         return count
 
     async def sweep(self, *, batch_size: int, timeout: float) -> int | None:

@@ -345,4 +345,3 @@ class Statements:
         self.end_by_handle = Statement(END_BY_HANDLE_SQL, **fields)
         self.end_user = Statement(END_USER_SQL, **fields)
         self.sweep = Statement(SWEEP_SQL, **fields)
-        self.count_live = COUNT_LIVE_SQL.format(table=table)  # no parameter
