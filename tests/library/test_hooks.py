@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 from aiohttp import DummyCookieJar, web
 from aiohttp.test_utils import TestClient, make_mocked_request
-from aiohttp_session_postgres import PostgresStorage, SessionCache, SessionEvent
+from aiohttp_session_postgres import PostgresStorage, SessionCache, SessionEvent, create_schema
 from aiohttp_session_postgres.hooks import parse_payload
 from aiohttp_session_postgres.tokens import fingerprint_of, handle_of, id_hash_of
 from support.keys import AUTH_KEY, ENC_KEY
@@ -306,3 +306,39 @@ def test_a_notification_of_another_shape_is_ignored() -> None:
         '{"v": 1, "o": "x", "e": "revoked", "f": "0011aabb", "u": "u-7", "r": "operator"}', origin="me"
     )
     assert event == SessionEvent("revoked", "0011aabb", "u-7", "operator", local=False)
+
+
+@pytest.mark.citus
+async def test_revocations_reach_other_processes_hooks_on_citus(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], citus_url: str
+) -> None:
+    """On a distributed table, where the table has no triggers: a revocation across workers (a
+    two-phase commit) inside the caller's transaction, and the cap's, reach another storage's
+    hooks (another process: its own origin) through the coordinator."""
+    conn = await asyncpg.connect(citus_url)
+    try:
+        await create_schema(conn, citus=True)
+    finally:
+        await conn.close()
+    async with asyncpg.create_pool(citus_url, min_size=1, max_size=4) as citus_pool:
+        listening = PostgresStorage(
+            citus_pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY], cache=SessionCache(), citus=True
+        )
+        hook = Received()
+        listening.on_event.append(hook)
+        app = web.Application()
+        app.cleanup_ctx.append(listening.cache_listener(lambda: asyncpg.connect(citus_url)))
+        client = await aiohttp_client(app)
+        await _listening(listening)
+        elsewhere = await library_app(aiohttp_client, citus_pool, citus=True, max_sessions_per_user=3)
+        cookies = [await started(elsewhere) for _ in range(4)]  # the fourth login revokes the first
+        capped = await hook.first(lambda e: e.reason == "max_sessions_per_user")
+        assert capped == SessionEvent("revoked", fp(cookies[0]), USER, "max_sessions_per_user", local=False)
+        async with citus_pool.acquire() as conn, conn.transaction():
+            assert await elsewhere.app[STORAGE].end_all_sessions(USER, conn=conn, reason="operator") == 3
+        await hook.until(4)
+        assert sorted(e.fingerprint for e in hook.events if e.reason == "operator") == sorted(
+            fp(cookie) for cookie in cookies[1:]
+        )
+        assert all(not e.local for e in hook.events)
+        await client.close()
