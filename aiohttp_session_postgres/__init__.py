@@ -15,6 +15,7 @@ ArgumentError, DatabaseUnavailable, SessionDataTooLarge, UNAVAILABLE_ERRORS, DEF
 create_schema, schema_sql, schema_statements, schema_version, SCHEMA_VERSION, tcp_keepalive,
 SessionEvent (the hooks' events: ``storage.on_event``), StorageMetrics (what the storage reports),
 PrometheusMetrics (with the ``[metrics]`` extra: imported only when asked for).
+With the ``[security]`` extra: aiohttp_session_postgres.security.PostgresIdentityPolicy (aiohttp-security).
 Everything else is internal and may change.
 """
 

@@ -195,3 +195,16 @@ async def test_the_sampler_needs_metrics(pool: asyncpg.Pool) -> None:
     storage = PostgresStorage(pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY])
     with pytest.raises(ValueError, match="without metrics"):
         storage.metrics_sampler()
+
+
+async def test_metrics_and_hook_timeout_of_the_wrong_kind_are_refused(pool: asyncpg.Pool) -> None:
+    from aiohttp_session_postgres import ArgumentError
+
+    keys = {"authentication_keys": [AUTH_KEY], "encryption_keys": [ENC_KEY]}
+    with pytest.raises(TypeError, match="metrics must be a StorageMetrics") as raised:
+        PostgresStorage(pool, **keys, metrics=CollectorRegistry())  # type: ignore[arg-type]
+    assert raised.value.argument == "metrics"  # type: ignore[attr-defined]
+    with pytest.raises(ArgumentError, match="hook_timeout must be positive"):
+        PostgresStorage(pool, **keys, hook_timeout=0)
+    with pytest.raises(TypeError, match="hook_timeout"):
+        PostgresStorage(pool, **keys, hook_timeout="10")  # type: ignore[arg-type]
