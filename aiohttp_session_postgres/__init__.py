@@ -72,11 +72,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # PrometheusMetrics needs prometheus-client (the [metrics] extra): imported on first use only.
     if name == "PrometheusMetrics":
-        try:
-            from .metrics import PrometheusMetrics
-        except ImportError as exc:
-            raise ImportError(
-                "PrometheusMetrics needs prometheus-client: pip install 'aiohttp-session-postgres[metrics]'"
-            ) from exc
+        from .metrics import PrometheusMetrics  # ImportError saying what to install, without it
+
         return PrometheusMetrics
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -40,7 +40,12 @@ process (sum or min them in PromQL), ``live`` is the latest count of any live pr
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+except ImportError as exc:  # pragma: no cover - the extra not installed
+    raise ImportError(
+        "aiohttp_session_postgres.metrics needs prometheus-client: pip install 'aiohttp-session-postgres[metrics]'"
+    ) from exc
 
 from .hooks import SessionEvent
 from .observer import (
