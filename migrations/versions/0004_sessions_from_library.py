@@ -15,6 +15,7 @@ its schema_statements() again.
 """
 
 from aiohttp_session_postgres import schema_statements
+from aiohttp_session_postgres.alembic_versions import run_schema_statements
 from alembic import op
 
 revision = "0004"
@@ -24,8 +25,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    for statement in schema_statements():
-        op.execute(statement)
+    run_schema_statements(op, schema_statements())
 
 
 def downgrade() -> None:

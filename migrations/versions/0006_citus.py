@@ -19,6 +19,7 @@ finds out at start-up that the table is distributed and uses the library's Citus
 """
 
 from aiohttp_session_postgres import schema_statements
+from aiohttp_session_postgres.alembic_versions import run_schema_statements
 from alembic import op
 from sqlalchemy import text
 
@@ -42,8 +43,7 @@ def upgrade() -> None:
         "SELECT create_reference_table('users')"
         " WHERE NOT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = 'users'::regclass)"
     )
-    for statement in schema_statements(citus=True):
-        op.execute(statement)
+    run_schema_statements(op, schema_statements(citus=True))
 
 
 def downgrade() -> None:
