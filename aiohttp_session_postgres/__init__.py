@@ -12,7 +12,8 @@ by the database's clock.
 Public names: PostgresStorage, PostgresSession, SessionCache, SessionInfo, setup,
 session_middleware, save_session, SessionNotSent, get_session, new_session, renew_session, sweep,
 ArgumentError, DatabaseUnavailable, SessionDataTooLarge, UNAVAILABLE_ERRORS, DEFAULT_MAX_DATA_BYTES,
-create_schema, schema_sql, schema_statements, schema_version, SCHEMA_VERSION, tcp_keepalive.
+create_schema, schema_sql, schema_statements, run_schema_statements, schema_version, SCHEMA_VERSION,
+tcp_keepalive.
 Everything else is internal and may change.
 """
 
@@ -20,7 +21,7 @@ from .cache import SessionCache
 from .keepalive import tcp_keepalive
 from .pool import UNAVAILABLE_ERRORS
 from .rows import SessionInfo
-from .schema import SCHEMA_VERSION, create_schema, schema_sql, schema_statements, schema_version
+from .schema import SCHEMA_VERSION, create_schema, run_schema_statements, schema_sql, schema_statements, schema_version
 from .session import DEFAULT_MAX_DATA_BYTES, PostgresSession, SessionDataTooLarge
 from .storage import ArgumentError, DatabaseUnavailable, PostgresStorage, get_session, new_session, renew_session
 from .streaming import SessionNotSent, save_session, session_middleware, setup
@@ -45,6 +46,7 @@ __all__ = [
     "get_session",
     "new_session",
     "renew_session",
+    "run_schema_statements",
     "save_session",
     "schema_sql",
     "schema_statements",

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -228,6 +228,24 @@ def schema_statements(
                 statements.append(statement.removesuffix(";"))
             current = []
     return statements
+
+
+def run_schema_statements(op: Any, statements: list[str]) -> None:
+    """Run `schema_statements()` in an Alembic revision: each in the migration's transaction, but
+    for a ``CREATE INDEX CONCURRENTLY``, which PostgreSQL runs only outside a transaction block:
+    that one in ``op.get_context().autocommit_block()`` (which commits what ran before it, and
+    begins a new transaction after it). The library's Alembic branch uses it, and a project's own
+    revisions that run the library's statements (as the demo app's do) can too.
+
+    :param op: ``alembic.op``.
+    :param statements: what `aiohttp_session_postgres.schema_statements` returned.
+    """
+    for statement in statements:
+        if statement.startswith("CREATE INDEX CONCURRENTLY"):
+            with op.get_context().autocommit_block():
+                op.execute(statement)
+        else:
+            op.execute(statement)
 
 
 async def create_schema(

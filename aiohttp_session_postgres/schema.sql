@@ -82,5 +82,5 @@ COMMENT ON TABLE {table} IS {version_comment};
 {outside_transaction}
 -- Listing, ending and capping one str user's sessions. Built CONCURRENTLY (writes go on while it
 -- scans a table that has rows), except on a partitioned table, where PostgreSQL cannot build one
--- so; CONCURRENTLY cannot run inside a transaction block: hence last.
+-- so. CONCURRENTLY cannot run inside a transaction block: hence last.
 CREATE INDEX {concurrently}IF NOT EXISTS {principal_index} ON {table} (principal) WHERE principal IS NOT NULL;

@@ -5,8 +5,7 @@ Revises:
 Create Date: 2026-11-30
 """
 
-from aiohttp_session_postgres.alembic_versions import run_schema_statements
-from aiohttp_session_postgres.schema import schema_statements
+from aiohttp_session_postgres.schema import run_schema_statements, schema_statements
 from alembic import op
 
 revision = "aiohttp_session_pg_0001"

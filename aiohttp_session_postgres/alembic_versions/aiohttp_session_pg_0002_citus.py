@@ -12,8 +12,7 @@ reference table first (Citus refuses the key otherwise): a revision of the proje
 this one can depend on.
 """
 
-from aiohttp_session_postgres.alembic_versions import run_schema_statements
-from aiohttp_session_postgres.schema import schema_statements
+from aiohttp_session_postgres.schema import run_schema_statements, schema_statements
 from alembic import op
 from sqlalchemy import text
 

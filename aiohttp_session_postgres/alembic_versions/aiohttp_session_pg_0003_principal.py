@@ -20,8 +20,7 @@ version 1: the sessions of str users then lose their tie to the user (they stay 
 they expire, unlisted).
 """
 
-from aiohttp_session_postgres.alembic_versions import run_schema_statements
-from aiohttp_session_postgres.schema import schema_statements
+from aiohttp_session_postgres.schema import run_schema_statements, schema_statements
 from alembic import op
 from sqlalchemy import text
 

@@ -14,8 +14,7 @@ A later release of the library that changes the table comes with a new revision 
 its schema_statements() again.
 """
 
-from aiohttp_session_postgres import schema_statements
-from aiohttp_session_postgres.alembic_versions import run_schema_statements
+from aiohttp_session_postgres import run_schema_statements, schema_statements
 from alembic import op
 
 revision = "0004"

@@ -18,8 +18,7 @@ Existing rows are copied to the shards. Run it before the app serves from the cl
 finds out at start-up that the table is distributed and uses the library's Citus mode.
 """
 
-from aiohttp_session_postgres import schema_statements
-from aiohttp_session_postgres.alembic_versions import run_schema_statements
+from aiohttp_session_postgres import run_schema_statements, schema_statements
 from alembic import op
 from sqlalchemy import text
 

@@ -17,8 +17,7 @@ follows).
 On Citus the column, the CHECK and the index reach every shard (Citus propagates them).
 """
 
-from aiohttp_session_postgres import schema_statements
-from aiohttp_session_postgres.alembic_versions import run_schema_statements
+from aiohttp_session_postgres import run_schema_statements, schema_statements
 from alembic import op
 from sqlalchemy import text
 
