@@ -115,7 +115,11 @@ def schema_sql(
         triggers, which Citus refuses on a distributed table (the library notifies the caches
         itself there). An existing table, with its rows, is distributed; one already distributed
         is left as it is.
-    :returns: the SQL, statements separated by semicolons, ready for psql.
+    :returns: the SQL, statements separated by semicolons, ready for psql. It ends, after a
+        comment line `OUTSIDE_TRANSACTION`, with the principal index built ``CONCURRENTLY`` (but
+        on a partitioned table), which PostgreSQL runs only outside a transaction block: psql
+        runs each statement of a file on its own (not with ``--single-transaction``); the CLI
+        prints what comes before it between BEGIN and COMMIT. `split_schema_sql` divides the two.
     :raises ValueError: for bad names or a bad partition count, or partitions with citus (Citus
         shards the table itself).
     """

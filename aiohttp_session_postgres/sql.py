@@ -2,7 +2,10 @@
 sweeper runs SWEEP_SQL).
 
 Parameters are named (`$id_hash`) and keep one meaning in every statement; `Statement` numbers
-them for PostgreSQL. `{table}` is the quoted table; `{async_commit}` marks where a write that ends
+them for PostgreSQL. A session's user is an int (`$user_id`, the user_id column) or a str
+(`$principal`, the principal column; identity.py): a write sets both columns, one of them NULL,
+and what names one user's sessions (`{owner}`) comes as a statement for each.
+`{table}` is the quoted table; `{async_commit}` marks where a write that ends
 nothing may skip waiting for the WAL flush (durable_writes=False). Expiry is always the database's
 clock: `now()`, the transaction's start, for reads; `clock_timestamp()` for writes, which may have
 waited on a row lock past a deadline.
@@ -160,23 +163,17 @@ SELECT created.*, (SELECT version FROM used) AS replaced_version FROM created
 # str user's hashes a text of its own, so int 7 and str "7" are different users. Two users whose
 # keys collide only wait for each other: the lock orders a user's renewals and endings, it decides
 # nothing.
-def user_lock_key(parameter: str = "$user_id") -> str:
-    """The lock key of the int user in `parameter` (SQL)."""
-    return f"hashtextextended($table_key, {parameter})"
-
-
-def principal_lock_key(parameter: str = "$principal") -> str:
-    """The lock key of the str user in `parameter` (SQL)."""
-    return f"hashtextextended('principal ' || $table_key::text || ' ' || {parameter}::text, 0)"
+USER_LOCK_KEY = "hashtextextended($table_key, $user_id)"
+PRINCIPAL_LOCK_KEY = "hashtextextended('principal ' || $table_key::text || ' ' || $principal::text, 0)"
 
 
 # RENEW_SQL's user lock, inside the statement (one PostgreSQL): the row's user is an int
 # ($user_id) or a str ($principal), at most one of them set.
 RENEW_USER_LOCK = f"""
         AND ($user_id::bigint IS NULL
-             OR pg_advisory_xact_lock_shared({user_lock_key()}) IS NOT NULL)
+             OR pg_advisory_xact_lock_shared({USER_LOCK_KEY}) IS NOT NULL)
         AND ($principal::text IS NULL
-             OR pg_advisory_xact_lock_shared({principal_lock_key()}) IS NOT NULL)"""
+             OR pg_advisory_xact_lock_shared({PRINCIPAL_LOCK_KEY}) IS NOT NULL)"""
 
 # max_sessions_per_user: after a login, end the user's least recently used live sessions beyond
 # $max_sessions. A statement of its own, after the login's commit: of concurrent logins, the last
@@ -225,7 +222,7 @@ NOTIFY_SQL = "SELECT pg_notify($channel, payload) FROM unnest($payloads::text[])
 
 # Taken by what ends all of a user's sessions (or all but one), for its transaction, before it
 # looks: renewals of that user's sessions (RENEW_SQL) wait, or are waited for. {lock_key} is
-# user_lock_key() or principal_lock_key().
+# USER_LOCK_KEY or PRINCIPAL_LOCK_KEY.
 USER_LOCK_SQL = "SELECT pg_advisory_xact_lock({lock_key})"
 # The same lock shared, as RENEW_SQL takes it (on Citus, as a statement of its own).
 USER_LOCK_SHARED_SQL = "SELECT pg_advisory_xact_lock_shared({lock_key})"
@@ -362,10 +359,10 @@ class Statements:
         self.save_async = Statement(SAVE_SQL, **fields, async_commit=fast)
         self.lock = Statement(LOCK_SQL, **fields)
         self.end = Statement(END_SQL, **fields)
-        self.user_lock = Statement(USER_LOCK_SQL, lock_key=user_lock_key())
-        self.user_lock_shared = Statement(USER_LOCK_SHARED_SQL, lock_key=user_lock_key())
-        self.principal_lock = Statement(USER_LOCK_SQL, lock_key=principal_lock_key())
-        self.principal_lock_shared = Statement(USER_LOCK_SHARED_SQL, lock_key=principal_lock_key())
+        self.user_lock = Statement(USER_LOCK_SQL, lock_key=USER_LOCK_KEY)
+        self.user_lock_shared = Statement(USER_LOCK_SHARED_SQL, lock_key=USER_LOCK_KEY)
+        self.principal_lock = Statement(USER_LOCK_SQL, lock_key=PRINCIPAL_LOCK_KEY)
+        self.principal_lock_shared = Statement(USER_LOCK_SHARED_SQL, lock_key=PRINCIPAL_LOCK_KEY)
         self.notify = Statement(NOTIFY_SQL)
         self.list_user = Statement(LIST_USER_SQL, **by_id)
         self.list_principal = Statement(LIST_USER_SQL, **by_principal)

@@ -570,6 +570,10 @@ async def test_each_per_request_statement_runs_on_one_shard_of_one_worker(
         "trim (the cap, after a login)": (sql.trim, {"user_id": USER, "max_sessions": 10}),
         "list a user's sessions": (sql.list_user, {"user_id": USER, "limit": 100}),
         "end all of a user's": (sql.end_user, {"user_id": USER, "keep_id_hash": None}),
+        # The same for a str user (the principal column): routed the same way.
+        "trim, str user": (sql.trim_principal, {"principal": "alice", "max_sessions": 10}),
+        "list, str user": (sql.list_principal, {"principal": "alice", "limit": 100}),
+        "end all, str user": (sql.end_principal, {"principal": "alice", "keep_id_hash": None}),
     }
     measured = {}
     for what, (statement, values) in fan_out.items():
@@ -581,6 +585,9 @@ async def test_each_per_request_statement_runs_on_one_shard_of_one_worker(
         "trim (the cap, after a login)": (64, 2),
         "list a user's sessions": (32, 2),
         "end all of a user's": (32, 2),
+        "trim, str user": (64, 2),
+        "list, str user": (32, 2),
+        "end all, str user": (32, 2),
     }
 
 
