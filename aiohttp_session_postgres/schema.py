@@ -293,15 +293,23 @@ async def create_schema(
     citus = installed if citus is None else citus
     statements = schema_statements(table, schema, partitions=partitions, citus=citus)
     nested = conn.is_in_transaction()
-    later = [] if nested else [statement for statement in statements if _concurrent(statement)]
-    sql = ";\n".join(_plain(statement) if nested else statement for statement in statements if statement not in later)
+    later: list[str] = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK_KEY)
         current = await schema_version(conn, table=table, schema=schema) == SCHEMA_VERSION
         if current and (not citus or await distributed(conn, names)):
             changed = False
         else:
+            # A new table is empty: its indexes are built here, at no cost, and with it. An index
+            # on a table that has rows is built concurrently, after this transaction (unless the
+            # caller's transaction holds this one).
+            new = await conn.fetchval("SELECT to_regclass($1) IS NULL", names.qualified)
+            if not new and not nested:
+                later = [statement for statement in statements if _concurrent(statement)]
+            sql = ";\n".join(_plain(statement) for statement in statements if statement not in later)
             changed = await _run(conn, sql, table, schema, partitions=partitions, citus=citus)
+    if current and not nested:
+        later = [statement for statement in statements if _concurrent(statement)]  # one interrupted?
     for statement in later:
         changed = await _build_concurrently(conn, statement) or changed
     return changed
