@@ -306,8 +306,13 @@ async def create_schema(
             new = await conn.fetchval("SELECT to_regclass($1) IS NULL", names.qualified)
             if not new and not nested:
                 later = [statement for statement in statements if _concurrent(statement)]
-            sql = ";\n".join(_plain(statement) for statement in statements if statement not in later)
-            changed = await _run(conn, sql, table, schema, partitions=partitions, citus=citus)
+            # The index statements each on their own: Citus sends a distributed table's DDL to the
+            # workers as the query string it came in, which may hold one command only.
+            script = ";\n".join(statement for statement in statements if not _concurrent(statement))
+            indexes = [
+                _plain(statement) for statement in statements if _concurrent(statement) and statement not in later
+            ]
+            changed = await _run(conn, [script, *indexes], table, schema, partitions=partitions, citus=citus)
     if current and not nested:
         later = [statement for statement in statements if _concurrent(statement)]  # one interrupted?
     for statement in later:
@@ -315,14 +320,17 @@ async def create_schema(
     return changed
 
 
-async def _run(conn: Connection, sql: str, table: str, schema: str, *, partitions: int | None, citus: bool) -> bool:
+async def _run(
+    conn: Connection, scripts: list[str], table: str, schema: str, *, partitions: int | None, citus: bool
+) -> bool:
     """create_schema's transaction, once it found the table not up to date."""
     await conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
     if citus:
         # One shard at a time: DDL run on every shard in parallel may not be followed, in the
         # same transaction, by the commands Citus sends over one connection per worker.
         await conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
-    await conn.execute(sql)
+    for script in scripts:
+        await conn.execute(script)
     if partitions is not None:
         # CREATE TABLE IF NOT EXISTS leaves a table already there as it is: a partition's
         # name taken by another table would leave hash values with nowhere to go.
