@@ -9,7 +9,7 @@ and over, and then
 - the old release's statements all still work on the upgraded table (read, write, log in, list,
   end all, renew), and the new release reads every row the old one wrote, lists its users'
   sessions, and signs in a str user beside them.
-On one PostgreSQL, and on Citus (create_schema).
+On one PostgreSQL and on Citus, each both ways.
 """
 
 from __future__ import annotations
@@ -299,10 +299,14 @@ async def test_the_upgrade_from_version_1_loses_nothing_and_the_old_release_keep
 
 
 @pytest.mark.citus
+@pytest.mark.parametrize("way", ["create_schema", "alembic"])
 async def test_the_upgrade_on_citus_loses_nothing_and_the_old_release_keeps_serving(
-    aiohttp_client: Client, old_library: Path, citus_url: str
+    aiohttp_client: Client, old_library: Path, citus_url: str, tmp_path: Path, way: str
 ) -> None:
     async def upgrade() -> None:
+        if way == "alembic":
+            await asyncio.to_thread(alembic_upgrade, tmp_path / "project", citus_url)
+            return
         conn = await asyncpg.connect(citus_url)
         try:
             assert await create_schema(conn) is True
