@@ -275,7 +275,9 @@ async def create_schema(
     transaction, ``CONCURRENTLY``, by one process at a time (the others go on without waiting:
     every query works without it, only slower); one left invalid by an interrupted build is
     dropped and built again. Called inside a transaction of the caller's, `conn` builds it there
-    instead, in the ordinary way (writes to the table then wait for its scan).
+    instead, in the ordinary way (writes to the table then wait for its scan). The concurrent build holds a
+    session-level advisory lock and setting between statements: give it a direct connection, not
+    one through PgBouncer's transaction pooling.
 
     :returns: True when it changed something; False when the table was already at this version
         (and, with `citus`, distributed) and its indexes built, in which case no lock on the table
@@ -366,10 +368,11 @@ async def _build_concurrently(conn: Connection, statement: str) -> bool:
     valid, or another process is building it. An invalid one (an interrupted build) is dropped
     first. True when it built the index.
 
-    Not under the schema's advisory lock, and never waiting for a lock: a concurrent build waits
-    for every transaction that began before it, create_schema's in other processes included,
-    which would then deadlock with it. A build that times out waiting (lock_timeout) is logged
-    and left for the next create_schema; the table works meanwhile, only slower for str users."""
+    Not under the schema's advisory lock, and never waiting for the build's own: a concurrent
+    build waits for every transaction older than it, create_schema's in other processes included,
+    and one of those waiting for a lock the build holds would be a deadlock. A build that times
+    out waiting (lock_timeout) is logged and left for the next create_schema; the table works
+    meanwhile, only slower for str users."""
     match = _CONCURRENT_INDEX.match(statement)
     assert match is not None, statement
     index = f"{match[2]}.{match[1]}"
@@ -381,7 +384,8 @@ async def _build_concurrently(conn: Connection, statement: str) -> bool:
     try:
         if await conn.fetchval(valid_sql, index):
             return False
-        await conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT}'")
+        before = await conn.fetchval("SELECT current_setting('lock_timeout')")
+        await conn.execute("SELECT set_config('lock_timeout', $1, false)", _LOCK_TIMEOUT)
         try:
             if await conn.fetchval(valid_sql, index) is False:
                 await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index}")
@@ -390,7 +394,7 @@ async def _build_concurrently(conn: Connection, statement: str) -> bool:
             log.warning("index %s: not built (transactions held the table for %s); next time", index, _LOCK_TIMEOUT)
             return False
         finally:
-            await conn.execute("RESET lock_timeout")
+            await conn.execute("SELECT set_config('lock_timeout', $1, false)", before)  # the caller's, back
         return True
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", INDEX_LOCK_KEY)

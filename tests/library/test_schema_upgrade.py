@@ -341,3 +341,21 @@ async def test_an_interrupted_index_build_is_built_again(empty_url: str) -> None
         assert await create_schema(conn) is False
     finally:
         await conn.close()
+
+
+async def test_processes_starting_at_once_upgrade_the_table_together(old_library: Path, empty_url: str) -> None:
+    """Several processes of the new release call create_schema at once on a table of version 1
+    with rows (a rolling deploy's first dynos): one upgrades it, one builds the index
+    concurrently, none deadlocks or fails, and the index is valid."""
+    await run_old(old_library, "make", empty_url, citus=False)
+    conns = [await asyncpg.connect(empty_url) for _ in range(5)]
+    try:
+        results = await asyncio.wait_for(asyncio.gather(*(create_schema(conn) for conn in conns)), timeout=60)
+        assert True in results
+        valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = 'sessions_principal_idx'::regclass"
+        assert await conns[0].fetchval(valid)
+        assert await conns[0].fetchval("SELECT count(*) FROM sessions") == 4
+        assert [await create_schema(conn) for conn in conns] == [False] * 5
+    finally:
+        for conn in conns:
+            await conn.close()
