@@ -14,6 +14,7 @@ session_middleware, save_session, SessionNotSent, get_session, new_session, rene
 ArgumentError, DatabaseUnavailable, SessionDataTooLarge, UNAVAILABLE_ERRORS, DEFAULT_MAX_DATA_BYTES,
 create_schema, schema_sql, schema_statements, run_schema_statements, schema_version, SCHEMA_VERSION,
 tcp_keepalive.
+With the ``[security]`` extra: aiohttp_session_postgres.security.PostgresIdentityPolicy (aiohttp-security).
 Everything else is internal and may change.
 """
 

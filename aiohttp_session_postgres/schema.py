@@ -52,15 +52,17 @@ _LOCK_TIMEOUT = "5s"
 @dataclass(frozen=True)
 class TableNames:
     """Where the sessions live: `table` in the PostgreSQL `schema`, and the names derived from it
-    (indexes, trigger function, triggers, the NOTIFY channel). Raises ValueError for a name that is
-    not a plain identifier (letters, digits, underscore; not starting with a digit) or is too long
-    for its derived names to fit PostgreSQL's 63 bytes."""
+    (indexes, trigger function, triggers, the NOTIFY channel). Raises TypeError for a name that is
+    not a str, ValueError for one that is not a plain identifier (letters, digits, underscore; not
+    starting with a digit) or is too long for its derived names to fit PostgreSQL's 63 bytes."""
 
     table: str = "sessions"
     schema: str = "public"
 
     def __post_init__(self) -> None:
         for what, name in (("table", self.table), ("schema", self.schema)):
+            if not isinstance(name, str):
+                raise TypeError(f"{what} name must be a str, got {type(name).__name__}")
             if not _IDENTIFIER.fullmatch(name):
                 raise ValueError(f"{what} name {name!r} must be a plain identifier: letters, digits and _")
         if len(self.table) + len(_LONGEST_SUFFIX) > _MAX_IDENTIFIER_BYTES:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from functools import partial
@@ -67,9 +68,11 @@ class DatabaseUnavailable(web.HTTPServiceUnavailable):
 
 
 class ArgumentError(ValueError):
-    """A keyword argument of PostgresStorage that breaks its rule; the message says which rule.
+    """An argument of PostgresStorage that breaks its rule; the message says which rule. One
+    of the wrong type (a str key, a single bytes for a list of keys, a str timeout, ``None`` for
+    the pool) is an ArgumentError that is also a TypeError: catch either.
 
-    :ivar argument: the keyword's name (for the timeouts' order, the one found at fault).
+    :ivar argument: the argument's name (for the timeouts' order, the one found at fault).
     :ivar index: for a key list, the position (from 1) of the key at fault; else None.
     """
 
@@ -77,6 +80,44 @@ class ArgumentError(ValueError):
         super().__init__(message)
         self.argument = argument
         self.index = index
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument of the wrong type: a TypeError, and an ArgumentError naming the argument."""
+
+
+# A cookie name: an RFC 6265 token (RFC 9110's tchar), which aiohttp sets unquoted.
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _type_name(value: object) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+def _check_seconds(argument: str, value: object) -> None:
+    """A number of seconds: int or float (bool is neither here), finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        message = f"{argument} must be a number of seconds (int or float), got {_type_name(value)}"
+        raise ArgumentTypeError(message, argument=argument)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ArgumentError(f"{argument} must be a finite number of seconds, got {value!r}", argument=argument)
+
+
+def _check_count(argument: str, value: object) -> None:
+    """An int or None (a bool is a mistake, not a count)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ArgumentTypeError(f"{argument} must be an int or None, got {_type_name(value)}", argument=argument)
+
+
+def _check_key_list(argument: str, keys: object) -> None:
+    """A sequence of keys, newest first. A bytes or str is a sequence too (of ints, of
+    characters): a single key passed without its list would otherwise read as many."""
+    if isinstance(keys, (bytes, bytearray, memoryview, str)):
+        message = f"{argument} must be a list of keys (bytes), newest first: got a single {type(keys).__name__}"
+        raise ArgumentTypeError(message, argument=argument)
+    if not isinstance(keys, Sequence):  # a set has no order; an iterator would be used up by the check
+        message = f"{argument} must be a list of keys (bytes), newest first: got {_type_name(keys)}"
+        raise ArgumentTypeError(message, argument=argument)
 
 
 class PostgresStorage(AbstractStorage):
@@ -159,7 +200,12 @@ class PostgresStorage(AbstractStorage):
         loads, and saves as long as it does not grow. 64 KiB by default (16 cookies' worth, and
         what a Rails or Express session table on MySQL holds: see `DEFAULT_MAX_DATA_BYTES`).
         None: no limit.
-    :raises ArgumentError: (a ValueError) as `check_arguments` says.
+    :raises ArgumentError: (a ValueError) as `check_arguments` says; for a `cookie_name` that is
+        empty or not a cookie token (RFC 6265), a `user_id_key` that is empty. One that is also
+        a TypeError for an argument of the wrong type: a `pool` that is not an asyncpg pool
+        (``asyncpg.Pool``, as ``asyncpg.create_pool`` makes; subclasses too), a `cache` that is
+        not a `SessionCache`, a `cookie_name`, `user_id_key`, `table` or `schema` that is not a
+        str, a `secure` or `citus` that is not a bool or None, a `durable_writes` not a bool.
     :raises ValueError: for a table or schema name that is not a plain identifier.
     """
 
@@ -201,6 +247,17 @@ class PostgresStorage(AbstractStorage):
             max_sessions_per_user=max_sessions_per_user,
             max_data_bytes=max_data_bytes,
         )
+        _check_others(
+            pool=pool,
+            cookie_name=cookie_name,
+            secure=secure,
+            user_id_key=user_id_key,
+            table=table,
+            schema=schema,
+            cache=cache,
+            durable_writes=durable_writes,
+            citus=citus,
+        )
         self._max_data_bytes = max_data_bytes
         attributes: dict[str, Any] = {"path": "/", "httponly": True, "samesite": "Lax"}
         super().__init__(cookie_name=cookie_name, max_age=absolute_timeout, secure=secure, **attributes)
@@ -240,12 +297,32 @@ class PostgresStorage(AbstractStorage):
         them from its configuration and wants to say what is wrong at start-up.
 
         :raises ArgumentError: unless ``0 <= touch_interval < idle_timeout <= absolute_timeout``;
-            for a `database_timeout` that is not positive, a `max_sessions_per_user` or a
-            `max_data_bytes` below 1, no key in `authentication_keys` or `encryption_keys`, an
-            authentication key (next or not) that is not bytes of at least 32 (RFC 2104: a key
-            shorter than the hash's output weakens it), an encryption key (next or not) that is not
-            bytes of 16, 24 or 32 (AES-128, -192, -256).
+            for a `database_timeout` that is not positive, a timeout that is not finite (NaN,
+            infinity), a `max_sessions_per_user` or a `max_data_bytes` below 1, no key in
+            `authentication_keys` or `encryption_keys`, an authentication key (next or not) that is
+            not bytes of at least 32 (RFC 2104: a key shorter than the hash's output weakens it),
+            an encryption key (next or not) that is not bytes of 16, 24 or 32 (AES-128, -192, -256).
+            One that is also a TypeError for an argument of the wrong type: a timeout that is not
+            an int or float (a str, a bool), a count that is not an int or None, a key list that
+            is not a sequence (a list or tuple) or is a single bytes or str, a key that is not
+            bytes.
         """
+        for argument, seconds in (
+            ("idle_timeout", idle_timeout),
+            ("absolute_timeout", absolute_timeout),
+            ("touch_interval", touch_interval),
+            ("database_timeout", database_timeout),
+        ):
+            _check_seconds(argument, seconds)
+        _check_count("max_sessions_per_user", max_sessions_per_user)
+        _check_count("max_data_bytes", max_data_bytes)
+        for argument, keys in (
+            ("authentication_keys", authentication_keys),
+            ("next_authentication_keys", next_authentication_keys),
+            ("encryption_keys", encryption_keys),
+            ("next_encryption_keys", next_encryption_keys),
+        ):
+            _check_key_list(argument, keys)
         order = "need 0 <= touch_interval < idle_timeout <= absolute_timeout"
         if not 0 <= touch_interval < idle_timeout:
             raise ArgumentError(order, argument="touch_interval")
@@ -266,7 +343,8 @@ class PostgresStorage(AbstractStorage):
             for i, key in enumerate(keys, 1):
                 if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
                     message = f"{kind} {i} must be bytes, at least {MIN_KEY_BYTES} long"
-                    raise ArgumentError(message, argument=argument, index=i)
+                    error = ArgumentError if isinstance(key, bytes) else ArgumentTypeError
+                    raise error(message, argument=argument, index=i)
         if not encryption_keys:
             raise ArgumentError("at least one encryption key is required", argument="encryption_keys")
         for argument, keys, kind in (
@@ -276,7 +354,8 @@ class PostgresStorage(AbstractStorage):
             for i, key in enumerate(keys, 1):
                 if not isinstance(key, bytes) or len(key) not in AES_KEY_BYTES:
                     message = f"{kind} {i} must be bytes, 16, 24 or 32 long (AES-128, -192, -256)"
-                    raise ArgumentError(message, argument=argument, index=i)
+                    error = ArgumentError if isinstance(key, bytes) else ArgumentTypeError
+                    raise error(message, argument=argument, index=i)
 
     @property
     def cache(self) -> SessionCache | None:
@@ -655,6 +734,43 @@ async def renew_session(request: web.Request) -> PostgresSession:
     fresh.renews = old.id_hash
     fresh.allowed_size = old.size_allowed()  # may keep a size the limit grandfathers
     return fresh
+
+
+def _check_others(
+    *,
+    pool: object,
+    cookie_name: object,
+    secure: object,
+    user_id_key: object,
+    table: object,
+    schema: object,
+    cache: object,
+    durable_writes: object,
+    citus: object,
+) -> None:
+    """The constructor's checks beyond `check_arguments`'s (see PostgresStorage's :raises:)."""
+    if not isinstance(pool, asyncpg.Pool):
+        hint = ": pass the pool, not a connection" if isinstance(pool, asyncpg.Connection) else ""
+        message = f"pool must be an asyncpg pool (asyncpg.create_pool), got {_type_name(pool)}{hint}"
+        raise ArgumentTypeError(message, argument="pool")
+    if cache is not None and not isinstance(cache, SessionCache):
+        raise ArgumentTypeError(f"cache must be a SessionCache or None, got {_type_name(cache)}", argument="cache")
+    names = {"cookie_name": cookie_name, "user_id_key": user_id_key, "table": table, "schema": schema}
+    for argument, value in names.items():
+        if not isinstance(value, str):
+            raise ArgumentTypeError(f"{argument} must be a str, got {_type_name(value)}", argument=argument)
+    if not _COOKIE_NAME.fullmatch(str(cookie_name)):
+        message = f"cookie_name {cookie_name!r} must be a cookie token: letters, digits and !#$%&'*+-.^_`|~"
+        raise ArgumentError(message, argument="cookie_name")
+    if not user_id_key:
+        raise ArgumentError("user_id_key must not be empty", argument="user_id_key")
+    for argument, value in (("secure", secure), ("citus", citus)):
+        if value is not None and not isinstance(value, bool):
+            message = f"{argument} must be True, False or None, got {_type_name(value)}"
+            raise ArgumentTypeError(message, argument=argument)
+    if not isinstance(durable_writes, bool):
+        message = f"durable_writes must be True or False, got {_type_name(durable_writes)}"
+        raise ArgumentTypeError(message, argument="durable_writes")
 
 
 def client_of(request: web.BaseRequest) -> Client:

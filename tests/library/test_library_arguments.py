@@ -4,6 +4,7 @@ a message or a bound could change and no test would notice.)"""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Awaitable, Callable
@@ -188,3 +189,188 @@ async def test_the_typed_helpers_refuse_another_storage(
     client = await aiohttp_client(app)
     response = await client.get("/")
     assert (response.status, await response.text()) == (200, message)
+
+
+# -- arguments of the wrong type: a TypeError (an ArgumentError too) naming the argument ------------
+
+KEYS = "must be a list of keys (bytes), newest first: got"
+SECONDS = "must be a number of seconds (int or float), got"
+COUNT = "must be an int or None, got"
+FINITE = "must be a finite number of seconds, got"
+TOKEN = "must be a cookie token: letters, digits and !#$%&'*+-.^_`|~"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"authentication_keys": AUTH_KEY}, f"{KEYS} a single bytes"),
+        ({"encryption_keys": ENC_KEY}, f"{KEYS} a single bytes"),
+        ({"encryption_keys": ENC_KEY.hex()}, f"{KEYS} a single str"),
+        ({"next_authentication_keys": AUTH_KEY}, f"{KEYS} a single bytes"),
+        ({"next_encryption_keys": bytearray(ENC_KEY)}, f"{KEYS} a single bytearray"),
+        ({"authentication_keys": None}, f"{KEYS} None"),
+        ({"authentication_keys": {AUTH_KEY}}, f"{KEYS} set"),
+        ({"authentication_keys": iter([AUTH_KEY])}, f"{KEYS} list_iterator"),
+        ({"idle_timeout": "1800"}, f"{SECONDS} str"),
+        ({"absolute_timeout": None}, f"{SECONDS} None"),
+        ({"touch_interval": False}, f"{SECONDS} bool"),
+        ({"database_timeout": "1.5"}, f"{SECONDS} str"),
+        ({"max_sessions_per_user": 2.5}, f"{COUNT} float"),
+        ({"max_sessions_per_user": True}, f"{COUNT} bool"),
+        ({"max_data_bytes": "65536"}, f"{COUNT} str"),
+        ({"cache": SessionCache}, "must be a SessionCache or None, got type"),
+        ({"cache": {}}, "must be a SessionCache or None, got dict"),
+        ({"cookie_name": b"session"}, "must be a str, got bytes"),
+        ({"user_id_key": 1}, "must be a str, got int"),
+        ({"table": None}, "must be a str, got None"),
+        ({"schema": ["public"]}, "must be a str, got list"),
+        ({"secure": "yes"}, "must be True, False or None, got str"),
+        ({"citus": 1}, "must be True, False or None, got int"),
+        ({"durable_writes": None}, "must be True or False, got None"),
+    ],
+    ids=[
+        "single-auth-key", "single-enc-key", "enc-key-as-hex-str", "single-next-auth-key", "single-next-enc-bytearray",
+        "no-auth-list", "auth-key-set", "auth-key-iterator", "str-idle", "none-absolute", "bool-touch",
+        "str-db-timeout", "float-cap", "bool-cap", "str-data-bytes", "cache-class", "cache-dict", "bytes-cookie-name",
+        "int-user-id-key", "none-table", "list-schema", "str-secure", "int-citus", "none-durable",
+    ],
+)  # fmt: skip
+async def test_an_argument_of_the_wrong_type_is_a_type_error_naming_it(
+    pool: asyncpg.Pool, options: dict[str, Any], message: str
+) -> None:
+    # A bytes is itself a sequence (of ints): without the check, a single key passed for a list
+    # was read as 32 "keys" and refused with a message about key 1 being an int.
+    [argument] = options
+    with pytest.raises(TypeError, match=f"^{re.escape(f'{argument} {message}')}$") as raised:
+        storage(pool, **options)
+    assert isinstance(raised.value, ArgumentError)  # what an app's configuration catches
+    assert raised.value.argument == argument
+
+
+@pytest.mark.parametrize(
+    ("options", "index", "message"),
+    [
+        ({"authentication_keys": [AUTH_KEY.decode()]}, 1, f"authentication key 1 {AUTH}"),
+        ({"encryption_keys": [ENC_KEY, None]}, 2, f"encryption key 2 {AES}"),
+        ({"next_encryption_keys": [bytearray(ENC_KEY)]}, 1, f"next encryption key 1 {AES}"),
+    ],
+    ids=["str-auth-key", "none-enc-key", "bytearray-next-enc-key"],
+)
+async def test_a_key_that_is_not_bytes_is_a_type_error_naming_its_list_and_place(
+    pool: asyncpg.Pool, options: dict[str, Any], index: int, message: str
+) -> None:
+    [argument] = options
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$") as raised:
+        storage(pool, **options)
+    assert isinstance(raised.value, ArgumentError)
+    assert (raised.value.argument, raised.value.index) == (argument, index)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"idle_timeout": math.inf, "absolute_timeout": math.inf}, f"idle_timeout {FINITE} inf"),
+        ({"absolute_timeout": math.inf}, f"absolute_timeout {FINITE} inf"),
+        ({"touch_interval": math.nan}, f"touch_interval {FINITE} nan"),
+        ({"database_timeout": math.nan}, f"database_timeout {FINITE} nan"),
+        ({"database_timeout": math.inf}, f"database_timeout {FINITE} inf"),
+        ({"cookie_name": ""}, f"cookie_name '' {TOKEN}"),
+        ({"cookie_name": "my session"}, f"cookie_name 'my session' {TOKEN}"),
+        ({"cookie_name": "a;b=c"}, f"cookie_name 'a;b=c' {TOKEN}"),
+        ({"user_id_key": ""}, "user_id_key must not be empty"),
+    ],
+    ids=["inf-idle", "inf-absolute", "nan-touch", "nan-db-timeout", "inf-db-timeout", "empty-cookie-name",
+         "cookie-name-with-space", "cookie-name-with-separators", "empty-user-id-key"],
+)  # fmt: skip
+async def test_a_value_outside_its_rule_is_a_value_error_naming_it(
+    pool: asyncpg.Pool, options: dict[str, Any], message: str
+) -> None:
+    # NaN compares false with everything and passed every bound; infinity made a cookie that
+    # aiohttp could not write.
+    with pytest.raises(ArgumentError, match=f"^{re.escape(message)}$") as raised:
+        storage(pool, **options)
+    assert not isinstance(raised.value, TypeError)
+    assert raised.value.argument == message.split()[0]
+
+
+@pytest.mark.parametrize(
+    ("bad_pool", "message"),
+    [
+        (None, "pool must be an asyncpg pool (asyncpg.create_pool), got None"),
+        ("postgresql://localhost/db", "pool must be an asyncpg pool (asyncpg.create_pool), got str"),
+        (object(), "pool must be an asyncpg pool (asyncpg.create_pool), got object"),
+    ],
+    ids=["none", "dsn", "object"],
+)
+def test_a_pool_that_is_not_an_asyncpg_pool_is_a_type_error(bad_pool: object, message: str) -> None:
+    # Before: None failed with AttributeError ('NoneType' object has no attribute 'get_max_size').
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$") as raised:
+        storage(bad_pool)  # type: ignore[arg-type]
+    assert isinstance(raised.value, ArgumentError)
+    assert raised.value.argument == "pool"
+
+
+async def test_a_connection_for_the_pool_says_to_pass_the_pool(server_url: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        message = "pool must be an asyncpg pool (asyncpg.create_pool), got Connection: pass the pool, not a connection"
+        with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+            storage(conn)  # type: ignore[arg-type]
+    finally:
+        await conn.close()
+
+
+async def test_a_subclass_of_asyncpg_pool_is_a_pool(lib_url: str) -> None:
+    """asyncpg.Pool is asyncpg.pool.Pool; an app's own subclass of it (instrumented, say) is
+    accepted and serves the storage. Objects that only look like a pool are not: the storage
+    relies on the pool's acquire/release, sizes and expire_connections."""
+
+    class CountingPool(asyncpg.Pool):
+        acquired = 0
+
+        async def acquire(self, *, timeout: float | None = None) -> Any:
+            CountingPool.acquired += 1
+            return await super().acquire(timeout=timeout)
+
+    options = {"max_queries": 50_000, "max_inactive_connection_lifetime": 300.0, "loop": None}
+    classes = {"connection_class": asyncpg.Connection, "record_class": asyncpg.Record}
+    sub = CountingPool(lib_url, min_size=0, max_size=2, **options, **classes)
+    async with sub, storage(sub).connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM sessions") == 0
+    assert CountingPool.acquired == 1
+
+
+def test_check_arguments_refuses_the_wrong_types_as_the_constructor_does() -> None:
+    # The demo's configuration calls it without a pool, and catches ArgumentError.
+    arguments: dict[str, Any] = {
+        "authentication_keys": [AUTH_KEY],
+        "encryption_keys": [ENC_KEY],
+        "idle_timeout": 1800,
+        "absolute_timeout": 43200,
+        "touch_interval": 60,
+        "database_timeout": 1.5,
+        "max_sessions_per_user": None,
+    }
+    PostgresStorage.check_arguments(**arguments)
+    PostgresStorage.check_arguments(**{**arguments, "authentication_keys": (AUTH_KEY,), "database_timeout": 2})
+    for wrong in ({"encryption_keys": ENC_KEY}, {"idle_timeout": "1800"}, {"max_data_bytes": 1.0}):
+        with pytest.raises(TypeError) as raised:
+            PostgresStorage.check_arguments(**{**arguments, **wrong})
+        assert isinstance(raised.value, ArgumentError)
+        assert raised.value.argument == next(iter(wrong))
+    with pytest.raises(ArgumentError) as value_error:
+        PostgresStorage.check_arguments(**{**arguments, "database_timeout": math.nan})
+    assert value_error.value.argument == "database_timeout"
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        ({"table": 1}, "table name must be a str, got int"),
+        ({"schema": None}, "schema name must be a str, got NoneType"),
+    ],
+)
+def test_the_schema_functions_refuse_a_name_that_is_not_a_str(names: dict[str, Any], message: str) -> None:
+    # Before: re's "expected string or bytes-like object", naming neither argument.
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        schema_sql(**names)

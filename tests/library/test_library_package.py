@@ -86,6 +86,9 @@ def test_the_wheel_holds_the_library_alone(library_wheel: Path) -> None:
     assert b"Requires-Python: >=3.11" in metadata
     for dependency in (b"aiohttp", b"aiohttp-session", b"asyncpg", b"cryptography", b"orjson"):
         assert b"Requires-Dist: " + dependency in metadata
+    # The optional extras, each with what it brings.
+    assert b"Provides-Extra: security" in metadata
+    assert b"Requires-Dist: aiohttp-security>=0.5; extra == \"security\"" in metadata
 
 
 PROBE = """
@@ -105,6 +108,10 @@ def test_pip_install_into_a_fresh_venv_works(source: str, request: pytest.Fixtur
     result = run_in(python, tmp_path, "-c", PROBE)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == aiohttp_session_postgres.__version__
+    # The [security] extra's module, installed without the extra, says what to install.
+    result = run_in(python, tmp_path, "-c", "import aiohttp_session_postgres.security")
+    assert result.returncode == 1
+    assert "pip install 'aiohttp-session-postgres[security]'" in result.stderr, result.stderr
     # The command that prints the SQL for psql.
     result = run_in(python, tmp_path, "-m", "aiohttp_session_postgres", "schema", "--table", "t1")
     assert result.returncode == 0, result.stderr

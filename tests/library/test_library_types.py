@@ -1,6 +1,6 @@
 """The package says it is typed (py.typed): `mypy --strict` passes on it, and on code that uses it
-as the README shows (the README's app, and outside_app.py), with asyncpg's stubs installed as the
-`typing` extra installs them."""
+as the README shows (the README's app and aiohttp-security recipe, and outside_app.py), with
+asyncpg's stubs installed as the `typing` extra installs them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from support.paths import REPO_ROOT
-from support.readme import readme_app
+from support.readme import readme_app, readme_security
 
 
 def mypy(*targets: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
@@ -29,9 +29,14 @@ def test_the_package_passes_mypy_strict() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("app", ["readme", "outside"])
+@pytest.mark.parametrize("app", ["readme", "readme_security", "outside"])
 def test_code_using_the_package_as_documented_passes_mypy_strict(app: str, tmp_path: Path) -> None:
-    source = readme_app() if app == "readme" else (REPO_ROOT / "tests" / "support" / "outside_app.py").read_text()
+    sources = {
+        "readme": readme_app,
+        "readme_security": readme_security,
+        "outside": lambda: (REPO_ROOT / "tests" / "support" / "outside_app.py").read_text(),
+    }
+    source = sources[app]()
     target = tmp_path / f"{app}_app.py"
     target.write_text(source)
     # Run from the checkout so that the package is found as a user's installed copy would be.
