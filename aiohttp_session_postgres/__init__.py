@@ -12,9 +12,9 @@ by the database's clock.
 Public names: PostgresStorage, PostgresSession, SessionCache, SessionInfo, setup,
 session_middleware, save_session, SessionNotSent, get_session, new_session, renew_session, sweep,
 ArgumentError, DatabaseUnavailable, SessionDataTooLarge, UNAVAILABLE_ERRORS, DEFAULT_MAX_DATA_BYTES,
-create_schema, schema_sql, schema_statements, schema_version, SCHEMA_VERSION, tcp_keepalive,
-SessionEvent (the hooks' events: ``storage.on_event``), StorageMetrics (what the storage reports),
-PrometheusMetrics (with the ``[metrics]`` extra: imported only when asked for).
+create_schema, schema_sql, schema_statements, run_schema_statements, schema_version, SCHEMA_VERSION,
+tcp_keepalive, SessionEvent (the hooks' events: ``storage.on_event``), StorageMetrics (what the
+storage reports), PrometheusMetrics (with the ``[metrics]`` extra: imported only when asked for).
 With the ``[security]`` extra: aiohttp_session_postgres.security.PostgresIdentityPolicy (aiohttp-security).
 Everything else is internal and may change.
 """
@@ -27,7 +27,7 @@ from .keepalive import tcp_keepalive
 from .observer import StorageMetrics
 from .pool import UNAVAILABLE_ERRORS
 from .rows import SessionInfo
-from .schema import SCHEMA_VERSION, create_schema, schema_sql, schema_statements, schema_version
+from .schema import SCHEMA_VERSION, create_schema, run_schema_statements, schema_sql, schema_statements, schema_version
 from .session import DEFAULT_MAX_DATA_BYTES, PostgresSession, SessionDataTooLarge
 from .storage import ArgumentError, DatabaseUnavailable, PostgresStorage, get_session, new_session, renew_session
 from .streaming import SessionNotSent, save_session, session_middleware, setup
@@ -58,6 +58,7 @@ __all__ = [
     "get_session",
     "new_session",
     "renew_session",
+    "run_schema_statements",
     "save_session",
     "schema_sql",
     "schema_statements",

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from .cipher import DataCipher
+from .identity import UserId
 from .memo import WeighedMap
 from .rows import Client, Created, Gone, NotCreated, NotSaved, Row, SessionRows
 
@@ -297,7 +298,7 @@ class CachedRows(SessionRows):
         id_hash: bytes,
         plaintext: bytes,
         *,
-        user_id: int | None,
+        user_id: UserId | None,
         replaces: bytes | None,
         client: Client,
         check: Callable[[Connection], Awaitable[bool]] | None = None,
@@ -311,7 +312,7 @@ class CachedRows(SessionRows):
         return created
 
     async def renew(
-        self, id_hash: bytes, plaintext: bytes, *, user_id: int | None, replaces: bytes, client: Client
+        self, id_hash: bytes, plaintext: bytes, *, user_id: UserId | None, replaces: bytes, client: Client
     ) -> Created | NotCreated:
         generation = self.cache.generation
         created = await super().renew(id_hash, plaintext, user_id=user_id, replaces=replaces, client=client)
@@ -332,10 +333,10 @@ class CachedRows(SessionRows):
         id_hash: bytes,
         plaintext: bytes,
         *,
-        user_id: int | None,
+        user_id: UserId | None,
         version: int,
         durable: bool,
-        rebase: Callable[[bytes], tuple[bytes, int | None]],
+        rebase: Callable[[bytes], tuple[bytes, UserId | None]],
     ) -> Row | NotSaved:
         generation = self.cache.generation
         saved = await super().save(id_hash, plaintext, user_id=user_id, version=version, durable=durable, rebase=rebase)
@@ -350,11 +351,11 @@ class CachedRows(SessionRows):
         self.cache.evict(id_hash)
         return ended
 
-    async def end_by_handle(self, user_id: int, handle: str, *, conn: Connection | None = None) -> tuple[bytes, ...]:
+    async def end_by_handle(self, user_id: UserId, handle: str, *, conn: Connection | None = None) -> tuple[bytes, ...]:
         return self._evict(await super().end_by_handle(user_id, handle, conn=conn))
 
     async def end_user(
-        self, user_id: int, *, keep: bytes | None = None, conn: Connection | None = None
+        self, user_id: UserId, *, keep: bytes | None = None, conn: Connection | None = None
     ) -> tuple[bytes, ...]:
         return self._evict(await super().end_user(user_id, keep=keep, conn=conn))
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import asyncpg
 
 from .cipher import DataCipher
+from .identity import UserId, columns
 from .memo import BoundedMap
 from .observer import StorageMetrics
 from .pool import FairPool, Unavailable
@@ -140,6 +141,12 @@ class SessionInfo:
 
 class _Refused(Exception):
     pass
+
+
+def _owner(user_id: UserId) -> dict[str, UserId]:
+    """The parameter that names the user in a statement of one user's sessions: $principal for a
+    str user, $user_id for an int one (sql.Statements has a statement for each)."""
+    return {"principal": user_id} if isinstance(user_id, str) else {"user_id": user_id}
 
 
 def handle_prefix(handle: str) -> bytes | None:
@@ -257,9 +264,14 @@ class SessionRows:
             return _NotifyingAfter(conn, self.sql, self.names.channel)
         return _Transaction(conn) if transaction else _NOTHING
 
-    async def _user_lock(self, conn: Connection, user_id: int, *, shared: bool = False) -> None:
-        statement = self.sql.user_lock_shared if shared else self.sql.user_lock
-        await conn.execute(statement.sql, *statement.args(table_key=self.names.channel, user_id=user_id))
+    async def _user_lock(self, conn: Connection, user_id: UserId, *, shared: bool = False) -> None:
+        if isinstance(user_id, str):
+            statement = self.sql.principal_lock_shared if shared else self.sql.principal_lock
+            args = statement.args(table_key=self.names.channel, principal=user_id)
+        else:
+            statement = self.sql.user_lock_shared if shared else self.sql.user_lock
+            args = statement.args(table_key=self.names.channel, user_id=user_id)
+        await conn.execute(statement.sql, *args)
 
     # -- one session -----------------------------------------------------------------------
 
@@ -339,7 +351,7 @@ class SessionRows:
         id_hash: bytes,
         plaintext: bytes,
         *,
-        user_id: int | None,
+        user_id: UserId | None,
         replaces: bytes | None,
         client: Client,
         check: Callable[[Connection], Awaitable[bool]] | None = None,
@@ -352,9 +364,11 @@ class SessionRows:
         data = self._cipher.seal(plaintext, id_hash)
         async with self._connection(None) as conn:
             statement = self.sql.create if durable else self.sql.create_async
+            number, principal = columns(user_id)
             args = statement.args(
                 id_hash=id_hash,
-                user_id=user_id,
+                user_id=number,
+                principal=principal,
                 data=data,
                 idle_timeout=self.idle_timeout,
                 absolute_timeout=self.absolute_timeout,
@@ -382,7 +396,7 @@ class SessionRows:
             return await self._with_cap(conn, id_hash, plaintext, user_id, record, sent)
 
     async def renew(
-        self, id_hash: bytes, plaintext: bytes, *, user_id: int | None, replaces: bytes, client: Client
+        self, id_hash: bytes, plaintext: bytes, *, user_id: UserId | None, replaces: bytes, client: Client
     ) -> Created | NotCreated:
         """A new session replacing the live session `replaces`, keeping its creation time and
         absolute deadline, in one statement; then, for a user, the cap."""
@@ -390,9 +404,11 @@ class SessionRows:
         async with self._connection(None) as conn:
             statement = self.sql.renew
             values = {"table_key": self.names.channel} if "table_key" in statement.names else {}
+            number, principal = columns(user_id)
             args = statement.args(
                 id_hash=id_hash,
-                user_id=user_id,
+                user_id=number,
+                principal=principal,
                 data=data,
                 idle_timeout=self.idle_timeout,
                 replaced=replaces,
@@ -414,7 +430,7 @@ class SessionRows:
         conn: Connection,
         id_hash: bytes,
         plaintext: bytes,
-        user_id: int | None,
+        user_id: UserId | None,
         record: asyncpg.Record | None,
         sent: float,
     ) -> Created | NotCreated:
@@ -425,18 +441,19 @@ class SessionRows:
             ended = await self._trim(conn, user_id, self.max_sessions_per_user)
         return Created(self._written(id_hash, record, plaintext, sent), ended)
 
-    async def _trim(self, conn: Connection, user_id: int, keep: int) -> tuple[bytes, ...]:
+    async def _trim(self, conn: Connection, user_id: UserId, keep: int) -> tuple[bytes, ...]:
         """TRIM_SQL. Its rows are locked in id_hash order, but a statement that locks one of them
         otherwise (a cascade from the app's own tables, a hand-written DELETE) can still form a
         cycle with it: PostgreSQL then rolls one back, and the trim, which changes nothing else,
         is simply tried again."""
-        args = self.sql.trim.args(user_id=user_id, max_sessions=keep)
+        trim = self.sql.trim_principal if isinstance(user_id, str) else self.sql.trim
+        args = trim.args(**_owner(user_id), max_sessions=keep)
         for attempt in range(3):
             try:
                 async with self._changing(conn, shards=True) as changed:
                     if self.citus:
                         await self._user_lock(conn, user_id)  # instead of locking the rows in order
-                    ended = tuple(record["id_hash"] for record in await conn.fetch(self.sql.trim.sql, *args))
+                    ended = tuple(record["id_hash"] for record in await conn.fetch(trim.sql, *args))
                     changed.extend(id_hash.hex() for id_hash in ended)
                 return ended
             except asyncpg.exceptions.TransactionRollbackError:
@@ -449,10 +466,10 @@ class SessionRows:
         id_hash: bytes,
         plaintext: bytes,
         *,
-        user_id: int | None,
+        user_id: UserId | None,
         version: int,
         durable: bool,
-        rebase: Callable[[bytes], tuple[bytes, int | None]],
+        rebase: Callable[[bytes], tuple[bytes, UserId | None]],
     ) -> Row | NotSaved:
         """Write `plaintext` over the row if it is still at `version`. If someone saved since,
         `rebase(latest)` re-applies this request's changes to the latest data (returning it and
@@ -468,7 +485,7 @@ class SessionRows:
         return self._written(id_hash, record, plaintext, sent)
 
     async def _merge(
-        self, conn: Connection, id_hash: bytes, rebase: Callable[[bytes], tuple[bytes, int | None]]
+        self, conn: Connection, id_hash: bytes, rebase: Callable[[bytes], tuple[bytes, UserId | None]]
     ) -> Row | NotSaved:
         sent = time.monotonic()
         async with self._changing(conn, transaction=True) as changed:
@@ -481,7 +498,8 @@ class SessionRows:
                 # leave it alone rather than replace data we cannot read.
                 return NotSaved.UNKNOWN_KEY
             plaintext, user_id = rebase(opened[0])
-            durable = user_id != latest["user_id"]
+            # A change of user ends something: durable. 7 and "7" are two users.
+            durable = columns(user_id) != (latest["user_id"], latest["principal"])
             record = await self._write(
                 conn, id_hash, plaintext, user_id, latest["version"], durable=durable, changed=changed
             )
@@ -492,17 +510,19 @@ class SessionRows:
         conn: Connection,
         id_hash: bytes,
         plaintext: bytes,
-        user_id: int | None,
+        user_id: UserId | None,
         version: int,
         *,
         durable: bool,
         changed: list[str],
     ) -> asyncpg.Record | None:
         statement = self.sql.save if durable else self.sql.save_async
+        number, principal = columns(user_id)
         args = statement.args(
             id_hash=id_hash,
             data=self._cipher.seal(plaintext, id_hash),
-            user_id=user_id,
+            user_id=number,
+            principal=principal,
             idle_timeout=self.idle_timeout,
             version=version,
         )
@@ -522,36 +542,37 @@ class SessionRows:
 
     # -- one user's sessions ---------------------------------------------------------------
 
-    async def list_user(self, user_id: int, *, limit: int, conn: Connection | None = None) -> list[SessionInfo]:
+    async def list_user(self, user_id: UserId, *, limit: int, conn: Connection | None = None) -> list[SessionInfo]:
         """The user's live sessions, most recently active first, at most `limit`."""
+        statement = self.sql.list_principal if isinstance(user_id, str) else self.sql.list_user
         async with self._connection(conn) as c:
-            records = await c.fetch(self.sql.list_user.sql, *self.sql.list_user.args(user_id=user_id, limit=limit))
+            records = await c.fetch(statement.sql, *statement.args(**_owner(user_id), limit=limit))
         return [
             SessionInfo(handle_of(r["id_hash"]), r["created_at"], r["last_seen_at"], r["client_ip"], r["user_agent"])
             for r in records
         ]
 
-    async def end_by_handle(self, user_id: int, handle: str, *, conn: Connection | None = None) -> tuple[bytes, ...]:
+    async def end_by_handle(self, user_id: UserId, handle: str, *, conn: Connection | None = None) -> tuple[bytes, ...]:
         """End the user's live session named `handle`: its ID hash, or nothing for another
         user's handle, a malformed one, or one already ended."""
         prefix = handle_prefix(handle)
         if prefix is None:
             return ()
-        statement = self.sql.end_by_handle
+        statement = self.sql.end_by_handle_principal if isinstance(user_id, str) else self.sql.end_by_handle
         async with self._connection(conn) as c, self._changing(c, shards=True) as changed:
-            records = await c.fetch(statement.sql, *statement.args(user_id=user_id, handle=prefix))
+            records = await c.fetch(statement.sql, *statement.args(**_owner(user_id), handle=prefix))
             changed.extend(r["id_hash"].hex() for r in records)
         return tuple(r["id_hash"] for r in records)
 
     async def end_user(
-        self, user_id: int, *, keep: bytes | None = None, conn: Connection | None = None
+        self, user_id: UserId, *, keep: bytes | None = None, conn: Connection | None = None
     ) -> tuple[bytes, ...]:
         """End every live session of the user but `keep`, under the user's lock (a renewal in
         flight is ended too, or finds its session gone): the ID hashes ended."""
         async with self._connection(conn) as c, self._changing(c, transaction=True, shards=True) as changed:
             await self._user_lock(c, user_id)
-            end = self.sql.end_user
-            records = await c.fetch(end.sql, *end.args(user_id=user_id, keep_id_hash=keep))
+            end = self.sql.end_principal if isinstance(user_id, str) else self.sql.end_user
+            records = await c.fetch(end.sql, *end.args(**_owner(user_id), keep_id_hash=keep))
             changed.extend(r["id_hash"].hex() for r in records)
         return tuple(r["id_hash"] for r in records)
 

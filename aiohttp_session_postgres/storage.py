@@ -29,6 +29,7 @@ from .cache import CachedRows, Entry, SessionCache
 from .cipher import AES_KEY_BYTES, DataCipher
 from .cookies import SessionCookie
 from .hooks import SessionEvent, SessionHooks, events_channel
+from .identity import UserId, check_user_id, user_id_problem
 from .observer import (
     LOAD_BAD_SIGNATURE,
     LOAD_CACHE_HIT,
@@ -169,8 +170,16 @@ class PostgresStorage(AbstractStorage):
         e.g. with aiohttp-remotes). True: always Secure; False: never (plain-HTTP development).
     :param database_timeout: seconds one database operation may take (pool wait, connect,
         statements) before the request answers 503 (`DatabaseUnavailable`).
-    :param user_id_key: the session key whose integer value is mirrored into the ``user_id``
-        column, so a user's sessions can be listed and ended.
+    :param user_id_key: the session key that ties a session to a user, so that the user's
+        sessions can be listed and ended (`list_sessions`, `end_session`, `end_other_sessions`,
+        `end_all_sessions`) and capped (`max_sessions_per_user`). Its value is None (no user), an
+        int within 64 bits (a bool is not one), mirrored into the table's ``user_id`` column (a
+        ``bigint``: the column an app's foreign key to its users table with ``ON DELETE
+        CASCADE`` can reference), or a str of 1 to 255 bytes of UTF-8 without NUL (a UUID as
+        its string, a username), mirrored into the ``principal`` column. A str is compared
+        exactly as given (spell it one way: a UUID's case, a username's), and ``7`` and
+        ``"7"`` are two different users. Anything else raises TypeError naming the key, at
+        assignment in the handler.
     :param table: the sessions table's name (a plain identifier).
     :param schema: the PostgreSQL schema that holds it (a plain identifier).
     :param max_sessions_per_user: at most this many live sessions per user; a login beyond it
@@ -463,7 +472,8 @@ class PostgresStorage(AbstractStorage):
         write, or a logout (an invalidated session).
 
         :raises TypeError: for a session this storage did not hand out, or a `user_id_key` value
-            that is not an int.
+            that is no user identity (an int within 64 bits or a str of 1 to 255 bytes: see
+            `user_id_key`), naming the key.
         :raises SessionDataTooLarge: when the data would grow over `max_data_bytes` (nothing
             is saved).
         :raises DatabaseUnavailable: when the database does not answer in time.
@@ -560,7 +570,7 @@ class PostgresStorage(AbstractStorage):
             self._cookie.set(request, response, session.resigned_cookie, max_age)
             session.resigned_cookie = None
 
-    def _rebase(self, session: PostgresSession, latest_plaintext: bytes) -> tuple[bytes, int | None]:
+    def _rebase(self, session: PostgresSession, latest_plaintext: bytes) -> tuple[bytes, UserId | None]:
         """Someone saved since this request loaded: its changes alone, applied to the latest."""
         latest: dict[str, Any] = orjson.loads(latest_plaintext)
         updated, deleted = session.changes()
@@ -644,40 +654,56 @@ class PostgresStorage(AbstractStorage):
             self._metrics.swept(rows, seconds)
         self._event(SessionEvent("swept", "-", reason="sweep", count=rows))
 
-    def _user_id(self, mapping: Mapping[str, Any]) -> int | None:
+    def _user_id(self, mapping: Mapping[str, Any]) -> UserId | None:
         value = mapping.get(self._user_id_key)
         if value is None:
             return None
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"session[{self._user_id_key!r}] must be an int user id")
+        # PostgresSession refuses a bad value at assignment; this catches one changed otherwise
+        # (a session's dict written to directly).
+        problem = user_id_problem(value)
+        if problem is not None:
+            raise TypeError(f"session[{self._user_id_key!r}] ties the session to a user: {problem}, or None")
+        assert isinstance(value, int | str)
         return value
 
     # -- a user's sessions ------------------------------------------------------------------
 
     async def list_sessions(
-        self, user_id: int, *, limit: int = 100, conn: Connection | None = None
+        self, user_id: UserId, *, limit: int = 100, conn: Connection | None = None
     ) -> list[SessionInfo]:
         """The user's live sessions, most recently active first.
 
+        :param user_id: the user, as the sessions' `user_id_key` holds it: an int or a str
+            (``7`` and ``"7"`` are two users).
         :param limit: at most this many.
         :param conn: run on this connection (inside the caller's transaction) instead of the pool.
+        :raises TypeError: when `user_id` is neither an int nor a str (a bool is not an int).
+        :raises ValueError: when `user_id` is an int outside 64 bits or a str that is empty,
+            longer than 255 bytes of UTF-8, or holds NUL.
         :raises DatabaseUnavailable: when the database does not answer in time.
         """
+        user_id = check_user_id(user_id, "user_id")
         try:
             return await self._rows.list_user(user_id, limit=limit, conn=conn)
         except Unavailable as exc:
             raise DatabaseUnavailable() from exc
 
     async def end_session(
-        self, user_id: int, handle: str, *, conn: Connection | None = None, reason: str = "end_session"
+        self, user_id: UserId, handle: str, *, conn: Connection | None = None, reason: str = "end_session"
     ) -> bool:
         """End the user's live session named `handle` (a `SessionInfo.handle`).
 
+        :param user_id: the user (an int or a str, as for `list_sessions`).
         :param reason: the ``revoked`` event's reason (`on_event`), a few words, never data.
         :returns: False when the user has no such session: another user's handle, a malformed
             one, or one already ended.
+        :raises TypeError: for a `user_id` as `list_sessions` says, or a `handle` that is not a str.
+        :raises ValueError: for a `user_id` as `list_sessions` says.
         :raises DatabaseUnavailable: when the database does not answer in time.
         """
+        user_id = check_user_id(user_id, "user_id")
+        if not isinstance(handle, str):
+            raise TypeError(f"handle must be a str, not {type(handle).__name__}")
         _check_reason(reason)
         try:
             ended = await self._rows.end_by_handle(user_id, handle, conn=conn)
@@ -686,16 +712,28 @@ class PostgresStorage(AbstractStorage):
             raise DatabaseUnavailable() from exc
 
     async def end_other_sessions(
-        self, user_id: int, keep: PostgresSession, *, conn: Connection | None = None, reason: str = "end_other_sessions"
+        self,
+        user_id: UserId,
+        keep: PostgresSession,
+        *,
+        conn: Connection | None = None,
+        reason: str = "end_other_sessions",
     ) -> int:
         """End every session of the user but `keep` (the request's own session): "sign out
         everywhere else" (OWASP ASVS 7.5.2).
 
+        :param user_id: the user (an int or a str, as for `list_sessions`).
         :param reason: the ``revoked`` events' reason (`on_event`), a few words, never data.
         :returns: the number ended.
-        :raises ValueError: when `keep` is not a saved session.
+        :raises TypeError: for a `user_id` as `list_sessions` says, or a `keep` that is not a
+            PostgresSession.
+        :raises ValueError: for a `user_id` as `list_sessions` says, or when `keep` is not a saved
+            session.
         :raises DatabaseUnavailable: when the database does not answer in time.
         """
+        user_id = check_user_id(user_id, "user_id")
+        if not isinstance(keep, PostgresSession):
+            raise TypeError(f"keep must be a PostgresSession (the request's own), not {type(keep).__name__}")
         if keep.id_hash is None:
             raise ValueError("keep must be a saved session (the request's own)")
         _check_reason(reason)
@@ -706,17 +744,21 @@ class PostgresStorage(AbstractStorage):
             raise DatabaseUnavailable() from exc
 
     async def end_all_sessions(
-        self, user_id: int, *, conn: Connection | None = None, reason: str = "end_all_sessions"
+        self, user_id: UserId, *, conn: Connection | None = None, reason: str = "end_all_sessions"
     ) -> int:
         """End every session of the user (OWASP ASVS 7.4.2: after a password change or when
         disabling the account), a renewal in flight included.
 
+        :param user_id: the user (an int or a str, as for `list_sessions`).
         :param conn: make it part of the caller's transaction (the password change itself).
         :param reason: the ``revoked`` events' reason (`on_event`), a few words, never data
             (``password_changed``, ``user_deleted``).
         :returns: the number ended.
+        :raises TypeError: for a `user_id` as `list_sessions` says.
+        :raises ValueError: for a `user_id` as `list_sessions` says.
         :raises DatabaseUnavailable: when the database does not answer in time.
         """
+        user_id = check_user_id(user_id, "user_id")
         _check_reason(reason)
         try:
             ended = await self._rows.end_user(user_id, conn=conn)

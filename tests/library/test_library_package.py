@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp_session_postgres
 import pytest
+from aiohttp_session_postgres.schema import split_schema_sql
 from support.library_envs import run_in
 from support.paths import REPO_ROOT
 
@@ -123,8 +124,13 @@ def test_pip_install_into_a_fresh_venv_works(source: str, request: pytest.Fixtur
     # The command that prints the SQL for psql.
     result = run_in(python, tmp_path, "-m", "aiohttp_session_postgres", "schema", "--table", "t1")
     assert result.returncode == 0, result.stderr
-    # The SQL in one transaction, so that psql (which goes on past an error) leaves nothing half made.
-    assert result.stdout == f"BEGIN;\n{aiohttp_session_postgres.schema_sql('t1')}\nCOMMIT;\n"
+    # The SQL in one transaction, so that psql (which goes on past an error) leaves nothing half
+    # made; then the index PostgreSQL builds CONCURRENTLY only outside a transaction block.
+    transactional, outside = split_schema_sql(aiohttp_session_postgres.schema_sql("t1"))
+    assert result.stdout == f"BEGIN;\n{transactional}COMMIT;\n\n{outside}"
+    assert outside.startswith("-- Outside a transaction block")
+    assert outside.rstrip().endswith('CREATE INDEX CONCURRENTLY IF NOT EXISTS "t1_principal_idx" ON "public"."t1"'
+                                     " (principal) WHERE principal IS NOT NULL;")
     result = run_in(python, tmp_path, "-m", "aiohttp_session_postgres", "schema", "--table", "bad-name")
     assert result.returncode == 1
     assert result.stderr.startswith("error: table name 'bad-name' must be a plain identifier"), result.stderr
