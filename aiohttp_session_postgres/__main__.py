@@ -1,7 +1,8 @@
 """The library's commands, for set-up and scheduled jobs (no keys needed):
 
     python -m aiohttp_session_postgres schema [--table NAME] [--schema NAME] [--partitions N | --citus]
-        print the SQL that creates (or updates) the sessions table, ready for psql
+        print the SQL that creates (or updates) the sessions table, ready for psql: one
+        transaction, then the index psql builds CONCURRENTLY after it (not with --single-transaction)
     python -m aiohttp_session_postgres sweep --dsn URL [--table NAME] [--schema NAME] [--citus]
         delete the expired sessions once and print how many (cron, Heroku Scheduler)
 
@@ -20,7 +21,7 @@ import sys
 import asyncpg
 
 from .pool import DATABASE_ERRORS
-from .schema import schema_sql
+from .schema import schema_sql, split_schema_sql
 from .sweeper import sweep
 
 
@@ -40,9 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "schema":
             # One transaction: a statement that fails (in psql, which goes on past errors unless
-            # told ON_ERROR_STOP) leaves nothing half made.
+            # told ON_ERROR_STOP) leaves nothing half made. Then what PostgreSQL runs only
+            # outside a transaction block (an index built CONCURRENTLY), each on its own.
             sql = schema_sql(args.table, args.schema, partitions=args.partitions, citus=args.citus)
-            sys.stdout.write(f"BEGIN;\n{sql}\nCOMMIT;\n")
+            transactional, outside = split_schema_sql(sql)
+            sys.stdout.write(f"BEGIN;\n{transactional}COMMIT;\n" + (f"\n{outside}" if outside else ""))
         else:
             deleted = asyncio.run(_sweep(args.dsn, args.table, args.schema, citus=args.citus))
             print(

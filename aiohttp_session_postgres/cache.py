@@ -21,7 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from .cipher import DataCipher
+from .identity import UserId
 from .memo import WeighedMap
 from .rows import Client, Created, Gone, Lifetime, NotCreated, NotSaved, Row, SessionRows
 
@@ -199,13 +200,20 @@ class SessionCache:
         closed.set()
 
     async def listen(
-        self, connect: Callable[[], Awaitable[asyncpg.Connection]], channel: str, *, check_every: float = 2.0
+        self,
+        connect: Callable[[], Awaitable[asyncpg.Connection]],
+        channel: str,
+        *,
+        check_every: float = 2.0,
+        also: Mapping[str, Callable[[str], None]] | None = None,
+        lost: Callable[[], None] | None = None,
     ) -> None:
         """Keep a LISTEN connection on `channel` for as long as the app runs, reconnecting with
         backoff (0.5 s, doubling to 5 s). A connection the server closes is noticed, and
         replaced, at once; one that died silently (no FIN or RST) within `check_every` seconds:
         it is asked something every half of that, and given the other half to answer. Cancel to
-        stop."""
+        stop. `also`: more channels on the same connection, each with what takes its payloads
+        (the storage's lifecycle events); `lost()`: called on each loss or failed connection."""
         backoff = 0.5
         failing = False  # since the last time the listener was up: say so once, not every retry
         while True:
@@ -215,6 +223,8 @@ class SessionCache:
                 closed = asyncio.Event()  # so a closed connection is replaced at once, not at the next check
                 conn.add_termination_listener(partial(self._lost, closed))
                 await conn.add_listener(channel, lambda _c, _pid, _ch, payload: self.notified(payload))
+                for other, take in (also or {}).items():
+                    await conn.add_listener(other, partial(_payload_to, take))
                 self._entries.clear()
                 self.generation += 1
                 self._floor = self.generation
@@ -240,11 +250,17 @@ class SessionCache:
                     log.warning("session cache not enabled (%s): reading every session from the database", why)
                 self._disable(why)
                 failing = True
+                if lost is not None:
+                    lost()
             finally:
                 if conn is not None and not conn.is_closed():
                     conn.terminate()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+
+def _payload_to(take: Callable[[str], None], _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    take(payload)
 
 
 class CachedRows(SessionRows):
@@ -282,7 +298,7 @@ class CachedRows(SessionRows):
         id_hash: bytes,
         plaintext: bytes,
         *,
-        user_id: int | None,
+        user_id: UserId | None,
         replaces: bytes | None,
         client: Client,
         check: Callable[[Connection], Awaitable[bool]] | None = None,
@@ -301,7 +317,7 @@ class CachedRows(SessionRows):
         id_hash: bytes,
         plaintext: bytes,
         *,
-        user_id: int | None,
+        user_id: UserId | None,
         replaces: bytes,
         client: Client,
         lifetime: Lifetime | None = None,
@@ -327,10 +343,10 @@ class CachedRows(SessionRows):
         id_hash: bytes,
         plaintext: bytes,
         *,
-        user_id: int | None,
+        user_id: UserId | None,
         version: int,
         durable: bool,
-        rebase: Callable[[bytes], tuple[bytes, int | None]],
+        rebase: Callable[[bytes], tuple[bytes, UserId | None]],
         lifetime: Lifetime | None = None,
     ) -> Row | NotSaved:
         generation = self.cache.generation
@@ -348,11 +364,11 @@ class CachedRows(SessionRows):
         self.cache.evict(id_hash)
         return ended
 
-    async def end_by_handle(self, user_id: int, handle: str, *, conn: Connection | None = None) -> tuple[bytes, ...]:
+    async def end_by_handle(self, user_id: UserId, handle: str, *, conn: Connection | None = None) -> tuple[bytes, ...]:
         return self._evict(await super().end_by_handle(user_id, handle, conn=conn))
 
     async def end_user(
-        self, user_id: int, *, keep: bytes | None = None, conn: Connection | None = None
+        self, user_id: UserId, *, keep: bytes | None = None, conn: Connection | None = None
     ) -> tuple[bytes, ...]:
         return self._evict(await super().end_user(user_id, keep=keep, conn=conn))
 

@@ -5,6 +5,7 @@ Secure. Every byte of it is hostile until its signature checks."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from aiohttp import hdrs, web
 
@@ -89,6 +90,8 @@ def _type_name(value: object) -> str:
 
 class SessionCookie:
     """The session cookie's name and attributes, and the signer that makes and checks its value.
+    `bad_signature`, when set, is called once per request whose cookies of the name failed
+    verification (the storage's metrics).
 
     :param name: the cookie's base name. A Secure cookie gets a prefix (RFC 6265bis section
         4.1.3): ``__Host-`` when it has ``Path=/`` and no ``Domain`` (the cookie is then pinned
@@ -123,6 +126,8 @@ class SessionCookie:
         host_only = path == "/" and domain is None
         self._secure_name = f"__Host-{name}" if host_only else f"__Secure-{name}"
 
+    bad_signature: Callable[[], None] | None = None
+
     def is_secure(self, request: web.BaseRequest) -> bool:
         return request.secure if self.secure is None else self.secure
 
@@ -155,6 +160,8 @@ class SessionCookie:
                 break
         if bad:  # one line per request, however many cookies it sent
             events.emit("session.bad_signature", cookies=bad)
+            if self.bad_signature is not None:
+                self.bad_signature()
         return found
 
     def set(self, request: web.BaseRequest, response: web.StreamResponse, value: str, max_age: int | None) -> None:

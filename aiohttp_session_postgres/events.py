@@ -9,8 +9,13 @@ session.expired_or_unknown, session.bad_signature, session.undecryptable,
 session.ended_during_request, session.not_created, session.too_large.
 `session.too_large` is a save over max_data_bytes, refused; it carries `bytes=` and `limit=`.
 
+Each record also carries its fields as attributes (``extra=``), for a structured (JSON) log
+handler: `event`, `fp`, and the line's other fields by name (`user_id`, `reason`, `previous`,
+`cookies`, `bytes`, `limit`); a field shown as "-" is None there.
+
 To tag each line with the request it belongs to, add a logging.Filter to your handler (the demo
-app adds Heroku's request ID that way).
+app adds Heroku's request ID that way). To act on events (close a user's websockets, write an
+audit row), subscribe a hook (hooks.py): log lines are for people.
 """
 
 from __future__ import annotations
@@ -27,10 +32,19 @@ def emit(event: str, id_hash: bytes | None = None, **fields: object) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
     parts = [f"event={event}"]
+    extra: dict[str, object] = {"event": event}
     if id_hash is not None:
-        parts.append(f"fp={fingerprint_of(id_hash)}")
-    parts.extend(f"{key}={_quote(value)}" for key, value in fields.items())
-    log.info("%s", " ".join(parts))
+        fp = fingerprint_of(id_hash)
+        parts.append(f"fp={fp}")
+        extra["fp"] = fp
+    for key, value in fields.items():
+        parts.append(f"{key}={_quote(value)}")
+        extra[f"{key}_" if key in _RESERVED else key] = None if value == "-" else value
+    log.info("%s", " ".join(parts), extra=extra)
+
+
+# What a LogRecord has already: a field of that name would make logging raise (KeyError).
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
 def fingerprint(id_hash: bytes | None) -> str:

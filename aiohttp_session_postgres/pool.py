@@ -18,6 +18,15 @@ from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 
+from .observer import (
+    CAUSE_CONNECTION_LOST,
+    CAUSE_READ_ONLY,
+    CAUSE_SCHEMA,
+    CAUSE_TIMEOUT,
+    CAUSE_UNREACHABLE,
+    StorageMetrics,
+)
+
 if TYPE_CHECKING:
     from ._types import Connection, PoolConnection
 
@@ -105,8 +114,9 @@ class FairPool:
     everyone in arrival order; the pool itself then never has a waiter. (Code that acquires from
     the pool directly, past this gate, may still overtake: the sweeper, a few times an hour.)"""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, metrics: StorageMetrics | None = None) -> None:
         self.pool = pool
+        self.metrics = metrics  # told of pool waits and of every Unavailable
         # asyncio.Semaphore serves waiters first-come, first-served, newcomers after them.
         self._turns = asyncio.Semaphore(pool.get_max_size())
         self._releasing: set[asyncio.Task[None]] = set()
@@ -127,9 +137,15 @@ class FairPool:
             # One deadline for everything: asyncpg's own timeouts (acquire's, a statement's)
             # each cost a scope and a timer per call, a measured share of a read.
             async with asyncio.timeout_at(deadline) as within:
+                # Every connection busy: the wait is measured (nothing is when one is free).
+                waits = self.metrics is not None and self._turns.locked()
+                started = loop.time() if waits else 0.0
                 await self._turns.acquire()
                 turn = True
                 conn = await self.pool.acquire()
+                if waits:
+                    assert self.metrics is not None
+                    self.metrics.pool_wait(loop.time() - started)
                 yield conn
         except UNAVAILABLE_ERRORS as exc:
             cut_short = True
@@ -235,6 +251,8 @@ class FairPool:
             self._reported[why] = (now, 0)
         else:
             self._reported[why] = (logged_at, since + 1)
+        if self.metrics is not None:
+            self.metrics.unavailable(cause_of(exc, lost=lost))
         return ConnectionLost(reason(exc)) if lost else Unavailable(reason(exc))
 
 
@@ -282,6 +300,19 @@ def reason(exc: BaseException) -> str:
         message = getattr(exc, "message", "") or type(exc).__name__
         return f"the schema is not what this code expects ({message}): are the migrations applied?"
     return ""  # it did not answer, or not in time: the error's name says how
+
+
+def cause_of(exc: BaseException, *, lost: bool = False) -> str:
+    """The metrics' cause (observer.CAUSE_*) of an Unavailable made from `exc`."""
+    if lost:
+        return CAUSE_CONNECTION_LOST
+    if isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError):
+        return CAUSE_READ_ONLY
+    if isinstance(exc, SCHEMA_ERRORS):
+        return CAUSE_SCHEMA
+    if isinstance(exc, TimeoutError):
+        return CAUSE_TIMEOUT
+    return CAUSE_UNREACHABLE
 
 
 def _closed(conn: Connection) -> bool:

@@ -28,10 +28,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import asyncpg
 
 from .cipher import DataCipher
+from .identity import UserId, columns
 from .memo import BoundedMap
+from .observer import StorageMetrics
 from .pool import FairPool, Unavailable
 from .schema import TableNames, distributed
-from .sql import TOMBSTONE_SECONDS, Statements
+from .sql import COUNT_LIVE_SQL, TOMBSTONE_SECONDS, Statements
 from .sweeper import sweep, sweep_forever
 from .tokens import HANDLE_BYTES, handle_of
 
@@ -166,6 +168,12 @@ class _Refused(Exception):
     pass
 
 
+def _owner(user_id: UserId) -> dict[str, UserId]:
+    """The parameter that names the user in a statement of one user's sessions: $principal for a
+    str user, $user_id for an int one (sql.Statements has a statement for each)."""
+    return {"principal": user_id} if isinstance(user_id, str) else {"user_id": user_id}
+
+
 def handle_prefix(handle: str) -> bytes | None:
     """The ID-hash prefix a handle names, or None when it is not a well-formed handle."""
     return bytes.fromhex(handle) if _HANDLE_RE.fullmatch(handle) else None
@@ -189,6 +197,7 @@ class SessionRows:
     :param citus: whether the table is distributed by Citus (sql.Statements says what that
         changes). The first operation asks the table (one query, once); a `citus` that disagrees
         is logged, and the table is followed.
+    :param metrics: told of pool waits and of the database's failures (observer.py).
     """
 
     def __init__(
@@ -205,6 +214,7 @@ class SessionRows:
         durable_writes: bool,
         citus: bool | None = None,
         remember_idle_timeout: float | None = None,
+        metrics: StorageMetrics | None = None,
     ) -> None:
         self.pool = pool
         # Found out from the table at the first operation, whatever the constructor was told.
@@ -220,7 +230,7 @@ class SessionRows:
         self.max_sessions_per_user = max_sessions_per_user
         self.sql = Statements(names.qualified, durable_writes=durable_writes, citus=bool(citus))
         self._cipher = cipher
-        self._fair = FairPool(pool)
+        self._fair = FairPool(pool, metrics=metrics)
         # IDs found dead (unknown, expired, used up): an ID never comes back to life, so a browser
         # that keeps sending a dead cookie costs a lookup once, not on every request.
         self._dead: BoundedMap[bytes, None] = BoundedMap(MEMO_SIZE)
@@ -284,9 +294,14 @@ class SessionRows:
             return _NotifyingAfter(conn, self.sql, self.names.channel)
         return _Transaction(conn) if transaction else _NOTHING
 
-    async def _user_lock(self, conn: Connection, user_id: int, *, shared: bool = False) -> None:
-        statement = self.sql.user_lock_shared if shared else self.sql.user_lock
-        await conn.execute(statement.sql, *statement.args(table_key=self.names.channel, user_id=user_id))
+    async def _user_lock(self, conn: Connection, user_id: UserId, *, shared: bool = False) -> None:
+        if isinstance(user_id, str):
+            statement = self.sql.principal_lock_shared if shared else self.sql.principal_lock
+            args = statement.args(table_key=self.names.channel, principal=user_id)
+        else:
+            statement = self.sql.user_lock_shared if shared else self.sql.user_lock
+            args = statement.args(table_key=self.names.channel, user_id=user_id)
+        await conn.execute(statement.sql, *args)
 
     # -- one session -----------------------------------------------------------------------
 
@@ -367,7 +382,7 @@ class SessionRows:
         id_hash: bytes,
         plaintext: bytes,
         *,
-        user_id: int | None,
+        user_id: UserId | None,
         replaces: bytes | None,
         client: Client,
         check: Callable[[Connection], Awaitable[bool]] | None = None,
@@ -383,9 +398,11 @@ class SessionRows:
         data = self._cipher.seal(plaintext, id_hash)
         async with self._connection(None) as conn:
             statement = self.sql.create if durable else self.sql.create_async
+            number, principal = columns(user_id)
             args = statement.args(
                 id_hash=id_hash,
-                user_id=user_id,
+                user_id=number,
+                principal=principal,
                 data=data,
                 idle_timeout=self.idle_timeout,
                 absolute_timeout=lifetime.seconds,
@@ -418,7 +435,7 @@ class SessionRows:
         id_hash: bytes,
         plaintext: bytes,
         *,
-        user_id: int | None,
+        user_id: UserId | None,
         replaces: bytes,
         client: Client,
         lifetime: Lifetime | None = None,
@@ -430,9 +447,11 @@ class SessionRows:
         async with self._connection(None) as conn:
             statement = self.sql.renew
             values = {"table_key": self.names.channel} if "table_key" in statement.names else {}
+            number, principal = columns(user_id)
             args = statement.args(
                 id_hash=id_hash,
-                user_id=user_id,
+                user_id=number,
+                principal=principal,
                 data=data,
                 idle_timeout=self.idle_timeout,
                 remember_idle_timeout=self.remember_idle_timeout,
@@ -456,7 +475,7 @@ class SessionRows:
         conn: Connection,
         id_hash: bytes,
         plaintext: bytes,
-        user_id: int | None,
+        user_id: UserId | None,
         record: asyncpg.Record | None,
         sent: float,
     ) -> Created | NotCreated:
@@ -467,18 +486,19 @@ class SessionRows:
             ended = await self._trim(conn, user_id, self.max_sessions_per_user)
         return Created(self._written(id_hash, record, plaintext, sent), ended)
 
-    async def _trim(self, conn: Connection, user_id: int, keep: int) -> tuple[bytes, ...]:
+    async def _trim(self, conn: Connection, user_id: UserId, keep: int) -> tuple[bytes, ...]:
         """TRIM_SQL. Its rows are locked in id_hash order, but a statement that locks one of them
         otherwise (a cascade from the app's own tables, a hand-written DELETE) can still form a
         cycle with it: PostgreSQL then rolls one back, and the trim, which changes nothing else,
         is simply tried again."""
-        args = self.sql.trim.args(user_id=user_id, max_sessions=keep)
+        trim = self.sql.trim_principal if isinstance(user_id, str) else self.sql.trim
+        args = trim.args(**_owner(user_id), max_sessions=keep)
         for attempt in range(3):
             try:
                 async with self._changing(conn, shards=True) as changed:
                     if self.citus:
                         await self._user_lock(conn, user_id)  # instead of locking the rows in order
-                    ended = tuple(record["id_hash"] for record in await conn.fetch(self.sql.trim.sql, *args))
+                    ended = tuple(record["id_hash"] for record in await conn.fetch(trim.sql, *args))
                     changed.extend(id_hash.hex() for id_hash in ended)
                 return ended
             except asyncpg.exceptions.TransactionRollbackError:
@@ -491,10 +511,10 @@ class SessionRows:
         id_hash: bytes,
         plaintext: bytes,
         *,
-        user_id: int | None,
+        user_id: UserId | None,
         version: int,
         durable: bool,
-        rebase: Callable[[bytes], tuple[bytes, int | None]],
+        rebase: Callable[[bytes], tuple[bytes, UserId | None]],
         lifetime: Lifetime | None = None,
     ) -> Row | NotSaved:
         """Write `plaintext` over the row if it is still at `version`. If someone saved since,
@@ -517,7 +537,7 @@ class SessionRows:
         self,
         conn: Connection,
         id_hash: bytes,
-        rebase: Callable[[bytes], tuple[bytes, int | None]],
+        rebase: Callable[[bytes], tuple[bytes, UserId | None]],
         lifetime: Lifetime | None,
     ) -> Row | NotSaved:
         sent = time.monotonic()
@@ -531,7 +551,8 @@ class SessionRows:
                 # leave it alone rather than replace data we cannot read.
                 return NotSaved.UNKNOWN_KEY
             plaintext, user_id = rebase(opened[0])
-            durable = user_id != latest["user_id"]
+            # A change of user ends something: durable. 7 and "7" are two users.
+            durable = columns(user_id) != (latest["user_id"], latest["principal"])
             record = await self._write(
                 conn,
                 id_hash,
@@ -549,7 +570,7 @@ class SessionRows:
         conn: Connection,
         id_hash: bytes,
         plaintext: bytes,
-        user_id: int | None,
+        user_id: UserId | None,
         version: int,
         *,
         durable: bool,
@@ -557,10 +578,12 @@ class SessionRows:
         lifetime: Lifetime | None = None,
     ) -> asyncpg.Record | None:
         statement = self.sql.save if durable else self.sql.save_async
+        number, principal = columns(user_id)
         args = statement.args(
             id_hash=id_hash,
             data=self._cipher.seal(plaintext, id_hash),
-            user_id=user_id,
+            user_id=number,
+            principal=principal,
             idle_timeout=self.idle_timeout,
             remember_idle_timeout=self.remember_idle_timeout,
             **_lifetime_values(lifetime),
@@ -582,46 +605,67 @@ class SessionRows:
 
     # -- one user's sessions ---------------------------------------------------------------
 
-    async def list_user(self, user_id: int, *, limit: int, conn: Connection | None = None) -> list[SessionInfo]:
+    async def list_user(self, user_id: UserId, *, limit: int, conn: Connection | None = None) -> list[SessionInfo]:
         """The user's live sessions, most recently active first, at most `limit`."""
+        statement = self.sql.list_principal if isinstance(user_id, str) else self.sql.list_user
         async with self._connection(conn) as c:
-            records = await c.fetch(self.sql.list_user.sql, *self.sql.list_user.args(user_id=user_id, limit=limit))
+            records = await c.fetch(statement.sql, *statement.args(**_owner(user_id), limit=limit))
         return [
             SessionInfo(handle_of(r["id_hash"]), r["created_at"], r["last_seen_at"], r["client_ip"], r["user_agent"])
             for r in records
         ]
 
-    async def end_by_handle(self, user_id: int, handle: str, *, conn: Connection | None = None) -> tuple[bytes, ...]:
+    async def end_by_handle(self, user_id: UserId, handle: str, *, conn: Connection | None = None) -> tuple[bytes, ...]:
         """End the user's live session named `handle`: its ID hash, or nothing for another
         user's handle, a malformed one, or one already ended."""
         prefix = handle_prefix(handle)
         if prefix is None:
             return ()
-        statement = self.sql.end_by_handle
+        statement = self.sql.end_by_handle_principal if isinstance(user_id, str) else self.sql.end_by_handle
         async with self._connection(conn) as c, self._changing(c, shards=True) as changed:
-            records = await c.fetch(statement.sql, *statement.args(user_id=user_id, handle=prefix))
+            records = await c.fetch(statement.sql, *statement.args(**_owner(user_id), handle=prefix))
             changed.extend(r["id_hash"].hex() for r in records)
         return tuple(r["id_hash"] for r in records)
 
     async def end_user(
-        self, user_id: int, *, keep: bytes | None = None, conn: Connection | None = None
+        self, user_id: UserId, *, keep: bytes | None = None, conn: Connection | None = None
     ) -> tuple[bytes, ...]:
         """End every live session of the user but `keep`, under the user's lock (a renewal in
         flight is ended too, or finds its session gone): the ID hashes ended."""
         async with self._connection(conn) as c, self._changing(c, transaction=True, shards=True) as changed:
             await self._user_lock(c, user_id)
-            end = self.sql.end_user
-            records = await c.fetch(end.sql, *end.args(user_id=user_id, keep_id_hash=keep))
+            end = self.sql.end_principal if isinstance(user_id, str) else self.sql.end_user
+            records = await c.fetch(end.sql, *end.args(**_owner(user_id), keep_id_hash=keep))
             changed.extend(r["id_hash"].hex() for r in records)
         return tuple(r["id_hash"] for r in records)
 
     # -- the table -------------------------------------------------------------------------
 
-    async def sweep_forever(self, *, interval: float, batch_size: int, timeout: float) -> None:
-        """sweeper.sweep_forever on this table: a pass every `interval` seconds until cancelled."""
+    async def sweep_forever(
+        self,
+        *,
+        interval: float,
+        batch_size: int,
+        timeout: float,
+        swept: Callable[[int, float], None] | None = None,
+    ) -> None:
+        """sweeper.sweep_forever on this table: a pass every `interval` seconds until cancelled;
+        `swept(rows, seconds)` after each pass that ran."""
         await sweep_forever(
-            self.pool, self.names, interval=interval, batch_size=batch_size, timeout=timeout, citus=self.citus
+            self.pool,
+            self.names,
+            interval=interval,
+            batch_size=batch_size,
+            timeout=timeout,
+            citus=self.citus,
+            swept=swept,
         )
+
+    async def count_live(self, *, timeout: float) -> int:
+        """The live sessions in the table (a count: for a periodic sample, never per request)."""
+        async with self.pool.acquire(timeout=timeout) as conn:
+            count: int = await conn.fetchval(COUNT_LIVE_SQL.format(table=self.names.qualified), timeout=timeout)
+        return count
 
     async def sweep(self, *, batch_size: int, timeout: float) -> int | None:
         """Delete expired rows (sweeper.sweep): the number deleted, None when another process

@@ -10,19 +10,27 @@ Three ways to get the table, whichever fits the project (test_schema_ways.py run
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import asyncpg
+
+from .identity import MAX_PRINCIPAL_BYTES
 from .sql import live
 
 if TYPE_CHECKING:
     from ._types import Connection
 
+log = logging.getLogger("aiohttp_session_postgres")
+
 # Bumped whenever schema.sql changes what it creates. The table's comment records the version a
 # database has, so create_schema() on an up-to-date database takes no lock on the table.
+# 2: the principal column (str users), its CHECK and its index; each session's lifetime
+#    (idle_timeout, browser_session: nullable, no default).
 SCHEMA_VERSION = 2
 _VERSION_COMMENT = f"aiohttp-session-postgres schema {SCHEMA_VERSION}"
 
@@ -110,7 +118,11 @@ def schema_sql(
         triggers, which Citus refuses on a distributed table (the library notifies the caches
         itself there). An existing table, with its rows, is distributed; one already distributed
         is left as it is.
-    :returns: the SQL, statements separated by semicolons, ready for psql.
+    :returns: the SQL, statements separated by semicolons, ready for psql. It ends, after a
+        comment line `OUTSIDE_TRANSACTION`, with the principal index built ``CONCURRENTLY`` (but
+        on a partitioned table), which PostgreSQL runs only outside a transaction block: psql
+        runs each statement of a file on its own (not with ``--single-transaction``); the CLI
+        prints what comes before it between BEGIN and COMMIT. `split_schema_sql` divides the two.
     :raises ValueError: for bad names or a bad partition count, or partitions with citus (Citus
         shards the table itself).
     """
@@ -151,6 +163,14 @@ def schema_sql(
         partition_triggers=partition_triggers,
         idle_index=names.derived("idle_expires_at_idx"),
         user_index=names.derived("user_id_idx"),
+        principal_index=names.derived("principal_idx"),
+        concurrently="" if partitions is not None else "CONCURRENTLY ",
+        outside_transaction=OUTSIDE_TRANSACTION if partitions is None else "",
+        principal_check=names.derived("principal_check"),
+        principal_check_name=_literal(f"{table}_principal_check"),
+        principal_rule=(
+            f"principal IS NULL OR (user_id IS NULL AND octet_length(principal) BETWEEN 1 AND {MAX_PRINCIPAL_BYTES})"
+        ),
         notify_function=f"{_quote(schema)}.{names.derived('notify')}",
         channel=_literal(names.channel),
         update_trigger=names.derived("notify_update"),
@@ -159,6 +179,18 @@ def schema_sql(
         truncate_trigger=names.derived("notify_truncate"),
         version_comment=_literal(_VERSION_COMMENT),
     )
+
+
+# Where the script's statements that cannot run inside a transaction block begin: the CLI prints
+# what comes before it between BEGIN and COMMIT, and the rest after.
+OUTSIDE_TRANSACTION = "-- Outside a transaction block (psql runs each statement so, unless told --single-transaction):"
+
+
+def split_schema_sql(sql: str) -> tuple[str, str]:
+    """`schema_sql()` as (what may run in one transaction, what must run outside one: "" or
+    statements beginning CREATE INDEX CONCURRENTLY)."""
+    before, marker, after = sql.partition(OUTSIDE_TRANSACTION)
+    return before.rstrip() + "\n", (marker + after) if marker else ""
 
 
 # First in the script for Citus: with psql's ON_ERROR_STOP (or in a transaction), nothing is made
@@ -180,6 +212,13 @@ def schema_statements(
 ) -> list[str]:
     """`schema_sql` as single statements, for drivers that run one at a time (Alembic's `op.execute`).
 
+    A statement that begins with ``CREATE INDEX CONCURRENTLY`` (the principal index, on a table
+    that is not partitioned) cannot run inside a transaction block: run it on its own (Alembic:
+    in ``op.get_context().autocommit_block()``, as this library's revisions do). It builds the
+    index without blocking writes to a table that already has rows. If such a build is
+    interrupted it leaves an invalid index, which ``IF NOT EXISTS`` then keeps: drop it
+    (``DROP INDEX CONCURRENTLY``) and run the statement again (`create_schema` does so itself).
+
     :returns: the statements, each without its closing semicolon.
     :raises ValueError: as `schema_sql`.
     """
@@ -196,6 +235,24 @@ def schema_statements(
                 statements.append(statement.removesuffix(";"))
             current = []
     return statements
+
+
+def run_schema_statements(op: Any, statements: list[str]) -> None:
+    """Run `schema_statements()` in an Alembic revision: each in the migration's transaction, but
+    for a ``CREATE INDEX CONCURRENTLY``, which PostgreSQL runs only outside a transaction block:
+    that one in ``op.get_context().autocommit_block()`` (which commits what ran before it, and
+    begins a new transaction after it). The library's Alembic branch uses it, and a project's own
+    revisions that run the library's statements (as the demo app's do) can too.
+
+    :param op: ``alembic.op``.
+    :param statements: what `aiohttp_session_postgres.schema_statements` returned.
+    """
+    for statement in statements:
+        if statement.startswith("CREATE INDEX CONCURRENTLY"):
+            with op.get_context().autocommit_block():
+                op.execute(statement)
+        else:
+            op.execute(statement)
 
 
 async def create_schema(
@@ -216,8 +273,18 @@ async def create_schema(
     :param citus: as for `schema_sql`, on a Citus coordinator; None (the default): distributed
         when the database has the citus extension (an ordinary table elsewhere). False on a
         Citus coordinator makes a table of the coordinator's own, not sharded.
+    An index that cannot be built inside a transaction without blocking writes (the principal
+    index of schema version 2, on a table that already has rows) is built after that
+    transaction, ``CONCURRENTLY``, by one process at a time (the others go on without waiting:
+    every query works without it, only slower); one left invalid by an interrupted build is
+    dropped and built again. Called inside a transaction of the caller's, `conn` builds it there
+    instead, in the ordinary way (writes to the table then wait for its scan). The concurrent build holds a
+    session-level advisory lock and setting between statements: give it a direct connection, not
+    one through PgBouncer's transaction pooling.
+
     :returns: True when it changed something; False when the table was already at this version
-        (and, with `citus`, distributed), in which case no lock on the table is taken.
+        (and, with `citus`, distributed) and its indexes built, in which case no lock on the table
+        is taken.
     :raises ValueError: for bad names, partitions that do not match the table, or `citus` where
         the citus extension is not installed.
     :raises asyncpg.PostgresError: from the database (for example LockNotAvailableError when the
@@ -229,31 +296,111 @@ async def create_schema(
     if citus and not installed:
         raise ValueError("citus=True, but this database has no citus extension: CREATE EXTENSION citus first")
     citus = installed if citus is None else citus
-    sql = schema_sql(table, schema, partitions=partitions, citus=citus)
+    statements = schema_statements(table, schema, partitions=partitions, citus=citus)
+    nested = conn.is_in_transaction()
+    later: list[str] = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK_KEY)
         current = await schema_version(conn, table=table, schema=schema) == SCHEMA_VERSION
         if current and (not citus or await distributed(conn, names)):
-            return False
-        await conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
-        if citus:
-            # One shard at a time: DDL run on every shard in parallel may not be followed, in the
-            # same transaction, by the commands Citus sends over one connection per worker.
-            await conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
-        await conn.execute(sql)
-        if partitions is not None:
-            # CREATE TABLE IF NOT EXISTS leaves a table already there as it is: a partition's
-            # name taken by another table would leave hash values with nowhere to go.
-            attached = await conn.fetchval(
-                "SELECT count(*) FROM pg_inherits WHERE inhparent = to_regclass($1)",
-                TableNames(table, schema).qualified,
+            changed = False
+        else:
+            # A new table is empty: its indexes are built here, at no cost, and with it. An index
+            # on a table that has rows is built concurrently, after this transaction (unless the
+            # caller's transaction holds this one).
+            new = await conn.fetchval("SELECT to_regclass($1) IS NULL", names.qualified)
+            if not new and not nested:
+                later = [statement for statement in statements if _concurrent(statement)]
+            # The index statements each on their own: Citus sends a distributed table's DDL to the
+            # workers as the query string it came in, which may hold one command only.
+            script = ";\n".join(statement for statement in statements if not _concurrent(statement))
+            indexes = [
+                _plain(statement) for statement in statements if _concurrent(statement) and statement not in later
+            ]
+            changed = await _run(conn, [script, *indexes], table, schema, partitions=partitions, citus=citus)
+    if current and not nested:
+        later = [statement for statement in statements if _concurrent(statement)]  # one interrupted?
+    for statement in later:
+        changed = await _build_concurrently(conn, statement) or changed
+    return changed
+
+
+async def _run(
+    conn: Connection, scripts: list[str], table: str, schema: str, *, partitions: int | None, citus: bool
+) -> bool:
+    """create_schema's transaction, once it found the table not up to date."""
+    await conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
+    if citus:
+        # One shard at a time: DDL run on every shard in parallel may not be followed, in the
+        # same transaction, by the commands Citus sends over one connection per worker.
+        await conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
+    for script in scripts:
+        await conn.execute(script)
+    if partitions is not None:
+        # CREATE TABLE IF NOT EXISTS leaves a table already there as it is: a partition's
+        # name taken by another table would leave hash values with nowhere to go.
+        attached = await conn.fetchval(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = to_regclass($1)",
+            TableNames(table, schema).qualified,
+        )
+        if attached != partitions:
+            raise ValueError(
+                f"{table} has {attached} partitions, not {partitions}: a table of a partition's name"
+                " exists already, or the table exists unpartitioned"
             )
-            if attached != partitions:
-                raise ValueError(
-                    f"{table} has {attached} partitions, not {partitions}: a table of a partition's name"
-                    " exists already, or the table exists unpartitioned"
-                )
     return True
+
+
+_CONCURRENT_INDEX = re.compile(r'CREATE INDEX CONCURRENTLY IF NOT EXISTS ("(?:[^"]|"")+") ON ("[^"]+")\.')
+# Taken (session-level, never waited for) by the process that builds an index concurrently: a
+# second one meanwhile would find the index there but not yet valid.
+INDEX_LOCK_KEY = SCHEMA_LOCK_KEY + 1
+
+
+def _concurrent(statement: str) -> bool:
+    return statement.startswith("CREATE INDEX CONCURRENTLY")
+
+
+def _plain(statement: str) -> str:
+    """The statement as it may run inside a transaction block."""
+    return statement.replace("CREATE INDEX CONCURRENTLY", "CREATE INDEX", 1) if _concurrent(statement) else statement
+
+
+async def _build_concurrently(conn: Connection, statement: str) -> bool:
+    """Run `statement` (CREATE INDEX CONCURRENTLY IF NOT EXISTS) unless its index is there and
+    valid, or another process is building it. An invalid one (an interrupted build) is dropped
+    first. True when it built the index.
+
+    Not under the schema's advisory lock, and never waiting for the build's own: a concurrent
+    build waits for every transaction older than it, create_schema's in other processes included,
+    and one of those waiting for a lock the build holds would be a deadlock. A build that times
+    out waiting (lock_timeout) is logged and left for the next create_schema; the table works
+    meanwhile, only slower for str users."""
+    match = _CONCURRENT_INDEX.match(statement)
+    assert match is not None, statement
+    index = f"{match[2]}.{match[1]}"
+    valid_sql = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)"
+    if await conn.fetchval(valid_sql, index):
+        return False
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", INDEX_LOCK_KEY):
+        return False  # another process is building it
+    try:
+        if await conn.fetchval(valid_sql, index):
+            return False
+        before = await conn.fetchval("SELECT current_setting('lock_timeout')")
+        await conn.execute("SELECT set_config('lock_timeout', $1, false)", _LOCK_TIMEOUT)
+        try:
+            if await conn.fetchval(valid_sql, index) is False:
+                await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index}")
+            await conn.execute(statement)
+        except asyncpg.exceptions.LockNotAvailableError:
+            log.warning("index %s: not built (transactions held the table for %s); next time", index, _LOCK_TIMEOUT)
+            return False
+        finally:
+            await conn.execute("SELECT set_config('lock_timeout', $1, false)", before)  # the caller's, back
+        return True
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", INDEX_LOCK_KEY)
 
 
 async def citus_installed(conn: Connection) -> bool:

@@ -23,6 +23,7 @@ import orjson
 from aiohttp import web
 from aiohttp_session import Session, SessionData
 
+from .identity import user_id_problem
 from .tokens import handle_of
 
 if TYPE_CHECKING:
@@ -107,10 +108,6 @@ def _json_problem(value: object, depth: int = 0) -> str | None:
     return f"{type(value).__name__} is not a JSON value (use str, int, float, bool, None, list, dict)"
 
 
-def _is_user_id(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63  # bigint
-
-
 def _utf8(text: str) -> bool:
     try:
         text.encode()
@@ -138,8 +135,9 @@ class PostgresSession(Session):
 
     :raises TypeError: at assignment, for a value that is not JSON (str, int, float, bool, None,
         and lists and str-keyed dicts of them; integers within 64 bits, strings valid UTF-8,
-        nested at most 64 deep), or a `user_id_key` value that is not an int: in the handler,
-        never later in the middleware, and the stored session stays as it was.
+        nested at most 64 deep), or a `user_id_key` value that is no user identity (an int
+        within 64 bits, not a bool, or a str of 1 to 255 bytes of UTF-8 without NUL: identity.py):
+        in the handler, never later in the middleware, and the stored session stays as it was.
     """
 
     def __init__(
@@ -278,8 +276,10 @@ class PostgresSession(Session):
 
     def __setitem__(self, key: str, value: Any) -> None:
         check_json_value(key, value)
-        if key == self._user_id_key and value is not None and not _is_user_id(value):
-            raise TypeError(f"session[{key!r}] ties the session to a users row: it must be an int id or None")
+        if key == self._user_id_key and value is not None:
+            problem = user_id_problem(value)
+            if problem is not None:
+                raise TypeError(f"session[{key!r}] ties the session to a user: {problem}, or None")
         super().__setitem__(key, value)
         self._assigned.add(key)
 

@@ -2,7 +2,10 @@
 sweeper runs SWEEP_SQL).
 
 Parameters are named (`$id_hash`) and keep one meaning in every statement; `Statement` numbers
-them for PostgreSQL. `{table}` is the quoted table; `{async_commit}` marks where a write that ends
+them for PostgreSQL. A session's user is an int (`$user_id`, the user_id column) or a str
+(`$principal`, the principal column; identity.py): a write sets both columns, one of them NULL,
+and what names one user's sessions (`{owner}`) comes as a statement for each.
+`{table}` is the quoted table; `{async_commit}` marks where a write that ends
 nothing may skip waiting for the WAL flush (durable_writes=False). Expiry is always the database's
 clock: `now()`, the transaction's start, for reads; `clock_timestamp()` for writes, which may have
 waited on a row lock past a deadline.
@@ -134,15 +137,16 @@ WITH used AS (
     INSERT INTO {{table}} AS s (id_hash, data, idle_expires_at, absolute_expires_at, replaced_at)
     SELECT $replaced, '\\x'::bytea, now(), now(), now() WHERE $replaced::bytea IS NOT NULL
     ON CONFLICT (id_hash) DO UPDATE
-        SET data = EXCLUDED.data, user_id = NULL, version = s.version + 1, replaced_at = EXCLUDED.replaced_at,
+        SET data = EXCLUDED.data, user_id = NULL, principal = NULL, version = s.version + 1,
+            replaced_at = EXCLUDED.replaced_at,
             idle_expires_at = least(EXCLUDED.idle_expires_at, s.absolute_expires_at)
         WHERE s.replaced_at IS NULL
            OR EXCLUDED.replaced_at - s.replaced_at >= make_interval(secs => $tombstone_seconds)
     RETURNING version
 ), created AS (
-    INSERT INTO {{table}} (id_hash, user_id, data, idle_expires_at, absolute_expires_at, idle_timeout,
+    INSERT INTO {{table}} (id_hash, user_id, principal, data, idle_expires_at, absolute_expires_at, idle_timeout,
                            browser_session, client_ip, user_agent)
-    SELECT $id_hash, $user_id, $data,
+    SELECT $id_hash, $user_id, $principal, $data,
            least(now() + make_interval(secs => coalesce($row_idle_timeout::integer::float8, $idle_timeout::float8)),
                  now() + make_interval(secs => $absolute_timeout::float8)),
            now() + make_interval(secs => $absolute_timeout::float8), $row_idle_timeout::integer,
@@ -166,7 +170,8 @@ SELECT created.*, (SELECT version FROM used) AS replaced_version FROM created
 RENEW_SQL = f"""
 WITH used AS (
     UPDATE {{table}}
-    SET data = '\\x'::bytea, user_id = NULL, version = version + 1, replaced_at = now(), idle_expires_at = now()
+    SET data = '\\x'::bytea, user_id = NULL, principal = NULL, version = version + 1, replaced_at = now(),
+        idle_expires_at = now()
     WHERE id_hash = $replaced AND replaced_at IS NULL AND {LIVE} {{user_lock}}
     RETURNING version, created_at, absolute_expires_at, idle_timeout, browser_session
 ), kept AS (
@@ -178,9 +183,9 @@ WITH used AS (
     FROM used
 ), created AS (
     INSERT INTO {{table}}
-        (id_hash, user_id, data, created_at, idle_expires_at, absolute_expires_at, idle_timeout, browser_session,
-         client_ip, user_agent)
-    SELECT $id_hash, $user_id, $data, k.created_at,
+        (id_hash, user_id, principal, data, created_at, idle_expires_at, absolute_expires_at, idle_timeout,
+         browser_session, client_ip, user_agent)
+    SELECT $id_hash, $user_id, $principal, $data, k.created_at,
            least({later("now()", idle_seconds("k"))}, k.absolute_expires_at), k.absolute_expires_at,
            k.idle_timeout, k.browser_session, $client_ip, $user_agent
     FROM kept AS k
@@ -188,10 +193,25 @@ WITH used AS (
 )
 SELECT created.*, (SELECT version FROM used) AS replaced_version FROM created
 """
-# RENEW_SQL's user lock, inside the statement (one PostgreSQL).
-RENEW_USER_LOCK = """
+
+
+# The advisory lock key of a user (a 64-bit hash; `table_key` keeps one table's user locks apart
+# from another's). An int user's key is the table's name hashed with the id as the seed, as
+# before str users existed (processes of both releases take the same lock during an upgrade); a
+# str user's hashes a text of its own, so int 7 and str "7" are different users. Two users whose
+# keys collide only wait for each other: the lock orders a user's renewals and endings, it decides
+# nothing.
+USER_LOCK_KEY = "hashtextextended($table_key, $user_id)"
+PRINCIPAL_LOCK_KEY = "hashtextextended('principal ' || $table_key::text || ' ' || $principal::text, 0)"
+
+
+# RENEW_SQL's user lock, inside the statement (one PostgreSQL): the row's user is an int
+# ($user_id) or a str ($principal), at most one of them set.
+RENEW_USER_LOCK = f"""
         AND ($user_id::bigint IS NULL
-             OR pg_advisory_xact_lock_shared(hashtextextended($table_key, $user_id)) IS NOT NULL)"""
+             OR pg_advisory_xact_lock_shared({USER_LOCK_KEY}) IS NOT NULL)
+        AND ($principal::text IS NULL
+             OR pg_advisory_xact_lock_shared({PRINCIPAL_LOCK_KEY}) IS NOT NULL)"""
 
 # max_sessions_per_user: after a login, end the user's least recently used live sessions beyond
 # $max_sessions. A statement of its own, after the login's commit: of concurrent logins, the last
@@ -205,7 +225,7 @@ WHERE id_hash IN (
     SELECT id_hash FROM {{table}}
     WHERE id_hash IN (
         SELECT id_hash FROM {{table}}
-        WHERE user_id = $user_id AND {LIVE}
+        WHERE {{owner}} AND {LIVE}
         ORDER BY last_seen_at DESC, created_at DESC
         OFFSET $max_sessions
     ) AND {LIVE}
@@ -226,7 +246,7 @@ _NEW_IDLE_SECONDS = (
 )
 SAVE_SQL = f"""
 UPDATE {{table}}
-SET data = $data, user_id = $user_id, version = version + 1, last_seen_at = now(),
+SET data = $data, user_id = $user_id, principal = $principal, version = version + 1, last_seen_at = now(),
     absolute_expires_at = {_NEW_ABSOLUTE},
     idle_timeout = {_NEW_IDLE_TIMEOUT},
     browser_session = CASE WHEN $lifetime::float8 IS NULL THEN browser_session ELSE $browser_session::boolean END,
@@ -239,7 +259,7 @@ RETURNING {ROW_COLUMNS}
 
 # After a version conflict: lock the row for the length of one merge (never across a handler).
 LOCK_SQL = f"""
-SELECT data, version, user_id FROM {{table}}
+SELECT data, version, user_id, principal FROM {{table}}
 WHERE id_hash = $id_hash AND {LIVE_AT_WRITE}
 FOR UPDATE
 """
@@ -252,16 +272,16 @@ END_SQL = "DELETE FROM {table} WHERE id_hash = $id_hash AND replaced_at IS NULL 
 NOTIFY_SQL = "SELECT pg_notify($channel, payload) FROM unnest($payloads::text[]) AS payload"
 
 # Taken by what ends all of a user's sessions (or all but one), for its transaction, before it
-# looks: renewals of that user's sessions (RENEW_SQL) wait, or are waited for. $table_key keeps
-# one table's user locks apart from another's.
-USER_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended($table_key, $user_id))"
+# looks: renewals of that user's sessions (RENEW_SQL) wait, or are waited for. {lock_key} is
+# USER_LOCK_KEY or PRINCIPAL_LOCK_KEY.
+USER_LOCK_SQL = "SELECT pg_advisory_xact_lock({lock_key})"
 # The same lock shared, as RENEW_SQL takes it (on Citus, as a statement of its own).
-USER_LOCK_SHARED_SQL = "SELECT pg_advisory_xact_lock_shared(hashtextextended($table_key, $user_id))"
+USER_LOCK_SHARED_SQL = "SELECT pg_advisory_xact_lock_shared({lock_key})"
 
 LIST_USER_SQL = f"""
 SELECT id_hash, created_at, last_seen_at, client_ip, user_agent
 FROM {{table}}
-WHERE user_id = $user_id AND {LIVE}
+WHERE {{owner}} AND {LIVE}
 ORDER BY last_seen_at DESC
 LIMIT $limit
 """
@@ -270,7 +290,7 @@ LIMIT $limit
 # handle of another user's session ends nothing.
 END_BY_HANDLE_SQL = f"""
 DELETE FROM {{table}}
-WHERE user_id = $user_id AND substring(id_hash FROM 1 FOR octet_length($handle::bytea)) = $handle::bytea
+WHERE {{owner}} AND substring(id_hash FROM 1 FOR octet_length($handle::bytea)) = $handle::bytea
     AND {LIVE}
 RETURNING id_hash
 """
@@ -282,7 +302,7 @@ END_USER_SQL = f"""
 DELETE FROM {{table}}
 WHERE id_hash IN (
     SELECT id_hash FROM {{table}}
-    WHERE user_id = $user_id AND id_hash IS DISTINCT FROM $keep_id_hash::bytea AND {LIVE}
+    WHERE {{owner}} AND id_hash IS DISTINCT FROM $keep_id_hash::bytea AND {LIVE}
     {{lock_rows}}
 ) AND {LIVE}
 RETURNING id_hash
@@ -307,6 +327,10 @@ WHERE {{row_key}} = ANY (ARRAY(
     LIMIT $batch_size
 )) AND {_SWEEPABLE}
 """
+
+# The live sessions (tombstones are not sessions), for the metrics' periodic sample: never per
+# request (a count reads the whole table, or its index).
+COUNT_LIVE_SQL = f"SELECT count(*) FROM {{table}} WHERE replaced_at IS NULL AND {LIVE}"
 
 # durable_writes=False: the statement's own transaction commits without waiting for the WAL
 # flush (synchronous_commit is a per-transaction setting; set_config(..., true) sets it for this
@@ -381,15 +405,24 @@ class Statements:
         self.create = Statement(CREATE_SQL, **fields, async_commit="")
         self.create_async = Statement(CREATE_SQL, **fields, async_commit=fast)
         self.renew = Statement(RENEW_SQL, **fields)
-        self.trim = Statement(TRIM_SQL, **fields)
+        # What names one user's sessions comes twice: for an int user (user_id) and a str one
+        # (principal), each served by its own partial index.
+        by_id, by_principal = {**fields, "owner": "user_id = $user_id"}, {**fields, "owner": "principal = $principal"}
+        self.trim = Statement(TRIM_SQL, **by_id)
+        self.trim_principal = Statement(TRIM_SQL, **by_principal)
         self.save = Statement(SAVE_SQL, **fields, async_commit="")
         self.save_async = Statement(SAVE_SQL, **fields, async_commit=fast)
         self.lock = Statement(LOCK_SQL, **fields)
         self.end = Statement(END_SQL, **fields)
-        self.user_lock = Statement(USER_LOCK_SQL)
-        self.user_lock_shared = Statement(USER_LOCK_SHARED_SQL)
+        self.user_lock = Statement(USER_LOCK_SQL, lock_key=USER_LOCK_KEY)
+        self.user_lock_shared = Statement(USER_LOCK_SHARED_SQL, lock_key=USER_LOCK_KEY)
+        self.principal_lock = Statement(USER_LOCK_SQL, lock_key=PRINCIPAL_LOCK_KEY)
+        self.principal_lock_shared = Statement(USER_LOCK_SHARED_SQL, lock_key=PRINCIPAL_LOCK_KEY)
         self.notify = Statement(NOTIFY_SQL)
-        self.list_user = Statement(LIST_USER_SQL, **fields)
-        self.end_by_handle = Statement(END_BY_HANDLE_SQL, **fields)
-        self.end_user = Statement(END_USER_SQL, **fields)
+        self.list_user = Statement(LIST_USER_SQL, **by_id)
+        self.list_principal = Statement(LIST_USER_SQL, **by_principal)
+        self.end_by_handle = Statement(END_BY_HANDLE_SQL, **by_id)
+        self.end_by_handle_principal = Statement(END_BY_HANDLE_SQL, **by_principal)
+        self.end_user = Statement(END_USER_SQL, **by_id)
+        self.end_principal = Statement(END_USER_SQL, **by_principal)
         self.sweep = Statement(SWEEP_SQL, **fields)

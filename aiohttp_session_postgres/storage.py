@@ -22,16 +22,27 @@ import asyncpg
 import orjson
 from aiohttp import hdrs, web
 from aiohttp_session import AbstractStorage, Session
+from aiosignal import Signal
 
 from . import events
-from .cache import CachedRows, SessionCache
+from .cache import CachedRows, Entry, SessionCache
 from .cipher import AES_KEY_BYTES, DataCipher
 from .cookies import SessionCookie, check_cookie_attributes
-from .pool import Unavailable
-from .rows import Client, Created, Lifetime, NotCreated, NotSaved, Row, SessionInfo, SessionRows
+from .hooks import SessionEvent, SessionHooks, events_channel
+from .identity import UserId, check_user_id, user_id_problem
+from .observer import (
+    LOAD_BAD_SIGNATURE,
+    LOAD_CACHE_HIT,
+    LOAD_DATABASE,
+    LOAD_UNDECRYPTABLE,
+    LOAD_UNKNOWN,
+    StorageMetrics,
+)
+from .pool import DATABASE_ERRORS, Unavailable
+from .rows import Client, Created, Gone, Lifetime, NotCreated, NotSaved, Row, SessionInfo, SessionRows
 from .schema import TableNames
 from .session import DEFAULT_MAX_DATA_BYTES, PostgresSession, SessionDataTooLarge, check_json_value
-from .tokens import MIN_KEY_BYTES, TokenSigner, VerifiedToken
+from .tokens import MIN_KEY_BYTES, TokenSigner, VerifiedToken, fingerprint_of
 
 if TYPE_CHECKING:
     from ._types import Connection
@@ -42,6 +53,12 @@ log = logging.getLogger("aiohttp_session_postgres")
 _REQUEST_SESSION = web.RequestKey("aiohttp_session_postgres.loaded", bytes)
 
 MAX_IP_CHARS, MAX_USER_AGENT_CHARS = 64, 512
+
+# What a `metrics` must have (observer.StorageMetrics).
+_METRICS_METHODS = ("event", "load", "unavailable", "pool_wait", "listener_lost", "swept", "sample")
+
+# What may stop other processes from being told of a revocation (which stands all the same).
+_ANNOUNCE_ERRORS: tuple[type[BaseException], ...] = (Unavailable, *DATABASE_ERRORS)
 
 # An entry of aiohttp's `app.cleanup_ctx`: the storage's background work.
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
@@ -181,8 +198,16 @@ class PostgresStorage(AbstractStorage):
     :param httponly: the cookie's ``HttpOnly`` (default True: scripts cannot read it).
     :param database_timeout: seconds one database operation may take (pool wait, connect,
         statements) before the request answers 503 (`DatabaseUnavailable`).
-    :param user_id_key: the session key whose integer value is mirrored into the ``user_id``
-        column, so a user's sessions can be listed and ended.
+    :param user_id_key: the session key that ties a session to a user, so that the user's
+        sessions can be listed and ended (`list_sessions`, `end_session`, `end_other_sessions`,
+        `end_all_sessions`) and capped (`max_sessions_per_user`). Its value is None (no user), an
+        int within 64 bits (a bool is not one), mirrored into the table's ``user_id`` column (a
+        ``bigint``: the column an app's foreign key to its users table with ``ON DELETE
+        CASCADE`` can reference), or a str of 1 to 255 bytes of UTF-8 without NUL (a UUID as
+        its string, a username), mirrored into the ``principal`` column. A str is compared
+        exactly as given (spell it one way: a UUID's case, a username's), and ``7`` and
+        ``"7"`` are two different users. Anything else raises TypeError naming the key, at
+        assignment in the handler.
     :param table: the sessions table's name (a plain identifier).
     :param schema: the PostgreSQL schema that holds it (a plain identifier).
     :param max_sessions_per_user: at most this many live sessions per user; a login beyond it
@@ -219,6 +244,12 @@ class PostgresStorage(AbstractStorage):
         loads, and saves as long as it does not grow. 64 KiB by default (16 cookies' worth, and
         what a Rails or Express session table on MySQL holds: see `DEFAULT_MAX_DATA_BYTES`).
         None: no limit.
+    :param metrics: where to report counts and timings (observer.StorageMetrics), for example
+        ``aiohttp_session_postgres.metrics.PrometheusMetrics()`` (the ``[metrics]`` extra); run
+        ``storage.metrics_sampler()`` in ``app.cleanup_ctx`` for the gauges. None (the default):
+        nothing is counted.
+    :param hook_timeout: seconds one call of a hook (`on_event`) may take before it is
+        cancelled and logged (positive).
     :raises ArgumentError: (a ValueError) as `check_arguments` says; for a `cookie_name` that is
         empty or not a cookie token (RFC 6265), a `user_id_key` that is empty. One that is also
         a TypeError for an argument of the wrong type: a `pool` that is not an asyncpg pool
@@ -260,6 +291,8 @@ class PostgresStorage(AbstractStorage):
         durable_writes: bool = True,
         citus: bool | None = None,
         max_data_bytes: int | None = DEFAULT_MAX_DATA_BYTES,
+        metrics: StorageMetrics | None = None,
+        hook_timeout: float = 10.0,
     ) -> None:
         if citus and not durable_writes:
             # Citus refuses set_config(), which makes a write skip the flush, in a modification.
@@ -315,11 +348,23 @@ class PostgresStorage(AbstractStorage):
             "max_sessions_per_user": max_sessions_per_user,
             "durable_writes": durable_writes,
             "citus": citus,
+            "metrics": metrics,
         }
+        _check_seconds("hook_timeout", hook_timeout)
+        if not hook_timeout > 0:
+            raise ArgumentError("hook_timeout must be positive", argument="hook_timeout")
+        if metrics is not None and not all(callable(getattr(metrics, name, None)) for name in _METRICS_METHODS):
+            message = f"metrics must be a StorageMetrics (e.g. PrometheusMetrics), got {_type_name(metrics)}"
+            raise ArgumentTypeError(message, argument="metrics")
+        self._metrics = metrics
+        self._hooks = SessionHooks(self, timeout=hook_timeout)
+        if metrics is not None:
+            self._cookie.bad_signature = partial(metrics.load, LOAD_BAD_SIGNATURE)
         cipher = DataCipher(tuple(encryption_keys), tuple(next_encryption_keys))
         self._rows = (
             SessionRows(pool, cipher, **options) if cache is None else CachedRows(pool, cipher, cache=cache, **options)
         )
+        self._events_channel = events_channel(self._rows.names.channel)
 
     @staticmethod
     def check_arguments(
@@ -438,6 +483,18 @@ class PostgresStorage(AbstractStorage):
                     raise error(message, argument=argument, index=i)
 
     @property
+    def on_event(self) -> Signal[SessionEvent]:
+        """The session lifecycle hooks, an aiosignal ``Signal`` as aiohttp's ``app.on_startup``:
+        ``storage.on_event.append(hook)``, `hook` an ``async def hook(event: SessionEvent)``.
+        Frozen when the app starts (by ``aiohttp_session_postgres.setup`` or the storage's
+        listener); appending after that raises RuntimeError. Which events reach which processes,
+        and how hooks are run (in a task of their own, bounded by `hook_timeout`; one that
+        raises is logged): the `hooks` module. Events from other processes need the storage's
+        listener: ``storage.cache_listener(connect)``, or ``storage.event_listener(connect)``
+        without a cache."""
+        return self._hooks.signal
+
+    @property
     def cache(self) -> SessionCache | None:
         """The storage's `SessionCache`, or None."""
         return self._rows.cache if isinstance(self._rows, CachedRows) else None
@@ -471,10 +528,19 @@ class PostgresStorage(AbstractStorage):
                 raise DatabaseUnavailable() from exc
             if isinstance(found, Row):
                 request[_REQUEST_SESSION] = verified.id_hash
+                if self._metrics is not None:
+                    self._metrics.load(LOAD_CACHE_HIT if type(found) is Entry else LOAD_DATABASE)
                 return self._session_of(cookie, verified, found)
             if found.value:
                 events.emit(found.value, verified.id_hash)
+            self._gone(verified.id_hash, found)
         return await self.new_session()
+
+    def _gone(self, id_hash: bytes, found: Gone) -> None:
+        if self._metrics is not None:
+            self._metrics.load(LOAD_UNDECRYPTABLE if found is Gone.UNDECRYPTABLE else LOAD_UNKNOWN)
+        if found is Gone.EXPIRED_OR_UNKNOWN:  # not KNOWN_DEAD: once per session per process
+            self._event(SessionEvent("expired", fingerprint_of(id_hash), reason="found_at_load"))
 
     def _session_of(self, cookie: str, verified: VerifiedToken, row: Row) -> PostgresSession:
         session = PostgresSession(
@@ -501,7 +567,8 @@ class PostgresStorage(AbstractStorage):
         write, or a logout (an invalidated session).
 
         :raises TypeError: for a session this storage did not hand out, or a `user_id_key` value
-            that is not an int.
+            that is no user identity (an int within 64 bits or a str of 1 to 255 bytes: see
+            `user_id_key`), naming the key.
         :raises SessionDataTooLarge: when the data would grow over `max_data_bytes` (nothing
             is saved).
         :raises DatabaseUnavailable: when the database does not answer in time.
@@ -561,6 +628,8 @@ class PostgresStorage(AbstractStorage):
             return
         for ended in created.ended:
             events.emit("session.ended", ended, reason="max_sessions_per_user")
+        if created.ended:
+            await self._revoked(created.ended, user_id=user_id, reason="max_sessions_per_user", conn=None)
         session.id_hash = id_hash
         session.version = created.row.version
         session.expires = created.row.local(created.row.absolute_deadline)
@@ -570,8 +639,12 @@ class PostgresStorage(AbstractStorage):
         self._set_cookie(request, response, cookie, session)
         if session.renews is not None:
             events.emit("session.renewed", id_hash, previous=events.fingerprint(replaces))
+            self._event(
+                SessionEvent("renewed", fingerprint_of(id_hash), user_id, previous=events.fingerprint(replaces))
+            )
         else:
             events.emit("session.created", id_hash, user_id=user_id if user_id is not None else "-")
+            self._event(SessionEvent("created", fingerprint_of(id_hash), user_id))
 
     async def _update(self, request: web.Request, response: web.StreamResponse, session: PostgresSession) -> None:
         id_hash = session.id_hash
@@ -634,7 +707,7 @@ class PostgresStorage(AbstractStorage):
         remembered = max_age > self._absolute_timeout
         return Lifetime(float(max_age), self._remember_idle_timeout if remembered else None, False)
 
-    def _rebase(self, session: PostgresSession, latest_plaintext: bytes) -> tuple[bytes, int | None]:
+    def _rebase(self, session: PostgresSession, latest_plaintext: bytes) -> tuple[bytes, UserId | None]:
         """Someone saved since this request loaded: its changes alone, applied to the latest."""
         latest: dict[str, Any] = orjson.loads(latest_plaintext)
         updated, deleted = session.changes()
@@ -663,6 +736,8 @@ class PostgresStorage(AbstractStorage):
             return
         if await self._rows.end(id_hash):
             events.emit("session.ended", id_hash)
+            user_id = self._user_of(session.loaded) if session.id_hash is not None else None
+            self._event(SessionEvent("ended", fingerprint_of(id_hash), user_id, reason="logout"))
             self._cookie.expire(request, response)
 
     def _request_session(self, request: web.Request) -> bytes | None:
@@ -674,72 +749,159 @@ class PostgresStorage(AbstractStorage):
         candidates = self._cookie.candidates(request)
         return candidates[0][1].id_hash if candidates else None
 
-    def _user_id(self, mapping: Mapping[str, Any]) -> int | None:
+    def _user_of(self, mapping: Mapping[str, Any]) -> int | str | None:
+        """The user id in `mapping` for an event, or None (never raises)."""
+        value = mapping.get(self._user_id_key)
+        return value if isinstance(value, int | str) and not isinstance(value, bool) else None
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _event(self, event: SessionEvent) -> None:
+        """This process's event: counted, and handed to the hooks (in a task)."""
+        if self._metrics is not None:
+            self._metrics.event(event)
+        self._hooks.send(event)
+
+    async def _revoked(
+        self, ended: tuple[bytes, ...], *, user_id: int | str | None, reason: str, conn: Connection | None
+    ) -> tuple[bytes, ...]:
+        """Sessions ended other than by their own request: an event each, here and, over the
+        events channel, in every process that listens (in `conn`'s transaction when given, so
+        they learn it only if it commits; else once it has). An announcement that fails is
+        logged: the sessions are ended all the same."""
+        if not ended:
+            return ended
+        revoked = [SessionEvent("revoked", fingerprint_of(id_hash), user_id, reason) for id_hash in ended]
+        for event in revoked:
+            self._event(event)
+        notify = self._rows.sql.notify
+        args = notify.args(channel=self._events_channel, payloads=[self._hooks.payload(e) for e in revoked])
+        if conn is not None:
+            await conn.execute(notify.sql, *args)
+            return ended
+        try:
+            async with self._rows.connection() as pooled:
+                await pooled.execute(notify.sql, *args)
+        except _ANNOUNCE_ERRORS as exc:
+            log.warning("other processes were not told of %d revoked sessions: %s", len(ended), type(exc).__name__)
+        return ended
+
+    def _swept(self, rows: int, seconds: float) -> None:
+        if self._metrics is not None:
+            self._metrics.swept(rows, seconds)
+        self._event(SessionEvent("swept", "-", reason="sweep", count=rows))
+
+    def _user_id(self, mapping: Mapping[str, Any]) -> UserId | None:
         value = mapping.get(self._user_id_key)
         if value is None:
             return None
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"session[{self._user_id_key!r}] must be an int user id")
+        # PostgresSession refuses a bad value at assignment; this catches one changed otherwise
+        # (a session's dict written to directly).
+        problem = user_id_problem(value)
+        if problem is not None:
+            raise TypeError(f"session[{self._user_id_key!r}] ties the session to a user: {problem}, or None")
+        assert isinstance(value, int | str)
         return value
 
     # -- a user's sessions ------------------------------------------------------------------
 
     async def list_sessions(
-        self, user_id: int, *, limit: int = 100, conn: Connection | None = None
+        self, user_id: UserId, *, limit: int = 100, conn: Connection | None = None
     ) -> list[SessionInfo]:
         """The user's live sessions, most recently active first.
 
+        :param user_id: the user, as the sessions' `user_id_key` holds it: an int or a str
+            (``7`` and ``"7"`` are two users).
         :param limit: at most this many.
         :param conn: run on this connection (inside the caller's transaction) instead of the pool.
+        :raises TypeError: when `user_id` is neither an int nor a str (a bool is not an int).
+        :raises ValueError: when `user_id` is an int outside 64 bits or a str that is empty,
+            longer than 255 bytes of UTF-8, or holds NUL.
         :raises DatabaseUnavailable: when the database does not answer in time.
         """
+        user_id = check_user_id(user_id, "user_id")
         try:
             return await self._rows.list_user(user_id, limit=limit, conn=conn)
         except Unavailable as exc:
             raise DatabaseUnavailable() from exc
 
-    async def end_session(self, user_id: int, handle: str, *, conn: Connection | None = None) -> bool:
+    async def end_session(
+        self, user_id: UserId, handle: str, *, conn: Connection | None = None, reason: str = "end_session"
+    ) -> bool:
         """End the user's live session named `handle` (a `SessionInfo.handle`).
 
+        :param user_id: the user (an int or a str, as for `list_sessions`).
+        :param reason: the ``revoked`` event's reason (`on_event`), a few words, never data.
         :returns: False when the user has no such session: another user's handle, a malformed
             one, or one already ended.
+        :raises TypeError: for a `user_id` as `list_sessions` says, or a `handle` that is not a str.
+        :raises ValueError: for a `user_id` as `list_sessions` says.
         :raises DatabaseUnavailable: when the database does not answer in time.
         """
+        user_id = check_user_id(user_id, "user_id")
+        if not isinstance(handle, str):
+            raise TypeError(f"handle must be a str, not {type(handle).__name__}")
+        _check_reason(reason)
         try:
             ended = await self._rows.end_by_handle(user_id, handle, conn=conn)
+            return bool(await self._revoked(_logged(ended), user_id=user_id, reason=reason, conn=conn))
         except Unavailable as exc:
             raise DatabaseUnavailable() from exc
-        return bool(_revoked(ended))
 
-    async def end_other_sessions(self, user_id: int, keep: PostgresSession, *, conn: Connection | None = None) -> int:
+    async def end_other_sessions(
+        self,
+        user_id: UserId,
+        keep: PostgresSession,
+        *,
+        conn: Connection | None = None,
+        reason: str = "end_other_sessions",
+    ) -> int:
         """End every session of the user but `keep` (the request's own session): "sign out
         everywhere else" (OWASP ASVS 7.5.2).
 
+        :param user_id: the user (an int or a str, as for `list_sessions`).
+        :param reason: the ``revoked`` events' reason (`on_event`), a few words, never data.
         :returns: the number ended.
-        :raises ValueError: when `keep` is not a saved session.
+        :raises TypeError: for a `user_id` as `list_sessions` says, or a `keep` that is not a
+            PostgresSession.
+        :raises ValueError: for a `user_id` as `list_sessions` says, or when `keep` is not a saved
+            session.
         :raises DatabaseUnavailable: when the database does not answer in time.
         """
+        user_id = check_user_id(user_id, "user_id")
+        if not isinstance(keep, PostgresSession):
+            raise TypeError(f"keep must be a PostgresSession (the request's own), not {type(keep).__name__}")
         if keep.id_hash is None:
             raise ValueError("keep must be a saved session (the request's own)")
+        _check_reason(reason)
         try:
             ended = await self._rows.end_user(user_id, keep=keep.id_hash, conn=conn)
+            return len(await self._revoked(_logged(ended), user_id=user_id, reason=reason, conn=conn))
         except Unavailable as exc:
             raise DatabaseUnavailable() from exc
-        return len(_revoked(ended))
 
-    async def end_all_sessions(self, user_id: int, *, conn: Connection | None = None) -> int:
+    async def end_all_sessions(
+        self, user_id: UserId, *, conn: Connection | None = None, reason: str = "end_all_sessions"
+    ) -> int:
         """End every session of the user (OWASP ASVS 7.4.2: after a password change or when
         disabling the account), a renewal in flight included.
 
+        :param user_id: the user (an int or a str, as for `list_sessions`).
         :param conn: make it part of the caller's transaction (the password change itself).
+        :param reason: the ``revoked`` events' reason (`on_event`), a few words, never data
+            (``password_changed``, ``user_deleted``).
         :returns: the number ended.
+        :raises TypeError: for a `user_id` as `list_sessions` says.
+        :raises ValueError: for a `user_id` as `list_sessions` says.
         :raises DatabaseUnavailable: when the database does not answer in time.
         """
+        user_id = check_user_id(user_id, "user_id")
+        _check_reason(reason)
         try:
             ended = await self._rows.end_user(user_id, conn=conn)
+            return len(await self._revoked(_logged(ended), user_id=user_id, reason=reason, conn=conn))
         except Unavailable as exc:
             raise DatabaseUnavailable() from exc
-        return len(_revoked(ended))
 
     # -- database access and background work ---------------------------------------------
 
@@ -765,19 +927,26 @@ class PostgresStorage(AbstractStorage):
         :param timeout: seconds each statement may take.
         :returns: the number deleted, or None when another process is sweeping.
         """
-        return await self._rows.sweep(batch_size=batch_size, timeout=timeout)
+        started = time.monotonic()
+        deleted = await self._rows.sweep(batch_size=batch_size, timeout=timeout)
+        if deleted is not None:
+            self._swept(deleted, time.monotonic() - started)
+        return deleted
 
     def sweeper(self, *, interval: float = 300, batch_size: int = 1000, timeout: float = 10.0) -> CleanupContext:
         """For ``app.cleanup_ctx.append(...)``: sweep every `interval` seconds (jittered
         +/-20%) while the app runs. Reads already refuse expired rows; sweeping reclaims their
         space. A failed pass is logged and tried again at the next interval."""
         return _while_running(
-            lambda: self._rows.sweep_forever(interval=interval, batch_size=batch_size, timeout=timeout)
+            lambda: self._rows.sweep_forever(
+                interval=interval, batch_size=batch_size, timeout=timeout, swept=self._swept
+            )
         )
 
     def cache_listener(self, connect: Callable[[], Awaitable[asyncpg.Connection]]) -> CleanupContext:
         """For ``app.cleanup_ctx.append(...)``: keep the cache's LISTEN connection while the app
-        runs.
+        runs. It also carries other processes' session events to this one's hooks (`on_event`),
+        which it freezes as the app starts.
 
         :param connect: opens a new connection outside the pool, for example
             ``lambda: asyncpg.connect(dsn)`` (not through PgBouncer's transaction pooling, which
@@ -787,7 +956,70 @@ class PostgresStorage(AbstractStorage):
         cache = self.cache
         if cache is None:
             raise ValueError("this storage was made without a cache")
-        return _while_running(lambda: cache.listen(connect, self._rows.names.channel))
+        also = {self._events_channel: self._hooks.notified}
+        lost = partial(self._listener_lost, "cache")
+        return _while_running(
+            lambda: cache.listen(connect, self._rows.names.channel, also=also, lost=lost), before=self._hooks.freeze
+        )
+
+    def event_listener(self, connect: Callable[[], Awaitable[asyncpg.Connection]]) -> CleanupContext:
+        """For ``app.cleanup_ctx.append(...)`` on a storage without a cache: a LISTEN connection
+        that carries other processes' session events (revocations) to this one's hooks
+        (`on_event`), which it freezes as the app starts. With a cache, `cache_listener` does it.
+
+        :param connect: as for `cache_listener`.
+        :raises ValueError: when the storage has a cache (its listener carries the events).
+        """
+        if self.cache is not None:
+            raise ValueError("this storage's cache_listener carries its events: use that alone")
+        lost = partial(self._listener_lost, "events")
+        return _while_running(
+            lambda: self._hooks.listen(connect, self._events_channel, lost=lost), before=self._hooks.freeze
+        )
+
+    def metrics_sampler(self, *, interval: float = 60.0) -> CleanupContext:
+        """For ``app.cleanup_ctx.append(...)``: every `interval` seconds while the app runs,
+        report to `metrics` the live sessions in the table (a count: one query) and this
+        process's cache (on or off, entries, bytes). The first sample is taken at start.
+
+        :raises ValueError: when the storage has no `metrics`.
+        """
+        metrics = self._metrics
+        if metrics is None:
+            raise ValueError("this storage was made without metrics")
+        if not interval > 0:
+            raise ValueError("interval must be positive")
+        return _while_running(lambda: self._sample_forever(metrics, interval))
+
+    async def _sample_forever(self, metrics: StorageMetrics, interval: float) -> None:
+        timeout = max(self._rows.database_timeout, 5.0)
+        while True:
+            live: int | None = None
+            try:
+                live = await self._rows.count_live(timeout=timeout)
+            except DATABASE_ERRORS as exc:
+                log.info("live sessions not counted: %s", type(exc).__name__)
+            cache = self.cache
+            metrics.sample(
+                live_sessions=live,
+                cache_enabled=None if cache is None else cache.enabled,
+                cache_entries=0 if cache is None else len(cache),
+                cache_bytes=0 if cache is None else cache.held_bytes,
+            )
+            await asyncio.sleep(interval)
+
+    def _listener_lost(self, listener: str) -> None:
+        if self._metrics is not None:
+            self._metrics.listener_lost(listener)
+
+    async def _app_started(self, app: web.Application) -> None:
+        """``on_startup`` (`setup`): no hook is added once the app runs, as with aiohttp's own
+        signals."""
+        self._hooks.freeze()
+
+    async def _app_cleanup(self, app: web.Application) -> None:
+        """``on_cleanup`` (`setup`): the hooks still running get `hook_timeout` to finish."""
+        await self._hooks.drain()
 
 
 async def get_session(request: web.Request) -> PostgresSession:
@@ -898,16 +1130,26 @@ def _encode(mapping: dict[str, Any]) -> bytes:
     return orjson.dumps(mapping)
 
 
-def _revoked(ended: tuple[bytes, ...]) -> tuple[bytes, ...]:
+def _logged(ended: tuple[bytes, ...]) -> tuple[bytes, ...]:
     for id_hash in ended:
         events.emit("session.revoked", id_hash)
     return ended
 
 
-def _while_running(work: Callable[[], Coroutine[Any, Any, None]]) -> CleanupContext:
-    """A cleanup_ctx entry that runs `work()` as a task for as long as the app runs."""
+def _check_reason(reason: str) -> None:
+    if not isinstance(reason, str) or not 0 < len(reason) <= 100:
+        raise ValueError("reason must be a str of 1 to 100 characters")
+
+
+def _while_running(
+    work: Callable[[], Coroutine[Any, Any, None]], *, before: Callable[[], None] | None = None
+) -> CleanupContext:
+    """A cleanup_ctx entry that runs `work()` as a task for as long as the app runs (`before()`
+    first, at start)."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
+        if before is not None:
+            before()
         task = asyncio.create_task(work())
         yield
         task.cancel()

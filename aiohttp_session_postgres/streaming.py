@@ -62,7 +62,8 @@ def setup(app: web.Application, storage: PostgresStorage) -> None:
     ``aiohttp_session.setup(app, storage)``: appended to `app`'s middlewares (put middlewares
     that clone the request, such as aiohttp-remotes', before it) and hooked on its
     ``on_response_prepare`` signal. A plain Response is saved exactly as aiohttp-session saves
-    it, once.
+    it, once. The storage's hooks (`PostgresStorage.on_event`) are frozen when the app starts,
+    and get their `hook_timeout` to finish at its cleanup.
 
     :param app: the application (its sub-applications are covered too).
     :param storage: the session storage.
@@ -72,6 +73,9 @@ def setup(app: web.Application, storage: PostgresStorage) -> None:
         raise TypeError("setup() needs a PostgresStorage; for another storage use aiohttp_session.setup")
     app.middlewares.append(session_middleware(storage))
     app.on_response_prepare.append(_on_prepare)
+    # The storage's hooks freeze with the app's signals, and finish before the app's cleanup ends.
+    app.on_startup.append(storage._app_started)
+    app.on_cleanup.append(storage._app_cleanup)
 
 
 def session_middleware(storage: PostgresStorage) -> Middleware:

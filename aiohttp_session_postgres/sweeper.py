@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
+from collections.abc import Callable
 
 import asyncpg
 
@@ -75,11 +77,14 @@ async def sweep_forever(
     batch_size: int,
     timeout: float,
     citus: bool | None = None,
+    swept: Callable[[int, float], None] | None = None,
 ) -> None:
     """`sweep` every `interval` seconds (jittered +/-20%, so processes started together do not
-    collide), until cancelled; a failed pass is logged and retried at the next interval."""
+    collide), until cancelled; a failed pass is logged and retried at the next interval.
+    `swept(rows, seconds)` is called after each pass this process ran (not one it skipped)."""
     while True:
         await asyncio.sleep(interval * random.uniform(0.8, 1.2))  # noqa: S311 - jitter, not secrecy
+        started = time.monotonic()
         try:
             deleted = await sweep(
                 pool, table=names.table, schema=names.schema, batch_size=batch_size, timeout=timeout, citus=citus
@@ -91,3 +96,5 @@ async def sweep_forever(
             log.info("sweep skipped: another process is sweeping")
         else:
             log.info("sweep removed %d expired sessions", deleted)
+            if swept is not None:
+                swept(deleted, time.monotonic() - started)

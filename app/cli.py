@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
-        logs.configure(settings.log_level, quiet_library=args.run is not _serve)
+        logs.configure(settings.log_level, quiet_library=args.run is not _serve, log_format=settings.log_format)
         # Embedded mode migrates on every command; Alembic's per-run chatter is noise there.
         logging.getLogger("alembic").setLevel(logging.WARNING)
         return args.run(settings, args)
@@ -280,10 +280,10 @@ def _sessions_revoke(settings: Settings, args: argparse.Namespace) -> int:
     async def work(storage: PostgresStorage) -> int:
         user_id = await _user_id(storage, args.name)
         if args.all:
-            ended = await storage.end_all_sessions(user_id)
+            ended = await storage.end_all_sessions(user_id, reason="operator")
             print(f"ended {plural(ended, 'session')} of {args.name}")
             return 0
-        if not await storage.end_session(user_id, args.handle):
+        if not await storage.end_session(user_id, args.handle, reason="operator"):
             raise CommandError(f"{args.name} has no live session with handle {args.handle!r}")
         print(f"ended session {args.handle} of {args.name}")
         return 0

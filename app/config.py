@@ -33,6 +33,11 @@ DEFAULT_REMEMBER_IDLE_TIMEOUT = 7 * 86400
 # The least SESSION_MAX_DATA_BYTES may be: the demo's own sessions must fit, and a login's holds
 # at most about 350 bytes of JSON (a user id, a 64-character name of 4-byte characters, a notice).
 MIN_MAX_DATA_BYTES = 1024
+# METRICS_TOKEN: long enough that guessing is hopeless (as the authentication key), and only
+# characters a bearer token may have (RFC 6750's b64token), so it fits an Authorization header.
+MIN_METRICS_TOKEN_CHARS = 32
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(Exception):
@@ -96,6 +101,15 @@ class Settings:
     # True on a Heroku dyno (DYNO is set there).
     on_heroku: bool = False
     log_level: str = "INFO"
+    # "text": one line per record, `LEVEL logger: message request_id=...`; "json": one JSON object
+    # per line, with the library's event fields (event, fp, user_id, reason...) as keys (logs.py).
+    log_format: str = "text"
+    # The bearer token that /metrics asks for (Prometheus' `authorization` credentials); None:
+    # no /metrics at all (404).
+    metrics_token: str | None = field(default=None, repr=False)
+    # prometheus-client's multiprocess directory: set by `serve` itself (a fresh temporary
+    # directory) before gunicorn's workers start, so that one scrape sees every worker.
+    metrics_dir: Path | None = None
     # One line per request (aiohttp's access log). Off by default: Heroku's router already logs
     # every request (method, path, status, times, request ID), and the line cost a measured third
     # of the cached read path's throughput. On in embedded mode, where no router logs anything.
@@ -203,6 +217,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     log_level = env.get("LOG_LEVEL", "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR")
+    log_format = (env.get("LOG_FORMAT") or "text").strip().lower()
+    if log_format not in LOG_FORMATS:
+        raise ConfigError("LOG_FORMAT must be text or json")
+    metrics_token = _metrics_token(env.get("METRICS_TOKEN") or None)
+    metrics_dir = env.get("PROMETHEUS_MULTIPROC_DIR") or None
+    if metrics_dir is not None and not Path(metrics_dir).is_dir():
+        raise ConfigError("PROMETHEUS_MULTIPROC_DIR must be an existing directory (or unset: serve makes one)")
 
     authentication_keys = _split_keys(auth_raw, "SESSION_AUTHENTICATION_KEY") if auth_raw else ()
     # The Go sample's determineEncryptionKey: 16, 24 or 32 bytes as they are; longer is cut to 32.
@@ -282,6 +303,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         password_cost=_int(env, "PASSWORD_HASH_COST", 15, minimum=1, maximum=20),
         on_heroku=on_heroku,
         log_level=log_level,
+        log_format=log_format,
+        metrics_token=metrics_token,
+        metrics_dir=Path(metrics_dir) if metrics_dir is not None else None,
         access_log=_bool(env, "ACCESS_LOG", default=embedded),
         embedded=embedded,
         cache=cache,
@@ -346,6 +370,19 @@ def _setting_error(exc: ArgumentError, keys: Mapping[str, tuple[bytes, ...]]) ->
         longer = "; a longer one is cut to 32" if exc.argument.endswith("encryption_keys") else ""
         return f"{setting} key {exc.index} is {len(key)} bytes: {exc}{longer}"
     return f"{setting}: {exc}"
+
+
+def _metrics_token(raw: str | None) -> str | None:
+    """METRICS_TOKEN, checked (its value is never quoted in the message)."""
+    if raw is None:
+        return None
+    token = raw.strip()
+    if len(token) < MIN_METRICS_TOKEN_CHARS or not set(token) <= _TOKEN_CHARS:
+        raise ConfigError(
+            f"METRICS_TOKEN must be at least {MIN_METRICS_TOKEN_CHARS} characters of letters, digits and"
+            " -._~+/= (a random string: openssl rand -hex 32), or unset for no /metrics"
+        )
+    return token
 
 
 def _split_keys(raw: str, name: str) -> tuple[bytes, ...]:

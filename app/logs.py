@@ -10,16 +10,28 @@ Whatever a request sent can reach a message (a path, which aiohttp percent-decod
 is a real line break there; a header; a username): every character that is not printable is
 written as an escape (`\r`, `\x1b`, `\u202e`), so no message can start a line of its own or move
 a terminal's cursor. A traceback keeps its lines, each indented, and escaped likewise.
+
+LOG_FORMAT=json writes one JSON object per line instead, for a log pipeline that indexes fields:
+
+    {"time": "2026-12-07T23:40:01.123Z", "level": "INFO", "logger": "aiohttp_session_postgres",
+     "message": "event=session.created fp=1a2b3c4d user_id=7", "event": "session.created",
+     "fp": "1a2b3c4d", "user_id": 7, "request_id": "6f1c..."}
+
+every field a record carries beyond logging's own (the library's events put theirs there), and
+`exception` with the traceback. JSON escapes every control character, so no value can start a
+line either.
 """
 
 from __future__ import annotations
 
 import contextvars
+import datetime
 import logging
 import re
 import uuid
 from typing import Any, TextIO
 
+import orjson
 from aiohttp import web
 
 from .text import escape
@@ -73,18 +85,49 @@ class _Formatter(logging.Formatter):
         return "\n".join("    " + escape(line) for line in stack_info.splitlines())
 
 
-def handler(stream: TextIO | None = None) -> logging.Handler:
-    """A handler writing the app's format to `stream` (default stderr)."""
+# What every LogRecord has: anything else on a record is a field of its own (`extra=`).
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request", "taskName"}
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        created = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        entry: dict[str, Any] = {
+            "time": created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and key not in entry:
+                entry[key] = value
+        current = _CURRENT.get()
+        if current is not None:
+            entry["request_id"] = str(current)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        # default=str: a field of another type (a Path, an enum) is written as its text.
+        return orjson.dumps(entry, default=str).decode()
+
+
+def handler(stream: TextIO | None = None, *, log_format: str = "text") -> logging.Handler:
+    """A handler writing the app's format (`log_format`: "text" or "json") to `stream`
+    (default stderr)."""
     out = logging.StreamHandler(stream)
+    if log_format == "json":
+        out.setFormatter(_JsonFormatter())
+        return out
     out.addFilter(_RequestIdFilter())
     out.setFormatter(_Formatter("%(levelname)s %(name)s: %(message)s%(request)s"))
     return out
 
 
-def configure(level: str, *, quiet_library: bool = False) -> None:
-    """Log to stderr at `level`, every line in one format, tagged with the request ID.
-    `quiet_library`: the session library's INFO events off (one-off commands, which print their
-    own outcome)."""
-    logging.basicConfig(level=level, handlers=[handler()], force=True)
+def configure(level: str, *, quiet_library: bool = False, log_format: str = "text") -> None:
+    """Log to stderr at `level`, every line in one format (LOG_FORMAT: "text" or "json"), tagged
+    with the request ID. `quiet_library`: the session library's INFO events off (one-off
+    commands, which print their own outcome)."""
+    logging.basicConfig(level=level, handlers=[handler(log_format=log_format)], force=True)
     if quiet_library:
         logging.getLogger("aiohttp_session_postgres").setLevel(logging.WARNING)

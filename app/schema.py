@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 
 
 class SchemaOutOfDate(Exception):

@@ -11,7 +11,7 @@ from functools import partial
 import asyncpg
 from aiohttp import web
 from aiohttp.web_exceptions import NotAppKeyWarning
-from aiohttp_session_postgres import UNAVAILABLE_ERRORS, PostgresStorage, SessionCache
+from aiohttp_session_postgres import UNAVAILABLE_ERRORS, PostgresStorage, SessionCache, StorageMetrics
 from aiohttp_session_postgres import setup as setup_sessions
 
 from . import db, handlers, schema, useragent
@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=NotAppKeyWarning, module="aiohttp_session")
 
 PUBLIC_DIR = schema.ROOT / "public"
+# Seconds between two samples of the metrics' gauges (live sessions: a count of the table, one
+# query per process each time).
+METRICS_SAMPLE_INTERVAL = 60.0
 
 
 class StartupError(Exception):
@@ -74,10 +77,13 @@ _PREPARED_STATEMENT_ERRORS = (
 )
 
 
-async def build_storage(settings: Settings, pool: asyncpg.Pool) -> PostgresStorage:
+async def build_storage(
+    settings: Settings, pool: asyncpg.Pool, *, metrics: StorageMetrics | None = None
+) -> PostgresStorage:
     """The session storage these settings describe, on `pool`: on a Citus coordinator whose
     sessions table is distributed (migration 0006 does it there), the storage for Citus.
-    StartupError when the database cannot be asked, or refuses these settings."""
+    `metrics`: where it reports (/metrics). StartupError when the database cannot be asked, or
+    refuses these settings."""
     try:
         async with pool.acquire() as conn:
             citus = await schema.distributed(conn)
@@ -116,13 +122,20 @@ async def build_storage(settings: Settings, pool: asyncpg.Pool) -> PostgresStora
         durable_writes=settings.durable_writes,
         citus=citus,
         max_data_bytes=settings.max_data_bytes,
+        metrics=metrics,
     )
 
 
 async def create_app(settings: Settings) -> web.Application:
     pool = await open_pool(settings)
+    registry = None
+    metrics = None
+    if settings.metrics_token is not None:
+        from . import metrics as app_metrics  # prometheus-client, only when /metrics is served
+
+        metrics, registry = app_metrics.storage_metrics(settings)
     try:
-        storage = await build_storage(settings, pool)
+        storage = await build_storage(settings, pool, metrics=metrics)
     except StartupError:
         await pool.close()
         raise
@@ -137,6 +150,9 @@ async def create_app(settings: Settings) -> web.Application:
     # innermost: after the proxy clone.
     setup_sessions(app, storage)
     app.router.add_routes(handlers.routes)
+    if registry is not None:
+        app_metrics.add_route(app, registry)
+        app.cleanup_ctx.append(storage.metrics_sampler(interval=METRICS_SAMPLE_INTERVAL))
     app.router.add_static("/public", PUBLIC_DIR)
     app.cleanup_ctx.append(
         storage.sweeper(

@@ -121,7 +121,7 @@ async def set_password(storage: PostgresStorage, username: str, password_hash: s
                 row = await conn.fetchrow(LOCK_SQL, name_key, username)
                 if row is not None:
                     await conn.execute(RESET_SQL, row["id"], password_hash)
-                    await storage.end_all_sessions(row["id"], conn=conn)
+                    await storage.end_all_sessions(row["id"], conn=conn, reason="password_changed")
                     return False, row["username"]
                 existing = await conn.fetchval(LOOKALIKE_SQL, name_skeleton)
                 if existing is not None:
@@ -151,7 +151,7 @@ async def delete(storage: PostgresStorage, username: str) -> str | None:
         found = await conn.fetchrow(LOCK_SQL, name_key, spelled)
         if found is None:
             return None
-        await storage.end_all_sessions(found["id"], conn=conn)
+        await storage.end_all_sessions(found["id"], conn=conn, reason="user_deleted")
         await conn.execute(DELETE_SQL, found["id"])
     return str(found["username"])
 

@@ -18,6 +18,7 @@ import importlib.util
 import logging
 import os
 import sys
+import tempfile
 
 from aiohttp import web
 
@@ -57,6 +58,9 @@ def gunicorn_argv(settings: Settings) -> list[str]:
         settings.log_level.lower(),
         # gunicorn's runtime control socket: not used, and one fixed path for every instance.
         "--no-control-socket",
+        # child_exit and on_exit: the metrics' multiprocess directory (METRICS_TOKEN).
+        "--config",
+        "python:app.gunicorn_hooks",
     ]
 
 
@@ -64,6 +68,10 @@ def exec_gunicorn(settings: Settings) -> None:
     """Check the database once, then become gunicorn. Returns only by raising StartupError."""
     assert settings.database_url is not None, "embedded mode runs one process"
     asyncio.run(_check_database(settings))
+    if settings.metrics_token is not None:
+        # Before any worker starts, so every worker writes its metrics where a scrape of any of
+        # them reads: a fresh directory (files left by an earlier run would count again).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="app-metrics-")
     argv = gunicorn_argv(settings)
     logging.getLogger(__name__).info("starting %d worker processes (gunicorn)", settings.web_concurrency)
     sys.stdout.flush()
@@ -82,7 +90,7 @@ async def create() -> web.AppRunner:
     process (runner.py), and the timeouts are the same."""
     try:
         settings = load_settings()
-        logs.configure(settings.log_level)
+        logs.configure(settings.log_level, log_format=settings.log_format)
         return runner(
             await create_app(settings),
             access_log=settings.access_log,

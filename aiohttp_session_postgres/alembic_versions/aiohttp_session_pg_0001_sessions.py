@@ -5,7 +5,7 @@ Revises:
 Create Date: 2026-11-30
 """
 
-from aiohttp_session_postgres.schema import schema_statements
+from aiohttp_session_postgres.schema import run_schema_statements, schema_statements
 from alembic import op
 
 revision = "aiohttp_session_pg_0001"
@@ -32,8 +32,7 @@ def upgrade() -> None:
     if schema != "public":
         # The branch may run before any revision of the project's own that would make it.
         op.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-    for statement in schema_statements(table, schema):
-        op.execute(statement)
+    run_schema_statements(op, schema_statements(table, schema))
 
 
 def downgrade() -> None:

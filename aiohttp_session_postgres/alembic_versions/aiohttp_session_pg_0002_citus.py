@@ -12,7 +12,7 @@ reference table first (Citus refuses the key otherwise): a revision of the proje
 this one can depend on.
 """
 
-from aiohttp_session_postgres.schema import schema_statements
+from aiohttp_session_postgres.schema import run_schema_statements, schema_statements
 from alembic import op
 from sqlalchemy import text
 
@@ -46,8 +46,7 @@ def upgrade() -> None:
     if not _citus():
         return
     table, schema = _names()
-    for statement in schema_statements(table, schema, citus=True):
-        op.execute(statement)
+    run_schema_statements(op, schema_statements(table, schema, citus=True))
 
 
 def downgrade() -> None:
@@ -55,5 +54,4 @@ def downgrade() -> None:
         return
     table, schema = _names()
     op.execute(f'SELECT undistribute_table(\'"{schema}"."{table}"\')')
-    for statement in schema_statements(table, schema):
-        op.execute(statement)
+    run_schema_statements(op, schema_statements(table, schema))

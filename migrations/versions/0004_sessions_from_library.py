@@ -14,7 +14,7 @@ A later release of the library that changes the table comes with a new revision 
 its schema_statements() again.
 """
 
-from aiohttp_session_postgres import schema_statements
+from aiohttp_session_postgres import run_schema_statements, schema_statements
 from alembic import op
 
 revision = "0004"
@@ -24,8 +24,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    for statement in schema_statements():
-        op.execute(statement)
+    run_schema_statements(op, schema_statements())
 
 
 def downgrade() -> None:

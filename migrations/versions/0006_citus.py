@@ -18,7 +18,7 @@ Existing rows are copied to the shards. Run it before the app serves from the cl
 finds out at start-up that the table is distributed and uses the library's Citus mode.
 """
 
-from aiohttp_session_postgres import schema_statements
+from aiohttp_session_postgres import run_schema_statements, schema_statements
 from alembic import op
 from sqlalchemy import text
 
@@ -42,8 +42,7 @@ def upgrade() -> None:
         "SELECT create_reference_table('users')"
         " WHERE NOT EXISTS (SELECT FROM pg_dist_partition WHERE logicalrelid = 'users'::regclass)"
     )
-    for statement in schema_statements(citus=True):
-        op.execute(statement)
+    run_schema_statements(op, schema_statements(citus=True))
 
 
 def downgrade() -> None:

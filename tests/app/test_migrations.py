@@ -110,6 +110,7 @@ def assert_migrated(url: str) -> None:
     assert "(username_skeleton)" in found["users_skeleton_unique"]
     assert "(idle_expires_at)" in found["sessions_idle_expires_at_idx"]
     assert "(user_id)" in found["sessions_user_id_idx"]
+    assert "(principal)" in found["sessions_principal_idx"]  # the library's schema version 2 (0008)
     assert "sessions_pkey" in found
 
     versions = [r["version_num"] for r in query(url, "SELECT version_num FROM alembic_version")]
@@ -279,6 +280,55 @@ async def test_the_move_to_the_library_keeps_a_deployed_databases_sessions(
         down = alembic("downgrade", "0003", database_url=fresh_url)
         assert down.returncode == 0, down.stderr
         assert "session_events" in await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'sessions_notify'")
+        assert alembic("upgrade", "head", database_url=fresh_url).returncode == 0
+    finally:
+        await conn.close()
+
+
+async def test_0008_keeps_the_sessions_and_the_foreign_key_of_a_deployed_database(
+    fresh_url: str, make_client: Callable[..., Any]
+) -> None:
+    """A database at 0007 (the library's schema version 1) with a live session: after `alembic
+    upgrade head` (0008: the principal column, added without a rewrite) the session still signs its
+    user in, the table was not rewritten, and deleting the user still ends the session (the demo's
+    foreign key, ON DELETE CASCADE, kept); `downgrade 0007` drops the column again."""
+    assert alembic("upgrade", "0007", database_url=fresh_url).returncode == 0
+    conn = await asyncpg.connect(fresh_url)
+    try:
+        user_id = await add_user(conn, "erin", "pw-erin-1")
+        cookie, id_hash = TokenSigner((AUTH_KEY,)).new()
+        sealed = DataCipher((ENC_KEY,)).seal(b'{"user_id": %d, "username": "erin"}' % user_id, id_hash)
+        await conn.execute(
+            "INSERT INTO sessions (id_hash, user_id, data, idle_expires_at, absolute_expires_at)"
+            " VALUES ($1, $2, $3, now() + interval '1 hour', now() + interval '2 hours')",
+            id_hash,
+            user_id,
+            sealed,
+        )
+        relfilenode = await conn.fetchval("SELECT relfilenode FROM pg_class WHERE oid = 'sessions'::regclass")
+        up = alembic("upgrade", "head", database_url=fresh_url)
+        assert up.returncode == 0, up.stderr
+        await asyncio.to_thread(assert_migrated, fresh_url)
+        assert await conn.fetchval("SELECT relfilenode FROM pg_class WHERE oid = 'sessions'::regclass") == relfilenode
+        foreign_key = (
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = 'sessions'::regclass AND contype = 'f'"
+        )
+        assert await conn.fetchval(foreign_key) == "FOREIGN KEY (user_id) REFERENCES users(id) ON DELETE CASCADE"
+
+        client = await make_client(make_settings(fresh_url))
+        client.session.cookie_jar.update_cookies({"session": cookie})
+        response = await client.get("/", allow_redirects=False)
+        assert response.status == 200
+        assert "Hello erin" in await response.text()
+        assert await conn.fetchval("SELECT principal FROM sessions WHERE id_hash = $1", id_hash) is None
+
+        await conn.execute("DELETE FROM users WHERE id = $1", user_id)
+        assert await conn.fetchval("SELECT count(*) FROM sessions") == 0
+
+        down = alembic("downgrade", "0007", database_url=fresh_url)
+        assert down.returncode == 0, down.stderr
+        assert "principal" not in await asyncio.to_thread(columns, fresh_url, "sessions")
         assert alembic("upgrade", "head", database_url=fresh_url).returncode == 0
     finally:
         await conn.close()

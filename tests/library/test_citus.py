@@ -24,7 +24,13 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from aiohttp_session_postgres import SCHEMA_VERSION, SessionCache, create_schema, schema_sql, schema_version
+from aiohttp_session_postgres import (
+    SCHEMA_VERSION,
+    SessionCache,
+    create_schema,
+    schema_statements,
+    schema_version,
+)
 from aiohttp_session_postgres.sql import TOMBSTONE_SECONDS, Statements
 from aiohttp_session_postgres.tokens import handle_of, id_hash_of
 from support.citus import CitusCluster, worker_of
@@ -88,7 +94,8 @@ async def test_create_schema_distributes_the_table_by_id_hash_without_triggers(c
         assert (distributed["partmethod"], distributed["key"]) == ("h", "id_hash")
         triggers = "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'sessions'::regclass AND NOT tgisinternal"
         assert await conn.fetchval(triggers) == 0
-        await conn.execute(schema_sql(citus=True))  # the printed SQL, again, on the distributed table
+        for statement in schema_statements(citus=True):  # the printed SQL, again, on the distributed table
+            await conn.execute(statement)  # as psql runs it: CREATE INDEX CONCURRENTLY outside a transaction
         assert await schema_version(conn) == SCHEMA_VERSION
     finally:
         await conn.close()
@@ -123,7 +130,9 @@ def test_the_cli_prints_the_distributed_schema_and_sweeps_with_citus(citus_url: 
     async def apply() -> None:
         conn = await asyncpg.connect(citus_url)
         try:
-            await conn.execute(printed.stdout)
+            transactional, outside = printed.stdout.split("COMMIT;\n")  # as psql runs it
+            await conn.execute(transactional + "COMMIT;")
+            await conn.execute(outside)
             await conn.execute(
                 "INSERT INTO sessions (id_hash, data, idle_expires_at, absolute_expires_at)"
                 " SELECT sha256(i::text::bytea), '\\x00', now() - interval '1 hour', now() + interval '1 hour'"
@@ -178,7 +187,7 @@ async def test_the_printed_schema_for_citus_makes_nothing_where_citus_is_missing
     conn = await asyncpg.connect(empty_url)
     try:
         with pytest.raises(asyncpg.RaiseError, match="the citus extension is not installed"):
-            await conn.execute(printed.stdout)
+            await conn.execute(printed.stdout.split("COMMIT;\n")[0] + "COMMIT;")  # psql stops there
     finally:
         await conn.close()
     conn = await asyncpg.connect(empty_url)
@@ -553,11 +562,11 @@ async def test_each_per_request_statement_runs_on_one_shard_of_one_worker(
         "load and touch": (sql.load_and_touch, {"id_hash": live, "touch_interval": 0.0, "idle_timeout": 1800.0,
                                                 "remember_idle_timeout": 1800.0, **client_details}),
         "load": (sql.load, {"id_hash": live}),
-        "save (a write)": (sql.save, {"id_hash": live, "data": b"\x00" * 40, "user_id": USER, "idle_timeout": 1800.0,
-                                      "version": version, **keep_lifetime}),
+        "save (a write)": (sql.save, {"id_hash": live, "data": b"\x00" * 40, "user_id": USER, "principal": None,
+                                      "idle_timeout": 1800.0, "version": version, **keep_lifetime}),
         "save with a new lifetime (session.max_age)": (
-            sql.save, {"id_hash": live, "data": b"\x00" * 40, "user_id": USER, "idle_timeout": 1800.0,
-                       "version": version, **new_lifetime}),
+            sql.save, {"id_hash": live, "data": b"\x00" * 40, "user_id": USER, "principal": None,
+                       "idle_timeout": 1800.0, "version": version, **new_lifetime}),
         "lock (a merge)": (sql.lock, {"id_hash": live}),
         "end (logout)": (sql.end, {"id_hash": live}),
     }  # fmt: skip
@@ -569,6 +578,10 @@ async def test_each_per_request_statement_runs_on_one_shard_of_one_worker(
         "trim (the cap, after a login)": (sql.trim, {"user_id": USER, "max_sessions": 10}),
         "list a user's sessions": (sql.list_user, {"user_id": USER, "limit": 100}),
         "end all of a user's": (sql.end_user, {"user_id": USER, "keep_id_hash": None}),
+        # The same for a str user (the principal column): routed the same way.
+        "trim, str user": (sql.trim_principal, {"principal": "alice", "max_sessions": 10}),
+        "list, str user": (sql.list_principal, {"principal": "alice", "limit": 100}),
+        "end all, str user": (sql.end_principal, {"principal": "alice", "keep_id_hash": None}),
     }
     measured = {}
     for what, (statement, values) in fan_out.items():
@@ -580,6 +593,9 @@ async def test_each_per_request_statement_runs_on_one_shard_of_one_worker(
         "trim (the cap, after a login)": (64, 2),
         "list a user's sessions": (32, 2),
         "end all of a user's": (32, 2),
+        "trim, str user": (64, 2),
+        "list, str user": (32, 2),
+        "end all, str user": (32, 2),
     }
 
 

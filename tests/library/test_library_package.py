@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp_session_postgres
 import pytest
+from aiohttp_session_postgres.schema import split_schema_sql
 from support.library_envs import run_in
 from support.paths import REPO_ROOT
 
@@ -88,6 +89,8 @@ def test_the_wheel_holds_the_library_alone(library_wheel: Path) -> None:
     # The optional extras, each with what it brings.
     assert b"Provides-Extra: security" in metadata
     assert b"Requires-Dist: aiohttp-security>=0.5; extra == \"security\"" in metadata
+    assert b"Provides-Extra: metrics" in metadata
+    assert b"Requires-Dist: prometheus-client>=0.20; extra == \"metrics\"" in metadata
 
 
 PROBE = """
@@ -111,11 +114,23 @@ def test_pip_install_into_a_fresh_venv_works(source: str, request: pytest.Fixtur
     result = run_in(python, tmp_path, "-c", "import aiohttp_session_postgres.security")
     assert result.returncode == 1
     assert "pip install 'aiohttp-session-postgres[security]'" in result.stderr, result.stderr
+    # So does the [metrics] extra's, and the package imports without it (hooks need nothing more).
+    for probe in ("import aiohttp_session_postgres.metrics", "from aiohttp_session_postgres import PrometheusMetrics"):
+        result = run_in(python, tmp_path, "-c", probe)
+        assert result.returncode == 1
+        assert "pip install 'aiohttp-session-postgres[metrics]'" in result.stderr, result.stderr
+    result = run_in(python, tmp_path, "-c", "from aiohttp_session_postgres import SessionEvent, StorageMetrics")
+    assert result.returncode == 0, result.stderr
     # The command that prints the SQL for psql.
     result = run_in(python, tmp_path, "-m", "aiohttp_session_postgres", "schema", "--table", "t1")
     assert result.returncode == 0, result.stderr
-    # The SQL in one transaction, so that psql (which goes on past an error) leaves nothing half made.
-    assert result.stdout == f"BEGIN;\n{aiohttp_session_postgres.schema_sql('t1')}\nCOMMIT;\n"
+    # The SQL in one transaction, so that psql (which goes on past an error) leaves nothing half
+    # made; then the index PostgreSQL builds CONCURRENTLY only outside a transaction block.
+    transactional, outside = split_schema_sql(aiohttp_session_postgres.schema_sql("t1"))
+    assert result.stdout == f"BEGIN;\n{transactional}COMMIT;\n\n{outside}"
+    assert outside.startswith("-- Outside a transaction block")
+    assert outside.rstrip().endswith('CREATE INDEX CONCURRENTLY IF NOT EXISTS "t1_principal_idx" ON "public"."t1"'
+                                     " (principal) WHERE principal IS NOT NULL;")
     result = run_in(python, tmp_path, "-m", "aiohttp_session_postgres", "schema", "--table", "bad-name")
     assert result.returncode == 1
     assert result.stderr.startswith("error: table name 'bad-name' must be a plain identifier"), result.stderr

@@ -282,10 +282,18 @@ async def test_which_partitions_each_statement_touches(
     sql = storage._rows.sql
     ip, agent, data = "203.0.113.7", "test", b"\x00" * 40
     one = {"id_hash": live, "idle_timeout": 1800.0, "client_ip": ip, "user_agent": agent}
-    new = {**one, "id_hash": fresh, "user_id": USER, "data": data, "absolute_timeout": 43200.0}
+    new = {**one, "id_hash": fresh, "user_id": USER, "principal": None, "data": data, "absolute_timeout": 43200.0}
     new |= {"tombstone_seconds": 10.0, "row_idle_timeout": None, "browser_session": False}
     keep = {"remember_idle_timeout": 1800.0, "lifetime": None, "row_idle_timeout": None, "browser_session": None}
-    write = {"id_hash": live, "data": data, "user_id": USER, "idle_timeout": 1800.0, "version": version, **keep}
+    write = {
+        "id_hash": live,
+        "data": data,
+        "user_id": USER,
+        "principal": None,
+        "idle_timeout": 1800.0,
+        "version": version,
+        **keep,
+    }
 
     # A request on its own session: one partition, the session's.
     for what, (statement, args) in {
@@ -317,5 +325,10 @@ async def test_which_partitions_each_statement_touches(
         "end one by its handle": (sql.end_by_handle, {"user_id": USER, "handle": live[:8]}),
         "end the others": (sql.end_user, {"user_id": USER, "keep_id_hash": live}),
         "end all": (sql.end_user, {"user_id": USER, "keep_id_hash": None}),
+        # A str user's (the principal column): the same.
+        "trim, str user": (sql.trim_principal, {"principal": "alice", "max_sessions": 2}),
+        "list, str user": (sql.list_principal, {"principal": "alice", "limit": 100}),
+        "end one, str user": (sql.end_by_handle_principal, {"principal": "alice", "handle": live[:8]}),
+        "end all, str user": (sql.end_principal, {"principal": "alice", "keep_id_hash": None}),
     }.items():
         assert await partitions_touched(pg, mode, statement.sql, *statement.args(**args)) == NAMES, what

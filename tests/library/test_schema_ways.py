@@ -11,12 +11,14 @@ from pathlib import Path
 import asyncpg
 import pytest
 from aiohttp_session_postgres import SCHEMA_VERSION, create_schema, schema_sql, schema_statements, schema_version
+from aiohttp_session_postgres.schema import split_schema_sql
 from support.keys import AUTH_KEY, ENC_KEY
 from support.library_envs import run_in
 
 EXPECTED_COLUMNS = {
     "id_hash": "bytea",
     "user_id": "bigint",
+    "principal": "text",
     "data": "bytea",
     "version": "bigint",
     "created_at": "timestamp with time zone",
@@ -85,20 +87,27 @@ async def test_the_printed_sql_creates_the_table_and_can_run_again(empty_url: st
     sql = schema_sql()
     conn = await asyncpg.connect(empty_url)
     try:
-        await conn.execute(sql)  # as psql runs a file: several statements in one go
+        # As psql runs the printed file: each statement on its own (an index built CONCURRENTLY
+        # cannot run in a transaction block, nor in a string of several statements).
+        transactional, outside = split_schema_sql(sql)
+        await conn.execute(transactional)  # what the CLI prints between BEGIN and COMMIT
+        assert outside.count(";") == 1
+        assert "CREATE INDEX CONCURRENTLY" in outside
+        await conn.execute(outside)
         first = await layout(conn)
-        await conn.execute(sql)  # idempotent
+        await conn.execute(transactional)  # idempotent
+        await conn.execute(outside)
         assert await layout(conn) == first
         assert first["columns"] == EXPECTED_COLUMNS
         assert first["foreign_keys"] == 0  # not welded to any users table
         assert first["triggers"] == ["sessions_notify_delete", "sessions_notify_truncate", "sessions_notify_update"]
-        assert len(first["indexes"]) == 3  # primary key, idle deadline, user id
+        assert len(first["indexes"]) == 4  # primary key, idle deadline, user id, principal
         assert await schema_version(conn) == SCHEMA_VERSION
         await notifications_work(conn)
         # One statement at a time (Alembic's op.execute) makes the same table.
         await conn.execute("DROP TABLE sessions")
         for statement in schema_statements():
-            await conn.execute(statement)
+            await conn.execute(statement)  # CREATE INDEX CONCURRENTLY too: not in a transaction
         assert await layout(conn) == first
     finally:
         await conn.close()
@@ -279,14 +288,14 @@ async def test_alembic_upgrade_heads_brings_the_library_table_in(
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
-    assert "aiohttp_session_pg_0002" in alembic("heads")
+    assert "aiohttp_session_pg_0003" in alembic("heads")
     alembic("upgrade", "heads")
     conn = await asyncpg.connect(empty_url)
     try:
         assert (await layout(conn, "shop_sessions", "auth"))["columns"] == EXPECTED_COLUMNS
         assert await conn.fetchval("SELECT to_regclass('public.accounts')") is not None
         heads = {r["version_num"] for r in await conn.fetch("SELECT version_num FROM alembic_version")}
-        assert heads == {"shop_0001", "aiohttp_session_pg_0002"}
+        assert heads == {"shop_0001", "aiohttp_session_pg_0003"}
         await notifications_work(conn, "shop_sessions", "auth")
         # The branch can be taken back down on its own.
         alembic("downgrade", "aiohttp_session_postgres@base")

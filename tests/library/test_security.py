@@ -5,9 +5,6 @@ its API (`authorized_userid`, `check_authorized`, `check_permission`, `is_anonym
 `permits`), plus what the store adds: `remember()` gives a new session ID and the pre-login one
 stops working (no fixation), the session is listed under its user, `forget()` deletes the row.
 Then aiohttp-security's own unmodified `SessionIdentityPolicy` on the store, as it is.
-
-Tests marked PENDING need work done in parallel on issue 21 (str user ids); they are strict
-xfails, so they fail as XPASS once that lands: then drop the mark.
 """
 
 from __future__ import annotations
@@ -45,7 +42,6 @@ ClientMaker = Callable[..., Awaitable[TestClient]]
 STORAGE = web.AppKey("storage", PostgresStorage)
 
 # Strict: once the parallel work lands these pass, which fails the run until the mark is dropped.
-PENDING_STR_IDS = pytest.mark.xfail(strict=True, reason="PENDING: str user ids (issue 21, item 3)")
 
 # The users aiohttp-security's authorization policy knows, and what each may do.
 PERMISSIONS = {"1": {"read"}, "2": {"read", "write"}, "alice": {"read"}}
@@ -335,7 +331,6 @@ async def test_remember_with_max_age_sets_the_sessions_lifetime(
     assert (morsel["max-age"], morsel["expires"]) == ("", "")
 
 
-@PENDING_STR_IDS
 async def test_by_default_the_identity_is_stored_as_the_str_it_is(
     aiohttp_client: ClientMaker, pool: asyncpg.Pool
 ) -> None:
