@@ -124,7 +124,7 @@ def citus_url(citus_cluster: citus.CitusCluster) -> Iterator[str]:
 
 # -- the library as installed by others (support/library_envs.py) ----------------------------------
 
-_INSTALLING_FIXTURES = {"library_wheel", "wheel_python", "lowest_python", "checkout_python"}
+_INSTALLING_FIXTURES = {"library_wheel", "wheel_python", "extras_python", "lowest_python", "checkout_python"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -149,6 +149,15 @@ def wheel_python(tmp_path_factory: pytest.TempPathFactory, library_wheel: Path) 
     from support.library_envs import fresh_venv
 
     return fresh_venv(tmp_path_factory.mktemp("venv-wheel") / "venv", str(library_wheel))
+
+
+@pytest.fixture(scope="session")
+def extras_python(tmp_path_factory: pytest.TempPathFactory, library_wheel: Path) -> Path:
+    """The wheel with its `[security]` and `[metrics]` extras (aiohttp-security and
+    prometheus-client from the package index), in a fresh virtual environment."""
+    from support.library_envs import fresh_venv
+
+    return fresh_venv(tmp_path_factory.mktemp("venv-extras") / "venv", f"{library_wheel}[security,metrics]")
 
 
 @pytest.fixture(scope="session")
