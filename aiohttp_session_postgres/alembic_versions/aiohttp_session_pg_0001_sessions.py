@@ -5,6 +5,7 @@ Revises:
 Create Date: 2026-11-30
 """
 
+from aiohttp_session_postgres.alembic_versions import table_names
 from aiohttp_session_postgres.schema import run_schema_statements, schema_statements
 from alembic import op
 
@@ -13,22 +14,9 @@ down_revision = None
 branch_labels = ("aiohttp_session_postgres",)
 depends_on = None
 
-SECTION = "aiohttp_session_postgres"
-
-
-def _names() -> tuple[str, str]:
-    """table and schema from the `[aiohttp_session_postgres]` section of alembic.ini, if any."""
-    config = op.get_context().config
-    if config is None or not config.file_config.has_section(SECTION):
-        return "sessions", "public"
-    return (
-        config.get_section_option(SECTION, "table", "sessions") or "sessions",
-        config.get_section_option(SECTION, "schema", "public") or "public",
-    )
-
 
 def upgrade() -> None:
-    table, schema = _names()
+    table, schema = table_names()
     if schema != "public":
         # The branch may run before any revision of the project's own that would make it.
         op.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
@@ -36,7 +24,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    table, schema = _names()
+    table, schema = table_names()
     qualified = f'"{schema}"."{table}"'
     op.execute(f"DROP TABLE {qualified}")
     op.execute(f'DROP FUNCTION "{schema}"."{table}_notify"()')

@@ -1,4 +1,4 @@
-"""aiohttp-session-postgres: schema version 2, str users (the principal column, its CHECK, its index)
+"""aiohttp-session-postgres: schema version 2: str users and each session's own lifetime
 
 Revision ID: aiohttp_session_pg_0003
 Revises: aiohttp_session_pg_0002
@@ -15,50 +15,34 @@ statements name neither the column nor the index), and the new release reads eve
 wrote. A build that was interrupted leaves an invalid index: `DROP INDEX CONCURRENTLY` it, then
 run this revision's statement again (or call create_schema(), which does both).
 
-Downgrading drops the column (and with it its CHECK and index) and sets the comment back to
-version 1: the sessions of str users then lose their tie to the user (they stay signed in until
-they expire, unlisted).
+Version 2 also adds each session's own lifetime, two more nullable columns without a default
+(`idle_timeout integer`, `browser_session boolean`: NULL is version 1's behaviour).
+
+Downgrading drops the three columns (and with them principal's CHECK and index) and sets the
+comment back to version 1: the sessions of str users then lose their tie to the user (they stay
+signed in until they expire, unlisted), and remembered sessions slide by the storage's
+idle_timeout (their absolute deadline stays).
 """
 
+from aiohttp_session_postgres.alembic_versions import VERSION_2_COLUMNS, citus_installed, table_names
 from aiohttp_session_postgres.schema import run_schema_statements, schema_statements
 from alembic import op
-from sqlalchemy import text
 
 revision = "aiohttp_session_pg_0003"
 down_revision = "aiohttp_session_pg_0002"
 branch_labels = None
 depends_on = None
 
-SECTION = "aiohttp_session_postgres"
-
-
-def _names() -> tuple[str, str]:
-    """table and schema from the `[aiohttp_session_postgres]` section of alembic.ini, if any."""
-    config = op.get_context().config
-    if config is None or not config.file_config.has_section(SECTION):
-        return "sessions", "public"
-    return (
-        config.get_section_option(SECTION, "table", "sessions") or "sessions",
-        config.get_section_option(SECTION, "schema", "public") or "public",
-    )
-
-
-def _citus() -> bool:
-    if op.get_context().as_sql:
-        return False  # offline (--sql): no database to ask; `python -m aiohttp_session_postgres schema --citus`
-    installed = op.get_bind().execute(text("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')"))
-    return bool(installed.scalar())
-
 
 def upgrade() -> None:
     # An ALTER that waits for a lock queues every request behind it: give up instead.
     op.execute("SET LOCAL lock_timeout = '5s'")
-    table, schema = _names()
-    run_schema_statements(op, schema_statements(table, schema, citus=_citus()))
+    table, schema = table_names()
+    run_schema_statements(op, schema_statements(table, schema, citus=citus_installed()))
 
 
 def downgrade() -> None:
-    table, schema = _names()
+    table, schema = table_names()
     qualified = f'"{schema}"."{table}"'
-    op.execute(f"ALTER TABLE {qualified} DROP COLUMN IF EXISTS principal")
+    op.execute(f"ALTER TABLE {qualified} " + ", ".join(f"DROP COLUMN IF EXISTS {c}" for c in VERSION_2_COLUMNS))
     op.execute(f"COMMENT ON TABLE {qualified} IS 'aiohttp-session-postgres schema 1'")

@@ -1,4 +1,4 @@
-"""sessions: the library's schema version 2 (a principal column for str users), without downtime
+"""sessions: the library's schema version 2 (str users; each session's own lifetime), without downtime
 
 Revision ID: 0008
 Revises: 0007
@@ -7,8 +7,9 @@ Create Date: 2026-12-07
 Runs the library's schema_statements() again (on Citus with citus=True), as 0004 said a
 library release that changes the table would. The demo's users keep their integer ids, in
 user_id, and the foreign key to users (ON DELETE CASCADE) stays as 0001 made it: deleting a
-user still ends their sessions. What version 2 adds (a nullable `principal text`, its CHECK added
-NOT VALID, its index built CONCURRENTLY in an autocommit block of its own) rewrites nothing and
+user still ends their sessions. What version 2 adds (nullable columns without
+a default: `principal text`, `idle_timeout integer`, `browser_session boolean`; principal's CHECK
+added NOT VALID, its index built CONCURRENTLY in an autocommit block of its own) rewrites nothing and
 holds no lock longer than a catalog change, so the release before this one keeps serving from
 the table during the release phase, and this one reads every row it wrote. The index's
 autocommit block commits the revisions before it first (their part is then done, whatever
@@ -41,5 +42,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("ALTER TABLE sessions DROP COLUMN IF EXISTS principal")
+    # Version 2's columns (principal's CHECK and index go with it).
+    op.execute(
+        "ALTER TABLE sessions DROP COLUMN IF EXISTS principal, DROP COLUMN IF EXISTS idle_timeout,"
+        " DROP COLUMN IF EXISTS browser_session"
+    )
     op.execute("COMMENT ON TABLE sessions IS 'aiohttp-session-postgres schema 1'")

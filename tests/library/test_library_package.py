@@ -88,9 +88,9 @@ def test_the_wheel_holds_the_library_alone(library_wheel: Path) -> None:
         assert b"Requires-Dist: " + dependency in metadata
     # The optional extras, each with what it brings.
     assert b"Provides-Extra: security" in metadata
-    assert b"Requires-Dist: aiohttp-security>=0.5; extra == \"security\"" in metadata
+    assert b'Requires-Dist: aiohttp-security>=0.5; extra == "security"' in metadata
     assert b"Provides-Extra: metrics" in metadata
-    assert b"Requires-Dist: prometheus-client>=0.20; extra == \"metrics\"" in metadata
+    assert b'Requires-Dist: prometheus-client>=0.20; extra == "metrics"' in metadata
 
 
 PROBE = """
@@ -129,8 +129,10 @@ def test_pip_install_into_a_fresh_venv_works(source: str, request: pytest.Fixtur
     transactional, outside = split_schema_sql(aiohttp_session_postgres.schema_sql("t1"))
     assert result.stdout == f"BEGIN;\n{transactional}COMMIT;\n\n{outside}"
     assert outside.startswith("-- Outside a transaction block")
-    assert outside.rstrip().endswith('CREATE INDEX CONCURRENTLY IF NOT EXISTS "t1_principal_idx" ON "public"."t1"'
-                                     " (principal) WHERE principal IS NOT NULL;")
+    assert outside.rstrip().endswith(
+        'CREATE INDEX CONCURRENTLY IF NOT EXISTS "t1_principal_idx" ON "public"."t1"'
+        " (principal) WHERE principal IS NOT NULL;"
+    )
     result = run_in(python, tmp_path, "-m", "aiohttp_session_postgres", "schema", "--table", "bad-name")
     assert result.returncode == 1
     assert result.stderr.startswith("error: table name 'bad-name' must be a plain identifier"), result.stderr
