@@ -140,7 +140,7 @@ class PostgresStorage(AbstractStorage):
     """aiohttp-session storage keeping each session in a PostgreSQL row; the cookie carries only
     a signed, opaque token (``<token>.<signature>``, 87 characters)::
 
-        aiohttp_session.setup(app, PostgresStorage(pool, authentication_keys=[...], encryption_keys=[...]))
+        aiohttp_session_postgres.setup(app, PostgresStorage(pool, authentication_keys=[...], encryption_keys=[...]))
 
     :param pool: an asyncpg pool on a database that has the sessions table (the SQL,
         `create_schema`, or the Alembic branch). Size it explicitly (``min_size <= max_size``).
@@ -467,7 +467,7 @@ class PostgresStorage(AbstractStorage):
         ):
             for i, key in enumerate(keys, 1):
                 if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
-                    message = f"{kind} {i} must be bytes, at least {MIN_KEY_BYTES} long"
+                    message = f"{kind} {i} must be bytes, at least {MIN_KEY_BYTES} long, not {_described(key)}"
                     error = ArgumentError if isinstance(key, bytes) else ArgumentTypeError
                     raise error(message, argument=argument, index=i)
         if not encryption_keys:
@@ -479,6 +479,9 @@ class PostgresStorage(AbstractStorage):
             for i, key in enumerate(keys, 1):
                 if not isinstance(key, bytes) or len(key) not in AES_KEY_BYTES:
                     message = f"{kind} {i} must be bytes, 16, 24 or 32 long (AES-128, -192, -256)"
+                    message += f", not {_described(key)}"
+                    if isinstance(key, bytes) and len(key) in (32, 48, 64) and _is_hex(key):
+                        message += ": hex digits? decode them with bytes.fromhex()"
                     error = ArgumentError if isinstance(key, bytes) else ArgumentTypeError
                     raise error(message, argument=argument, index=i)
 
@@ -1102,6 +1105,19 @@ def _check_others(
     if not isinstance(durable_writes, bool):
         message = f"durable_writes must be True or False, got {_type_name(durable_writes)}"
         raise ArgumentTypeError(message, argument="durable_writes")
+
+
+def _described(key: object) -> str:
+    """A key as an error message may name it: its type and length, never its value."""
+    if isinstance(key, bytes):
+        return f"{len(key)} bytes"
+    if isinstance(key, str):
+        return f"a str of {len(key)} characters (keys are bytes: .encode() or bytes.fromhex())"
+    return f"a {type(key).__name__}"
+
+
+def _is_hex(key: bytes) -> bool:
+    return all(c in b"0123456789abcdefABCDEF" for c in key)
 
 
 def client_of(request: web.BaseRequest) -> Client:
