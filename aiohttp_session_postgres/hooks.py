@@ -55,6 +55,8 @@ import asyncpg
 import orjson
 from aiosignal import Signal
 
+from . import listener
+
 log = logging.getLogger("aiohttp_session_postgres")
 
 # Events whose hooks have not finished, per storage, at most; past it new events are dropped.
@@ -232,38 +234,24 @@ class SessionHooks:
         cache, whose listener carries these too), reconnecting with backoff (0.5 s doubling to
         5 s) and checking it every `check_every` / 2 seconds. `lost()` is called on each loss.
         Cancel to stop."""
-        backoff = 0.5
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await connect()
-                closed = asyncio.Event()
-                conn.add_termination_listener(partial(_closed, closed))
-                await conn.add_listener(channel, lambda _c, _pid, _ch, payload: self.notified(payload))
-                self.listening = True
-                log.info("session events: listening for other processes' events")
-                backoff = 0.5
-                while True:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(closed.wait(), check_every / 2)
-                    if closed.is_set():
-                        raise ConnectionError("listener connection closed")
-                    await conn.execute("SELECT 1", timeout=check_every / 2)
-            except asyncio.CancelledError:
-                self.listening = False
-                raise
-            except Exception as exc:
-                self.listening = False
-                log.warning(
-                    "session events: listener lost (%s): other processes' events missed until back", type(exc).__name__
-                )
-                if lost is not None:
-                    lost()
-            finally:
-                if conn is not None and not conn.is_closed():
-                    conn.terminate()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+
+        def up() -> None:
+            self.listening = True
+            log.info("session events: listening for other processes' events")
+
+        def down(exc: Exception) -> None:
+            self.listening = False
+            log.warning(
+                "session events: listener lost (%s): other processes' events missed until back", type(exc).__name__
+            )
+            if lost is not None:
+                lost()
+
+        try:
+            await listener.listen(connect, {channel: self.notified}, up=up, down=down, check_every=check_every)
+        except asyncio.CancelledError:
+            self.listening = False
+            raise
 
 
 def parse_payload(payload: str, *, origin: str) -> SessionEvent | None:
@@ -294,10 +282,6 @@ def _where(exc: BaseException) -> str:
     """file:line where `exc` was raised."""
     frames = traceback.extract_tb(exc.__traceback__)
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-
-
-def _closed(event: asyncio.Event, _conn: object) -> None:
-    event.set()
 
 
 def _name(hook: Callable[..., object]) -> str:
