@@ -891,6 +891,9 @@ class PostgresStorage(AbstractStorage):
 
         :param user_id: the user (an int or a str, as for `list_sessions`).
         :param conn: make it part of the caller's transaction (the password change itself).
+            This process's hooks hear of it at once, before that transaction commits (if it rolls
+            back, they heard of sessions that were not ended); other processes only once it
+            commits.
         :param reason: the ``revoked`` events' reason (`on_event`), a few words, never data
             (``password_changed``, ``user_deleted``).
         :returns: the number ended.
