@@ -25,7 +25,7 @@ sessions then slide by the storage's idle_timeout (their absolute deadline stays
 """
 
 from aiohttp_session_postgres.alembic_versions import VERSION_2_COLUMNS, citus_installed, table_names
-from aiohttp_session_postgres.schema import run_schema_statements, schema_statements
+from aiohttp_session_postgres.schema import TableNames, run_schema_statements, schema_statements
 from alembic import op
 
 revision = "aiohttp_session_pg_0003"
@@ -42,10 +42,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    table, schema = table_names()
-    qualified = f'"{schema}"."{table}"'
+    qualified = TableNames(*table_names()).qualified  # plain identifiers, checked
     # Version 1 cannot list or end a str user's sessions, nor read their user id: they end now
     # (those users sign in again) rather than stay signed in beyond any revocation.
-    op.execute(f"DELETE FROM {qualified} WHERE principal IS NOT NULL")
+    op.execute(f"DELETE FROM {qualified} WHERE principal IS NOT NULL")  # noqa: S608 (a checked name)
     op.execute(f"ALTER TABLE {qualified} " + ", ".join(f"DROP COLUMN IF EXISTS {c}" for c in VERSION_2_COLUMNS))
     op.execute(f"COMMENT ON TABLE {qualified} IS 'aiohttp-session-postgres schema 1'")
