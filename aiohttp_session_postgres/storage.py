@@ -847,7 +847,7 @@ class PostgresStorage(AbstractStorage):
         _check_reason(reason)
         try:
             ended = await self._rows.end_by_handle(user_id, handle, conn=conn)
-            return bool(await self._revoked(_logged(ended), user_id=user_id, reason=reason, conn=conn))
+            return bool(await self._revoked(_logged(ended, user_id, reason), user_id=user_id, reason=reason, conn=conn))
         except Unavailable as exc:
             raise DatabaseUnavailable() from exc
 
@@ -879,7 +879,7 @@ class PostgresStorage(AbstractStorage):
         _check_reason(reason)
         try:
             ended = await self._rows.end_user(user_id, keep=keep.id_hash, conn=conn)
-            return len(await self._revoked(_logged(ended), user_id=user_id, reason=reason, conn=conn))
+            return len(await self._revoked(_logged(ended, user_id, reason), user_id=user_id, reason=reason, conn=conn))
         except Unavailable as exc:
             raise DatabaseUnavailable() from exc
 
@@ -905,7 +905,7 @@ class PostgresStorage(AbstractStorage):
         _check_reason(reason)
         try:
             ended = await self._rows.end_user(user_id, conn=conn)
-            return len(await self._revoked(_logged(ended), user_id=user_id, reason=reason, conn=conn))
+            return len(await self._revoked(_logged(ended, user_id, reason), user_id=user_id, reason=reason, conn=conn))
         except Unavailable as exc:
             raise DatabaseUnavailable() from exc
 
@@ -1149,9 +1149,9 @@ def _encode(mapping: dict[str, Any]) -> bytes:
     return orjson.dumps(mapping)
 
 
-def _logged(ended: tuple[bytes, ...]) -> tuple[bytes, ...]:
+def _logged(ended: tuple[bytes, ...], user_id: UserId, reason: str) -> tuple[bytes, ...]:
     for id_hash in ended:
-        events.emit("session.revoked", id_hash)
+        events.emit("session.revoked", id_hash, user_id=user_id, reason=reason)
     return ended
 
 
