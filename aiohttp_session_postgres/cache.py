@@ -224,14 +224,16 @@ class SessionCache:
 
         def down(exc: Exception) -> None:
             nonlocal failing
+            if lost is not None:
+                lost()
+            if isinstance(exc, listener.ConnectionClosed):
+                return  # `closed` disabled the cache already, and said why
             # Whatever ended the loop, the cache must not outlive its listener.
             why = f"listener lost: {type(exc).__name__}"
             if not self._enabled and not failing:  # never up, or down already: _disable is silent
                 log.warning("session cache not enabled (%s): reading every session from the database", why)
             self._disable(why)
             failing = True
-            if lost is not None:
-                lost()
 
         try:
             await listener.listen(

@@ -10,6 +10,11 @@ from functools import partial
 
 import asyncpg
 
+
+class ConnectionClosed(ConnectionError):
+    """The server (or the network) closed the LISTEN connection: what `down` is given then."""
+
+
 # Seconds before the first reconnection, doubled after each failure up to MAX_BACKOFF.
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 5.0
@@ -39,10 +44,9 @@ async def listen(
         connection on a protocol error without calling its termination listeners, then raise
         anything); the loop then waits its backoff and reconnects.
     :param closed: called from asyncpg's termination listener as soon as the connection closes
-        (including the loop's own terminate after a failure or a cancellation). When given, a
-        close the loop notices between checks is not reported to `down`: the connection is
-        replaced without it. When None, such a close reaches `down` as
-        ``ConnectionError("listener connection closed")``.
+        (including the loop's own terminate after a failure or a cancellation), before the loop
+        wakes: for what must stop at once. A close the loop notices between its checks then
+        reaches `down` too, as `ConnectionClosed`, as every loss does.
     :param check_every: seconds within which a silently dead connection is noticed.
     :raises asyncio.CancelledError: when cancelled; nothing else (it runs until cancelled).
     """
@@ -61,9 +65,7 @@ async def listen(
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(gone.wait(), check_every / 2)
                 if gone.is_set():
-                    if closed is None:
-                        raise ConnectionError("listener connection closed")
-                    break  # `closed` was told already
+                    raise ConnectionClosed("listener connection closed")
                 await conn.execute("SELECT 1", timeout=check_every / 2)
         except Exception as exc:  # not CancelledError (a BaseException), which goes on up
             down(exc)

@@ -209,3 +209,43 @@ async def test_metrics_and_hook_timeout_of_the_wrong_kind_are_refused(pool: asyn
         PostgresStorage(pool, **keys, hook_timeout=0)
     with pytest.raises(TypeError, match="hook_timeout"):
         PostgresStorage(pool, **keys, hook_timeout="10")  # type: ignore[arg-type]
+
+
+async def test_a_listener_the_server_closes_is_counted(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_url: str
+) -> None:
+    # A failover or pg_terminate_backend: the commonest loss, which a cache counted nowhere.
+    metrics, value = metered()
+    storage = PostgresStorage(
+        pool, authentication_keys=[AUTH_KEY], encryption_keys=[ENC_KEY], metrics=metrics, cache=SessionCache()
+    )
+    cache = storage.cache
+    assert cache is not None
+    app = web.Application()
+    app.cleanup_ctx.append(
+        storage.cache_listener(
+            lambda: asyncpg.connect(lib_url, server_settings={"application_name": "closed-listener"})
+        )
+    )
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        for _ in range(500):
+            if cache.enabled:
+                break
+            await asyncio.sleep(0.01)
+        assert cache.enabled
+        assert value("listener_lost_total", listener="cache") == 0
+        killed = await pool.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'closed-listener'"
+        )
+        assert killed == 1
+        for _ in range(500):
+            if value("listener_lost_total", listener="cache") >= 1 and cache.enabled:
+                break
+            await asyncio.sleep(0.01)
+        assert value("listener_lost_total", listener="cache") == 1
+        assert cache.enabled  # back
+    finally:
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner.cleanup()
