@@ -286,7 +286,7 @@ class SessionHooks:
     def _first_time(self, nonce: bytes, sealed_at: int) -> bool:
         """Whether the notification of `nonce`, sealed at `sealed_at` (Unix seconds), is within
         the replay window and not delivered before; it then counts as delivered."""
-        if abs(time.time() - sealed_at) > REPLAY_WINDOW:
+        if abs(int(time.time()) - sealed_at) > REPLAY_WINDOW:  # ints: no float overflow
             self._ignore()
             return False
         now = time.monotonic()
