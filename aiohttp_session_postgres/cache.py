@@ -17,7 +17,6 @@ normally), not at once. What keeps it honest:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from . import listener
 from .cipher import DataCipher
 from .identity import UserId
 from .memo import WeighedMap
@@ -195,10 +195,6 @@ class SessionCache:
         self.generation += 1
         self._floor = self.generation
 
-    def _lost(self, closed: asyncio.Event, _conn: object) -> None:
-        self._disable("listener connection closed")
-        closed.set()
-
     async def listen(
         self,
         connect: Callable[[], Awaitable[asyncpg.Connection]],
@@ -214,53 +210,42 @@ class SessionCache:
         it is asked something every half of that, and given the other half to answer. Cancel to
         stop. `also`: more channels on the same connection, each with what takes its payloads
         (the storage's lifecycle events); `lost()`: called on each loss or failed connection."""
-        backoff = 0.5
         failing = False  # since the last time the listener was up: say so once, not every retry
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await connect()
-                closed = asyncio.Event()  # so a closed connection is replaced at once, not at the next check
-                conn.add_termination_listener(partial(self._lost, closed))
-                await conn.add_listener(channel, lambda _c, _pid, _ch, payload: self.notified(payload))
-                for other, take in (also or {}).items():
-                    await conn.add_listener(other, partial(_payload_to, take))
-                self._entries.clear()
-                self.generation += 1
-                self._floor = self.generation
-                self._notified_at.clear()
-                self._enabled = True
-                log.info("session cache enabled: listening for session changes")
-                backoff, failing = 0.5, False
-                while True:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(closed.wait(), check_every / 2)
-                    if closed.is_set():
-                        break  # _lost has disabled the cache
-                    await conn.execute("SELECT 1", timeout=check_every / 2)
-            except asyncio.CancelledError:
-                self._disable("shutting down", level=logging.INFO)  # expected: no warning
-                raise
-            except Exception as exc:
-                # Whatever ends the loop (asyncpg can also close a connection on a protocol error
-                # without calling its termination listeners, then raise anything), the cache must
-                # not outlive its listener: disable, and try again.
-                why = f"listener lost: {type(exc).__name__}"
-                if not self._enabled and not failing:  # never up, or down already: _disable is silent
-                    log.warning("session cache not enabled (%s): reading every session from the database", why)
-                self._disable(why)
-                failing = True
-                if lost is not None:
-                    lost()
-            finally:
-                if conn is not None and not conn.is_closed():
-                    conn.terminate()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
 
+        def up() -> None:
+            nonlocal failing
+            self._entries.clear()
+            self.generation += 1
+            self._floor = self.generation
+            self._notified_at.clear()
+            self._enabled = True
+            log.info("session cache enabled: listening for session changes")
+            failing = False
 
-def _payload_to(take: Callable[[str], None], _conn: object, _pid: int, _channel: str, payload: str) -> None:
-    take(payload)
+        def down(exc: Exception) -> None:
+            nonlocal failing
+            # Whatever ended the loop, the cache must not outlive its listener.
+            why = f"listener lost: {type(exc).__name__}"
+            if not self._enabled and not failing:  # never up, or down already: _disable is silent
+                log.warning("session cache not enabled (%s): reading every session from the database", why)
+            self._disable(why)
+            failing = True
+            if lost is not None:
+                lost()
+
+        try:
+            await listener.listen(
+                connect,
+                {channel: self.notified, **(also or {})},
+                up=up,
+                down=down,
+                # From the termination listener: off before the loop wakes to replace the connection.
+                closed=partial(self._disable, "listener connection closed"),
+                check_every=check_every,
+            )
+        except asyncio.CancelledError:
+            self._disable("shutting down", level=logging.INFO)  # expected: no warning
+            raise
 
 
 class CachedRows(SessionRows):

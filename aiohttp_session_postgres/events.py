@@ -8,6 +8,7 @@ logged. Events: session.created, session.renewed, session.ended, session.revoked
 session.expired_or_unknown, session.bad_signature, session.undecryptable,
 session.ended_during_request, session.not_created, session.too_large.
 `session.too_large` is a save over max_data_bytes, refused; it carries `bytes=` and `limit=`.
+`session.revoked` carries the `user_id` and the `reason` (the method's name, or the app's).
 
 Each record also carries its fields as attributes (``extra=``), for a structured (JSON) log
 handler: `event`, `fp`, and the line's other fields by name (`user_id`, `reason`, `previous`,

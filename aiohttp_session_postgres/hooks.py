@@ -48,17 +48,18 @@ storage's encryption keys (AES-GCM, cipher.py: sealed under the first of `encryp
 opened with any of `encryption_keys` and `next_encryption_keys`, as session data is), with
 ``events:`` and the channel's name as associated data (a session row's sealed data never opens
 as an event, nor an event as session data, nor one table's events on another's channel), then
-base64 (a NOTIFY payload is text). A role that can LISTEN learns nothing from it (user ids and
-reasons included); one that can NOTIFY cannot forge one: a payload that does not open is
-dropped, counted in a log line at most once a minute (never its content), and never reaches the
-hooks nor the pending queue. Each carries the time it was sealed, and a process delivers one
-only within `REPLAY_WINDOW` seconds of it and only once (by its random nonce): a captured
-payload sent again is dropped. What opens is still checked field by field (format version,
-event name, user id as `identity.user_id_problem` accepts, fingerprint as `fingerprint_of`
-makes, reason of `REASON_PATTERN`): one that fails is dropped, as is one this process sealed
-itself (its origin), which it delivered already. During a key rotation, processes open what
-was sealed under any key they hold. Payload format 2 (sealed) replaced format 1 (plain JSON)
-before any release: a process of format 1 ignores format 2's payloads, and the other way round.
+base64 (a NOTIFY payload is text). A role that can LISTEN learns only that revocations happen
+(how many, when, a str user id's rough length), no user id, fingerprint or reason; one that can
+NOTIFY cannot forge one: a payload that does not open is dropped, counted in a log line at most
+once a minute (never its content), and never reaches the hooks nor the pending queue. Each
+carries the time it was sealed, and a process delivers one only within `REPLAY_WINDOW` seconds
+of it and only once (by its random nonce): a captured payload sent again is dropped. What opens
+is still checked field by field (format version, event name, user id as
+`identity.user_id_problem` accepts, fingerprint as `fingerprint_of` makes, reason of
+`REASON_PATTERN`): one that fails is dropped, as is one this process sealed itself (its origin),
+which it delivered already. During a key rotation, processes open what was sealed under any key
+they hold. Payload format 2 (sealed) replaced format 1 (plain JSON) before any release: a
+process of format 1 ignores format 2's payloads, and the other way round.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ import asyncpg
 import orjson
 from aiosignal import Signal
 
+from . import listener
 from .cipher import DataCipher
 from .identity import user_id_problem
 
@@ -325,38 +327,24 @@ class SessionHooks:
         cache, whose listener carries these too), reconnecting with backoff (0.5 s doubling to
         5 s) and checking it every `check_every` / 2 seconds. `lost()` is called on each loss.
         Cancel to stop."""
-        backoff = 0.5
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await connect()
-                closed = asyncio.Event()
-                conn.add_termination_listener(partial(_closed, closed))
-                await conn.add_listener(channel, lambda _c, _pid, _ch, payload: self.notified(payload))
-                self.listening = True
-                log.info("session events: listening for other processes' events")
-                backoff = 0.5
-                while True:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(closed.wait(), check_every / 2)
-                    if closed.is_set():
-                        raise ConnectionError("listener connection closed")
-                    await conn.execute("SELECT 1", timeout=check_every / 2)
-            except asyncio.CancelledError:
-                self.listening = False
-                raise
-            except Exception as exc:
-                self.listening = False
-                log.warning(
-                    "session events: listener lost (%s): other processes' events missed until back", type(exc).__name__
-                )
-                if lost is not None:
-                    lost()
-            finally:
-                if conn is not None and not conn.is_closed():
-                    conn.terminate()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+
+        def up() -> None:
+            self.listening = True
+            log.info("session events: listening for other processes' events")
+
+        def down(exc: Exception) -> None:
+            self.listening = False
+            log.warning(
+                "session events: listener lost (%s): other processes' events missed until back", type(exc).__name__
+            )
+            if lost is not None:
+                lost()
+
+        try:
+            await listener.listen(connect, {channel: self.notified}, up=up, down=down, check_every=check_every)
+        except asyncio.CancelledError:
+            self.listening = False
+            raise
 
 
 class Notice(NamedTuple):
@@ -417,10 +405,6 @@ def _where(exc: BaseException) -> str:
     """file:line where `exc` was raised."""
     frames = traceback.extract_tb(exc.__traceback__)
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-
-
-def _closed(event: asyncio.Event, _conn: object) -> None:
-    event.set()
 
 
 def _name(hook: Callable[..., object]) -> str:

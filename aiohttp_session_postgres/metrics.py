@@ -73,16 +73,24 @@ class PrometheusMetrics:
     """The storage's metrics in a prometheus-client registry (the module's docstring lists them).
 
     :param registry: where to register them (prometheus-client's global ``REGISTRY`` by
-        default); one PrometheusMetrics per registry (a second raises ValueError, as
-        prometheus-client does for a duplicated name).
+        default); one PrometheusMetrics per registry.
     :param namespace: the names' prefix.
+    :raises ValueError: when `registry` already holds metrics of that `namespace` (a second
+        PrometheusMetrics, an app made twice in one process): the message says what to pass.
     """
 
     def __init__(self, *, registry: CollectorRegistry | None = REGISTRY, namespace: str = PREFIX) -> None:
         def name(suffix: str) -> str:
             return f"{namespace}_{suffix}"
 
-        self.events = Counter(name("events"), "Session lifecycle events", ["event", "reason"], registry=registry)
+        try:  # the first to register: a second PrometheusMetrics in one registry fails here
+            self.events = Counter(name("events"), "Session lifecycle events", ["event", "reason"], registry=registry)
+        except ValueError as exc:
+            raise ValueError(
+                f"the session metrics ({namespace}_*) are already in this registry: one PrometheusMetrics"
+                " per registry (for a second storage in one process, or an app built again in a test,"
+                " pass registry=prometheus_client.CollectorRegistry() or another namespace)"
+            ) from exc
         loads = Counter(name("loads"), "Session look-ups by outcome", ["outcome"], registry=registry)
         unavailable = Counter(
             name("unavailable"), "Database operations given up (HTTP 503) by cause", ["cause"], registry=registry

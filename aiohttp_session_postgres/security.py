@@ -55,14 +55,16 @@ class PostgresIdentityPolicy(AbstractIdentityPolicy):
         ``list_sessions(42)`` finds the sessions ``remember(request, response, "42")`` made. None
         (the default): the identity itself, a str. A ValueError or TypeError it raises goes
         through ``remember`` to the handler.
-    :param keep_data: True (the default): the new session carries the data of the one it
-        replaces (as aiohttp-security's own policy, which keeps the session, does: a cart, a page
-        to return to), unless that session was another user's; then, and with False, it starts
-        empty.
+    :param keep_data: False (the default): the new session starts empty but for the user id.
+        True: it carries the data of the session it replaces (as aiohttp-security's own policy,
+        which keeps the session, does: a cart, a page to return to), unless that session was
+        another user's. Only with data the app would accept from anyone: a pre-login session may
+        be one an attacker planted (a sibling subdomain can set a ``Domain`` cookie), and its
+        data then enters the victim's signed-in session.
     :raises TypeError: for a `user_id_of` that is not callable, or a `keep_data` not a bool.
     """
 
-    def __init__(self, *, user_id_of: Callable[[str], int | str] | None = None, keep_data: bool = True) -> None:
+    def __init__(self, *, user_id_of: Callable[[str], int | str] | None = None, keep_data: bool = False) -> None:
         if user_id_of is not None and not callable(user_id_of):
             raise TypeError(f"user_id_of must be callable or None, got {type(user_id_of).__name__}")
         if not isinstance(keep_data, bool):
@@ -96,12 +98,14 @@ class PostgresIdentityPolicy(AbstractIdentityPolicy):
         carry = self._keep_data and old.get(key) in (None, user_id)
         data = dict(old) if carry else {}
         session = await new_session(request)
+        if max_age is not _UNSET:
+            # First: a refused value leaves the new session empty and unchanged, so nothing is
+            # saved and nobody is signed in, even if the app turns the error into a response.
+            session.max_age = max_age
         session.update(data)
         if carry:
             session.allowed_size = old.size_allowed()  # a size the limit grandfathers stays allowed
         session[key] = user_id
-        if max_age is not _UNSET:
-            session.max_age = max_age
 
     async def forget(self, request: web.Request, response: web.StreamResponse) -> None:
         """End the request's session: its row is deleted and its cookie expired when the

@@ -275,11 +275,12 @@ class PostgresSession(Session):
         self._flagged = value
 
     def __setitem__(self, key: str, value: Any) -> None:
-        check_json_value(key, value)
+        # The user id first: a uuid.UUID is better told to be a str than not to be JSON.
         if key == self._user_id_key and value is not None:
             problem = user_id_problem(value)
             if problem is not None:
-                raise TypeError(f"session[{key!r}] ties the session to a user: {problem}, or None")
+                raise TypeError(f"session[{key!r}] ties the session to a user (None: to no user): {problem}")
+        check_json_value(key, value)
         super().__setitem__(key, value)
         self._assigned.add(key)
 

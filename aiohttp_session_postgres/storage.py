@@ -140,7 +140,7 @@ class PostgresStorage(AbstractStorage):
     """aiohttp-session storage keeping each session in a PostgreSQL row; the cookie carries only
     a signed, opaque token (``<token>.<signature>``, 87 characters)::
 
-        aiohttp_session.setup(app, PostgresStorage(pool, authentication_keys=[...], encryption_keys=[...]))
+        aiohttp_session_postgres.setup(app, PostgresStorage(pool, authentication_keys=[...], encryption_keys=[...]))
 
     :param pool: an asyncpg pool on a database that has the sessions table (the SQL,
         `create_schema`, or the Alembic branch). Size it explicitly (``min_size <= max_size``).
@@ -468,7 +468,7 @@ class PostgresStorage(AbstractStorage):
         ):
             for i, key in enumerate(keys, 1):
                 if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
-                    message = f"{kind} {i} must be bytes, at least {MIN_KEY_BYTES} long"
+                    message = f"{kind} {i} must be bytes, at least {MIN_KEY_BYTES} long, not {_described(key)}"
                     error = ArgumentError if isinstance(key, bytes) else ArgumentTypeError
                     raise error(message, argument=argument, index=i)
         if not encryption_keys:
@@ -480,6 +480,9 @@ class PostgresStorage(AbstractStorage):
             for i, key in enumerate(keys, 1):
                 if not isinstance(key, bytes) or len(key) not in AES_KEY_BYTES:
                     message = f"{kind} {i} must be bytes, 16, 24 or 32 long (AES-128, -192, -256)"
+                    message += f", not {_described(key)}"
+                    if isinstance(key, bytes) and len(key) in (32, 48, 64) and _is_hex(key):
+                        message += ": hex digits? decode them with bytes.fromhex()"
                     error = ArgumentError if isinstance(key, bytes) else ArgumentTypeError
                     raise error(message, argument=argument, index=i)
 
@@ -845,7 +848,7 @@ class PostgresStorage(AbstractStorage):
         _check_reason(reason)
         try:
             ended = await self._rows.end_by_handle(user_id, handle, conn=conn)
-            return bool(await self._revoked(_logged(ended), user_id=user_id, reason=reason, conn=conn))
+            return bool(await self._revoked(_logged(ended, user_id, reason), user_id=user_id, reason=reason, conn=conn))
         except Unavailable as exc:
             raise DatabaseUnavailable() from exc
 
@@ -877,7 +880,7 @@ class PostgresStorage(AbstractStorage):
         _check_reason(reason)
         try:
             ended = await self._rows.end_user(user_id, keep=keep.id_hash, conn=conn)
-            return len(await self._revoked(_logged(ended), user_id=user_id, reason=reason, conn=conn))
+            return len(await self._revoked(_logged(ended, user_id, reason), user_id=user_id, reason=reason, conn=conn))
         except Unavailable as exc:
             raise DatabaseUnavailable() from exc
 
@@ -889,6 +892,9 @@ class PostgresStorage(AbstractStorage):
 
         :param user_id: the user (an int or a str, as for `list_sessions`).
         :param conn: make it part of the caller's transaction (the password change itself).
+            This process's hooks hear of it at once, before that transaction commits (if it rolls
+            back, they heard of sessions that were not ended); other processes only once it
+            commits.
         :param reason: the ``revoked`` events' reason (`on_event`), a few words, never data
             (``password_changed``, ``user_deleted``).
         :returns: the number ended.
@@ -900,7 +906,7 @@ class PostgresStorage(AbstractStorage):
         _check_reason(reason)
         try:
             ended = await self._rows.end_user(user_id, conn=conn)
-            return len(await self._revoked(_logged(ended), user_id=user_id, reason=reason, conn=conn))
+            return len(await self._revoked(_logged(ended, user_id, reason), user_id=user_id, reason=reason, conn=conn))
         except Unavailable as exc:
             raise DatabaseUnavailable() from exc
 
@@ -1105,6 +1111,19 @@ def _check_others(
         raise ArgumentTypeError(message, argument="durable_writes")
 
 
+def _described(key: object) -> str:
+    """A key as an error message may name it: its type and length, never its value."""
+    if isinstance(key, bytes):
+        return f"{len(key)} bytes"
+    if isinstance(key, str):
+        return f"a str of {len(key)} characters (keys are bytes: .encode() or bytes.fromhex())"
+    return f"a {type(key).__name__}"
+
+
+def _is_hex(key: bytes) -> bool:
+    return all(c in b"0123456789abcdefABCDEF" for c in key)
+
+
 def client_of(request: web.BaseRequest) -> Client:
     """The client details a session keeps: address and User-Agent, as valid text."""
     return Client(
@@ -1131,9 +1150,9 @@ def _encode(mapping: dict[str, Any]) -> bytes:
     return orjson.dumps(mapping)
 
 
-def _logged(ended: tuple[bytes, ...]) -> tuple[bytes, ...]:
+def _logged(ended: tuple[bytes, ...], user_id: UserId, reason: str) -> tuple[bytes, ...]:
     for id_hash in ended:
-        events.emit("session.revoked", id_hash)
+        events.emit("session.revoked", id_hash, user_id=user_id, reason=reason)
     return ended
 
 

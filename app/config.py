@@ -38,6 +38,8 @@ MIN_MAX_DATA_BYTES = 1024
 MIN_METRICS_TOKEN_CHARS = 32
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
 LOG_FORMATS = ("text", "json")
+# Set by `serve` to the multiprocess directory it made for its gunicorn workers (workers.py).
+METRICS_DIR_MARKER = "APP_METRICS_DIR_MADE_BY_SERVE"
 
 
 class ConfigError(Exception):
@@ -110,6 +112,10 @@ class Settings:
     # prometheus-client's multiprocess directory: set by `serve` itself (a fresh temporary
     # directory) before gunicorn's workers start, so that one scrape sees every worker.
     metrics_dir: Path | None = None
+    # Whether `serve` made metrics_dir for this run (METRICS_DIR_MARKER names it): only
+    # then does gunicorn's master empty and remove it (gunicorn_hooks.py). A directory the operator
+    # gave is never deleted.
+    metrics_dir_made_by_serve: bool = False
     # One line per request (aiohttp's access log). Off by default: Heroku's router already logs
     # every request (method, path, status, times, request ID), and the line cost a measured third
     # of the cached read path's throughput. On in embedded mode, where no router logs anything.
@@ -224,6 +230,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     metrics_dir = env.get("PROMETHEUS_MULTIPROC_DIR") or None
     if metrics_dir is not None and not Path(metrics_dir).is_dir():
         raise ConfigError("PROMETHEUS_MULTIPROC_DIR must be an existing directory (or unset: serve makes one)")
+    metrics_dir_made_by_serve = metrics_dir is not None and env.get(METRICS_DIR_MARKER) == metrics_dir
 
     authentication_keys = _split_keys(auth_raw, "SESSION_AUTHENTICATION_KEY") if auth_raw else ()
     # The Go sample's determineEncryptionKey: 16, 24 or 32 bytes as they are; longer is cut to 32.
@@ -306,6 +313,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_format=log_format,
         metrics_token=metrics_token,
         metrics_dir=Path(metrics_dir) if metrics_dir is not None else None,
+        metrics_dir_made_by_serve=metrics_dir_made_by_serve,
         access_log=_bool(env, "ACCESS_LOG", default=embedded),
         embedded=embedded,
         cache=cache,

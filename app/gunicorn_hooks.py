@@ -10,8 +10,10 @@ from typing import Any
 
 from .config import load_settings
 
-# Checked by `serve` before it became gunicorn.
-_DIR = load_settings().metrics_dir
+# Checked by `serve` before it became gunicorn. Only a directory `serve` made for this run is
+# emptied and removed: one the operator gave (PROMETHEUS_MULTIPROC_DIR) is never touched.
+_settings = load_settings()
+_DIR = _settings.metrics_dir if _settings.metrics_dir_made_by_serve else None
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -109,7 +109,23 @@ class _JsonFormatter(logging.Formatter):
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
         # default=str: a field of another type (a Path, an enum) is written as its text.
-        return orjson.dumps(entry, default=str).decode()
+        try:
+            return orjson.dumps(entry, default=str).decode()
+        except orjson.JSONEncodeError:
+            # Text that is not UTF-8: aiohttp hands a header's non-UTF-8 bytes over as lone
+            # surrogates, which JSON cannot carry. Escaped, the line is still written, not lost.
+            return orjson.dumps(_utf8(entry), default=str).decode()
+
+
+def _utf8(value: Any) -> Any:
+    """`value` with every string's lone surrogates written as escapes (``\\udcff``)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode()
+    if isinstance(value, dict):
+        return {_utf8(str(k)): _utf8(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_utf8(v) for v in value]
+    return value
 
 
 def handler(stream: TextIO | None = None, *, log_format: str = "text") -> logging.Handler:

@@ -23,7 +23,7 @@ import tempfile
 from aiohttp import web
 
 from . import logs
-from .config import ConfigError, Settings, load_settings
+from .config import METRICS_DIR_MARKER, ConfigError, Settings, load_settings
 from .runner import KEEPALIVE_TIMEOUT, SHUTDOWN_TIMEOUT, runner
 from .schema import ROOT
 from .server import StartupError, create_app, open_pool
@@ -71,7 +71,8 @@ def exec_gunicorn(settings: Settings) -> None:
     if settings.metrics_token is not None:
         # Before any worker starts, so every worker writes its metrics where a scrape of any of
         # them reads: a fresh directory (files left by an earlier run would count again).
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="app-metrics-")
+        made = tempfile.mkdtemp(prefix="app-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[METRICS_DIR_MARKER] = made
     argv = gunicorn_argv(settings)
     logging.getLogger(__name__).info("starting %d worker processes (gunicorn)", settings.web_concurrency)
     sys.stdout.flush()

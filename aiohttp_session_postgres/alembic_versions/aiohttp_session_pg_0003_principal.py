@@ -19,13 +19,13 @@ Version 2 also adds each session's own lifetime, two more nullable columns witho
 (`idle_timeout integer`, `browser_session boolean`: NULL is version 1's behaviour).
 
 Downgrading drops the three columns (and with them principal's CHECK and index) and sets the
-comment back to version 1: the sessions of str users then lose their tie to the user (they stay
-signed in until they expire, unlisted), and remembered sessions slide by the storage's
-idle_timeout (their absolute deadline stays).
+comment back to version 1. It first deletes the sessions of str users (they sign in again):
+version 1 could neither list nor end them, so a password change would not end them. Remembered
+sessions then slide by the storage's idle_timeout (their absolute deadline stays).
 """
 
 from aiohttp_session_postgres.alembic_versions import VERSION_2_COLUMNS, citus_installed, table_names
-from aiohttp_session_postgres.schema import run_schema_statements, schema_statements
+from aiohttp_session_postgres.schema import TableNames, run_schema_statements, schema_statements
 from alembic import op
 
 revision = "aiohttp_session_pg_0003"
@@ -42,7 +42,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    table, schema = table_names()
-    qualified = f'"{schema}"."{table}"'
+    qualified = TableNames(*table_names()).qualified  # plain identifiers, checked
+    # Version 1 cannot list or end a str user's sessions, nor read their user id: they end now
+    # (those users sign in again) rather than stay signed in beyond any revocation.
+    op.execute(f"DELETE FROM {qualified} WHERE principal IS NOT NULL")  # noqa: S608 (a checked name)
     op.execute(f"ALTER TABLE {qualified} " + ", ".join(f"DROP COLUMN IF EXISTS {c}" for c in VERSION_2_COLUMNS))
     op.execute(f"COMMENT ON TABLE {qualified} IS 'aiohttp-session-postgres schema 1'")

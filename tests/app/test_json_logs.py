@@ -92,3 +92,12 @@ async def test_serve_writes_json_lines(servers: Servers, db_url: str, user: tupl
     parsed = [json.loads(line) for line in lines]  # every line a JSON object
     assert {"session.created", "session.ended"} <= {entry.get("event") for entry in parsed}
     assert cookie not in server.log()
+
+
+def test_a_record_with_text_that_is_not_utf8_is_written_escaped(json_log: io.StringIO) -> None:
+    # aiohttp hands a header's non-UTF-8 bytes over as lone surrogates (a User-Agent of b"\xff"
+    # in the access log): the line is written, escaped, not dropped with a traceback on stderr.
+    logging.getLogger("aiohttp.access").info('"GET / HTTP/1.1" 200 "%s"', "curl\udcff", extra={"agent": "x\udcfe"})
+    [entry] = entries(json_log)
+    assert entry["message"] == '"GET / HTTP/1.1" 200 "curl\\udcff"'
+    assert entry["agent"] == "x\\udcfe"

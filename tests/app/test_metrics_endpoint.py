@@ -8,6 +8,8 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,7 +17,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from support.demo import login, make_settings, session_cookie
+from support.demo import app_env, login, make_settings, session_cookie
+from support.keys import AUTH_KEY, ENC_KEY
+from support.paths import REPO_ROOT
 from support.servers import Servers, children, new_http, signed_in
 
 from app.config import ConfigError, load_settings
@@ -180,3 +184,26 @@ def metrics_dir_of(pid: int) -> str:
 
 def exists(path: str) -> bool:
     return Path(path).exists()
+
+
+@pytest.mark.parametrize("made_by_serve", [False, True], ids=["operators-dir", "serves-dir"])
+def test_gunicorn_removes_only_the_metrics_directory_serve_made(
+    tmp_path: Path, db_url: str, made_by_serve: bool
+) -> None:
+    """gunicorn's master, at exit, removes the multiprocess directory `serve` made for the run;
+    a PROMETHEUS_MULTIPROC_DIR the operator set (with or without METRICS_TOKEN) is left whole."""
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    (directory / "keep.txt").write_text("the operator's")
+    marker = {"APP_METRICS_DIR_MADE_BY_SERVE": str(directory)} if made_by_serve else {}
+    keys = {"SESSION_AUTHENTICATION_KEY": AUTH_KEY.decode(), "SESSION_ENCRYPTION_KEY": ENC_KEY.decode()}
+    env = app_env(DATABASE_URL=db_url, PROMETHEUS_MULTIPROC_DIR=str(directory), **keys, **marker)
+    exit_hook = (
+        "import app.gunicorn_hooks as hooks;"
+        " hooks.child_exit(None, type('Worker', (), {'pid': 1})()); hooks.on_exit(None)"
+    )
+    done = subprocess.run([sys.executable, "-c", exit_hook], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert directory.exists() is not made_by_serve
+    if not made_by_serve:
+        assert (directory / "keep.txt").read_text() == "the operator's"

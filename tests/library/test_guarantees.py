@@ -134,10 +134,10 @@ async def test_each_ending_event_names_the_session_it_ended(
     kept, other, third = await started(client), await started(client), await started(client)
     assert (await client.post("/end-others", headers=with_cookie(kept))).status == 200
     assert sorted(lines("session.revoked")) == sorted(
-        f"event=session.revoked fp={fp(cookie)}" for cookie in (other, third)
+        f"event=session.revoked fp={fp(cookie)} user_id=1 reason=end_other_sessions" for cookie in (other, third)
     )
     assert (await client.post(f"/end-one?handle={handle_of(id_hash_of(kept.split('.')[0]))}")).status == 200
-    assert lines("session.revoked")[-1] == f"event=session.revoked fp={fp(kept)}"
+    assert lines("session.revoked")[-1] == f"event=session.revoked fp={fp(kept)} user_id=1 reason=end_session"
 
     # Logged out while a request of it was running: that request's save says so.
     late = await started(client)

@@ -52,11 +52,21 @@ NAME = "must be a plain identifier: letters, digits and _"
     ("options", "message"),
     [
         ({"authentication_keys": []}, "at least one authentication key is required"),
-        ({"authentication_keys": [AUTH_KEY, b"short"]}, f"authentication key 2 {AUTH}"),
-        ({"authentication_keys": ["a str, not bytes, of 32 or more"]}, f"authentication key 1 {AUTH}"),
+        ({"authentication_keys": [AUTH_KEY, b"short"]}, f"authentication key 2 {AUTH}, not 5 bytes"),
+        (
+            {"authentication_keys": ["a str, not bytes, of 32 or more"]},
+            f"authentication key 1 {AUTH}, not a str of 31 characters (keys are bytes: .encode() or bytes.fromhex())",
+        ),
         ({"encryption_keys": []}, "at least one encryption key is required"),
-        ({"encryption_keys": [ENC_KEY, os.urandom(20)]}, f"encryption key 2 {AES}"),
-        ({"encryption_keys": ["0123456789abcdef"]}, f"encryption key 1 {AES}"),
+        ({"encryption_keys": [ENC_KEY, os.urandom(20)]}, f"encryption key 2 {AES}, not 20 bytes"),
+        (
+            {"encryption_keys": ["0123456789abcdef"]},
+            f"encryption key 1 {AES}, not a str of 16 characters (keys are bytes: .encode() or bytes.fromhex())",
+        ),
+        (
+            {"encryption_keys": [b"00" * 32]},
+            f"encryption key 1 {AES}, not 64 bytes: hex digits? decode them with bytes.fromhex()",
+        ),
         ({"touch_interval": 1800}, ORDER),
         ({"touch_interval": -1}, ORDER),
         ({"idle_timeout": 50000}, ORDER),
@@ -67,7 +77,7 @@ NAME = "must be a plain identifier: letters, digits and _"
         ({"schema": "a-b"}, f"schema name 'a-b' {NAME}"),
     ],
     ids=[
-        "no-auth-key", "short-auth-key", "str-auth-key", "no-enc-key", "bad-enc-length", "str-enc-key",
+        "no-auth-key", "short-auth-key", "str-auth-key", "no-enc-key", "bad-enc-length", "str-enc-key", "hex-enc-key",
         "touch-not-below-idle", "negative-touch", "idle-above-absolute", "zero-db-timeout", "zero-cap",
         "zero-data-bytes", "bad-table", "bad-schema",
     ],
@@ -250,9 +260,14 @@ async def test_an_argument_of_the_wrong_type_is_a_type_error_naming_it(
 @pytest.mark.parametrize(
     ("options", "index", "message"),
     [
-        ({"authentication_keys": [AUTH_KEY.decode()]}, 1, f"authentication key 1 {AUTH}"),
-        ({"encryption_keys": [ENC_KEY, None]}, 2, f"encryption key 2 {AES}"),
-        ({"next_encryption_keys": [bytearray(ENC_KEY)]}, 1, f"next encryption key 1 {AES}"),
+        (
+            {"authentication_keys": [AUTH_KEY.decode()]},
+            1,
+            f"authentication key 1 {AUTH}, not a str of {len(AUTH_KEY)} characters"
+            " (keys are bytes: .encode() or bytes.fromhex())",
+        ),
+        ({"encryption_keys": [ENC_KEY, None]}, 2, f"encryption key 2 {AES}, not a NoneType"),
+        ({"next_encryption_keys": [bytearray(ENC_KEY)]}, 1, f"next encryption key 1 {AES}, not a bytearray"),
     ],
     ids=["str-auth-key", "none-enc-key", "bytearray-next-enc-key"],
 )

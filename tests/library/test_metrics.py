@@ -187,8 +187,9 @@ async def test_a_lost_listener_is_counted(
 async def test_a_second_set_in_one_registry_is_refused() -> None:
     registry = CollectorRegistry()
     PrometheusMetrics(registry=registry)
-    with pytest.raises(ValueError, match="Duplicated"):
+    with pytest.raises(ValueError, match=r"^the session metrics \(aiohttp_session_\*\) are already in this registry"):
         PrometheusMetrics(registry=registry)
+    PrometheusMetrics(registry=registry, namespace="second_storage")  # as the message says
 
 
 async def test_the_sampler_needs_metrics(pool: asyncpg.Pool) -> None:

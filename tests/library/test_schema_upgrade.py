@@ -28,7 +28,14 @@ import asyncpg
 import pytest
 from aiohttp import DummyCookieJar, web
 from aiohttp.test_utils import TestClient
-from aiohttp_session_postgres import SCHEMA_VERSION, PostgresStorage, create_schema, get_session, new_session
+from aiohttp_session_postgres import (
+    SCHEMA_VERSION,
+    PostgresStorage,
+    create_schema,
+    get_session,
+    new_session,
+    schema_version,
+)
 from support.keys import AUTH_KEY, ENC_KEY
 from support.paths import REPO_ROOT
 
@@ -157,6 +164,11 @@ async def run_old(old_library: Path, mode: str, dsn: str, **args: object) -> dic
 def alembic_upgrade(project: Path, dsn: str) -> None:
     """The library's Alembic branch in a project of its own, stamped at 0002 (the table version 1
     made, as its 0001 and 0002 make it) and upgraded to its head."""
+    alembic_project(project, dsn, ["stamp", "aiohttp_session_pg_0002"], ["upgrade", "heads"])
+
+
+def alembic_project(project: Path, dsn: str, *commands: list[str]) -> None:
+    """The library's Alembic branch in a project of its own at `project`, running `commands`."""
     (project / "migrations" / "versions").mkdir(parents=True)
     (project / "alembic.ini").write_text(
         "[alembic]\nscript_location = %(here)s/migrations\n"
@@ -184,7 +196,7 @@ def alembic_upgrade(project: Path, dsn: str) -> None:
         """)
     )
     (project / "migrations" / "script.py.mako").write_text("")
-    for args in (["stamp", "aiohttp_session_pg_0002"], ["upgrade", "heads"]):
+    for args in commands:
         result = subprocess.run(
             [sys.executable, "-m", "alembic", *args],
             cwd=project,
@@ -359,3 +371,26 @@ async def test_processes_starting_at_once_upgrade_the_table_together(old_library
     finally:
         for conn in conns:
             await conn.close()
+
+
+async def test_a_downgrade_to_version_1_ends_the_sessions_of_str_users(empty_url: str, tmp_path: Path) -> None:
+    """Version 1 can neither list nor end a str user's sessions: the downgrade deletes them (the
+    users sign in again) rather than leave them signed in beyond any revocation, keeps every
+    other session, and drops version 2's columns."""
+    conn = await asyncpg.connect(empty_url)
+    try:
+        assert await create_schema(conn) is True
+        rows = "INSERT INTO sessions (id_hash, user_id, principal, data, idle_expires_at, absolute_expires_at)"
+        rows += " VALUES ($1, $2, $3, '\\x00', now() + interval '1 hour', now() + interval '2 hours')"
+        await conn.execute(rows, b"i" * 32, 7, None)
+        await conn.execute(rows, b"s" * 32, None, "8b7f0c0e-0d8f-4a57-9a8e-2f1c3f3b9a10")
+        await conn.execute(rows, b"a" * 32, None, None)
+        down = ["downgrade", "aiohttp_session_pg_0002"]
+        await asyncio.to_thread(alembic_project, tmp_path / "project", empty_url, ["stamp", "heads"], down)
+        left = await conn.fetch("SELECT id_hash, user_id FROM sessions ORDER BY id_hash")
+        assert [(bytes(r["id_hash"]), r["user_id"]) for r in left] == [(b"a" * 32, None), (b"i" * 32, 7)]
+        columns = await conn.fetch("SELECT attname FROM pg_attribute WHERE attrelid = 'sessions'::regclass")
+        assert {"principal", "idle_timeout", "browser_session"}.isdisjoint({r["attname"] for r in columns})
+        assert await schema_version(conn) == 1
+    finally:
+        await conn.close()

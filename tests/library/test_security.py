@@ -247,7 +247,7 @@ async def test_remember_gives_a_new_session_id_and_the_pre_login_one_stops_worki
     assert await session_of(client, before) == {"data": {}, "handle": None}  # used up: anonymous
     assert await (await client.get("/identify", headers=cookie(before))).text() == "None"
     signed = await session_of(client, after)
-    assert signed["data"] == {"note": "cart", "user_id": 1}  # the pre-login data carried over
+    assert signed["data"] == {"user_id": 1}  # nothing of a session that may have been planted
     assert await listed(client, "1") == [signed["handle"]]
 
 
@@ -271,7 +271,7 @@ async def test_forget_deletes_the_row_and_expires_the_cookie(aiohttp_client: Cli
 async def test_a_login_as_another_user_carries_nothing_of_the_previous_users_session(
     aiohttp_client: ClientMaker, pool: asyncpg.Pool
 ) -> None:
-    client = await security_app(aiohttp_client, pool, PostgresIdentityPolicy(user_id_of=int))
+    client = await security_app(aiohttp_client, pool, PostgresIdentityPolicy(user_id_of=int, keep_data=True))
     first = await signed_in(client, "1")
     assert (await client.post("/note?text=private to 1", headers=cookie(first))).status == 200
     second = await signed_in(client, "2", with_cookie=first)  # a shared computer: the next user signs in
@@ -285,14 +285,37 @@ async def test_a_login_as_another_user_carries_nothing_of_the_previous_users_ses
     assert (await session_of(client, newest))["data"] == {"note": "mine", "user_id": 2}
 
 
-async def test_keep_data_false_starts_the_signed_in_session_empty(
-    aiohttp_client: ClientMaker, pool: asyncpg.Pool
-) -> None:
-    client = await security_app(aiohttp_client, pool, PostgresIdentityPolicy(user_id_of=int, keep_data=False))
+async def test_keep_data_true_carries_the_pre_login_data(aiohttp_client: ClientMaker, pool: asyncpg.Pool) -> None:
+    client = await security_app(aiohttp_client, pool, PostgresIdentityPolicy(user_id_of=int, keep_data=True))
     before = (await client.post("/note?text=cart")).cookies["session"].value
     after = await signed_in(client, "1", with_cookie=before)
-    assert (await session_of(client, after))["data"] == {"user_id": 1}
+    assert after != before
+    assert (await session_of(client, after))["data"] == {"note": "cart", "user_id": 1}
     assert (await session_of(client, before))["data"] == {}
+
+
+async def test_a_refused_max_age_signs_nobody_in(aiohttp_client: ClientMaker, pool: asyncpg.Pool) -> None:
+    # An app that turns remember()'s ValueError into a 400 answers without a session: the value
+    # is checked before the identity is stored.
+    more = web.RouteTableDef()
+
+    @more.post("/login-checked")
+    async def login_checked(request: web.Request) -> web.Response:
+        response = web.Response(text="signed in")
+        try:
+            await remember(request, response, "1", max_age=int(request.query["max_age"]))
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from exc
+        return response
+
+    client = await security_app(aiohttp_client, pool, PostgresIdentityPolicy(user_id_of=int), more=more)
+    before = (await client.post("/note?text=cart")).cookies["session"].value
+    response = await client.post("/login-checked?max_age=99999999", headers=cookie(before))
+    assert response.status == 400
+    assert "max_remember_timeout" in await response.text()
+    assert "session" not in response.cookies
+    assert await listed(client, "1") == []
+    assert (await session_of(client, before))["data"] == {"note": "cart"}  # untouched
 
 
 async def test_remember_refuses_keywords_it_does_not_know(aiohttp_client: ClientMaker, pool: asyncpg.Pool) -> None:

@@ -82,7 +82,8 @@ async def test_a_loaded_session_checks_the_storage_user_id_key(
     response = await client.post("/put?ticket=t", headers=cookies(cookie))
     assert response.status == 400
     assert (await response.json())["error"] == (
-        "session['account'] ties the session to a user: it must be an int or a str user id, not float, or None"
+        "session['account'] ties the session to a user (None: to no user):"
+        " it must be an int or a str user id, not float"
     )
 
 

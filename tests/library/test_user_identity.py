@@ -284,12 +284,13 @@ async def test_a_bad_user_id_in_a_handler_is_a_type_error_naming_the_key(
     response = await client.post("/login-bad")
     assert response.status == 400
     assert (await response.json())["error"] == (
-        "session['user_id'] ties the session to a user: it must be an int or a str user id, not float, or None"
+        "session['user_id'] ties the session to a user (None: to no user):"
+        " it must be an int or a str user id, not float"
     )
     assert await lib_pg.fetchval("SELECT count(*) FROM sessions") == 0
     session = PostgresSession()
-    for bad in ("", "x" * 256, "a\x00", True):
-        with pytest.raises(TypeError, match=r"^session\['user_id'\] ties the session to a user: "):
+    for bad in ("", "x" * 256, "a\x00", True, uuid.uuid4()):  # a UUID: pass str(uuid)
+        with pytest.raises(TypeError, match=r"^session\['user_id'\] ties the session to a user \(None: to no user\): "):
             session["user_id"] = bad
     assert session.empty
 

@@ -109,7 +109,15 @@ def app_env(**values: str | None) -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith(("SESSION_", "DATABASE_", "SWEEP_", "LOGIN_"))
         and k not in ("DYNO", "PORT", "HOST", "TRUST_PROXY", "EMBEDDED_DATA_DIR", "PASSWORD_HASH_COST", "LOG_LEVEL")
-        and k not in ("WEB_CONCURRENCY", "GUNICORN_CMD_ARGS", "METRICS_TOKEN", "LOG_FORMAT", "PROMETHEUS_MULTIPROC_DIR")
+        and k
+        not in (
+            "WEB_CONCURRENCY",
+            "GUNICORN_CMD_ARGS",
+            "METRICS_TOKEN",
+            "LOG_FORMAT",
+            "PROMETHEUS_MULTIPROC_DIR",
+            "APP_METRICS_DIR_MADE_BY_SERVE",
+        )
     }
     env["PASSWORD_HASH_COST"] = str(TEST_PASSWORD_COST)
     for key, value in values.items():
