@@ -14,7 +14,8 @@ Events (`SessionEvent.name`), and which processes' hooks receive them:
   reason ``logout``. The process that handled the request.
 - ``revoked``: sessions ended by anything but their own request: ``end_session``,
   ``end_other_sessions``, ``end_all_sessions`` (reason: the method's name, or what the caller
-  passed as `reason`), and the per-user cap (reason ``max_sessions_per_user``). The process
+  passed as `reason`; other processes receive ``other`` for one of characters beyond
+  `REASON_PATTERN`'s), and the per-user cap (reason ``max_sessions_per_user``). The process
   that revoked (``local=True``, at once) **and every process running the storage's listener**
   (``local=False``, once the revoking transaction commits: milliseconds), whichever process or
   program revoked (another worker, the CLI, a cron job using the library).
@@ -36,42 +37,80 @@ appended, one after the other. At most `MAX_PENDING` events wait for their hooks
 that, events are dropped (and counted in a log line). Delivery is at most once: a process that
 dies with events pending loses them; a listener that was disconnected misses what was sent
 meanwhile (its reconnection is logged).
+
+Events from other processes have a queue budget of their own (`MAX_PENDING_REMOTE`), apart from
+this process's (`MAX_PENDING`): a burst of revocations elsewhere (a cron job ending thousands of
+sessions) never makes this process drop one of its own.
+
+The events channel and who can read or write it: any database role that can connect may LISTEN
+on a channel and NOTIFY on it, whatever its table privileges. So each payload is sealed with the
+storage's encryption keys (AES-GCM, cipher.py: sealed under the first of `encryption_keys`,
+opened with any of `encryption_keys` and `next_encryption_keys`, as session data is), with
+``events:`` and the channel's name as associated data (a session row's sealed data never opens
+as an event, nor an event as session data, nor one table's events on another's channel), then
+base64 (a NOTIFY payload is text). A role that can LISTEN learns only that revocations happen
+(how many, when, a str user id's rough length), no user id, fingerprint or reason; one that can
+NOTIFY cannot forge one: a payload that does not open is dropped, counted in a log line at most
+once a minute (never its content), and never reaches the hooks nor the pending queue. Each
+carries the time it was sealed, and a process delivers one only within `REPLAY_WINDOW` seconds
+of it and only once (by its random nonce): a captured payload sent again is dropped. What opens
+is still checked field by field (format version, event name, user id as
+`identity.user_id_problem` accepts, fingerprint as `fingerprint_of` makes, reason of
+`REASON_PATTERN`): one that fails is dropped, as is one this process sealed itself (its origin),
+which it delivered already. During a key rotation, processes open what was sealed under any key
+they hold. Payload format 2 (sealed) replaced format 1 (plain JSON) before any release: a
+process of format 1 ignores format 2's payloads, and the other way round.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import logging
+import re
 import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
 from aiosignal import Signal
 
 from . import listener
+from .cipher import DataCipher
+from .identity import user_id_problem
 
 log = logging.getLogger("aiohttp_session_postgres")
 
-# Events whose hooks have not finished, per storage, at most; past it new events are dropped.
+# This process's events whose hooks have not finished, per storage, at most; past it new ones
+# are dropped.
 MAX_PENDING = 1000
-# Seconds between two log lines about dropped events.
+# The same for events from other processes, counted apart: they never crowd out this process's.
+MAX_PENDING_REMOTE = 1000
+# Seconds between two log lines about dropped or ignored events.
 DROP_REPORT_INTERVAL = 60.0
-# A payload's longest user id, in characters, beyond which it is sent as unknown (NOTIFY
-# carries at most 8000 bytes).
-MAX_USER_ID_CHARS = 1000
 MAX_REASON_CHARS = 100
+# A reason as it travels to other processes: printable ASCII words (no control character, so no
+# line break in a hook's log line); a reason of other characters travels as ``other``.
+REASON_PATTERN = re.compile(r"[A-Za-z0-9_ .:/-]{1,100}")
+_FINGERPRINT = re.compile(r"[0-9a-f]{8}")  # tokens.fingerprint_of: 4 bytes in lowercase hex
+# Seconds either side of its sealing within which a notification is delivered (clocks of the
+# hosts and a revoking transaction's commit may lag); within it each is delivered once.
+REPLAY_WINDOW = 300.0
+# Nonces of delivered notifications remembered at most, for the replay check.
+MAX_SEEN = 100_000
 
 EVENT_NAMES = frozenset({"created", "renewed", "ended", "revoked", "expired", "swept"})
 # The events other processes are told of, over the events channel.
 REMOTE_EVENTS = frozenset({"revoked"})
-_PAYLOAD_VERSION = 1
+# 2: sealed with the encryption keys (format 1, plain JSON, was never released).
+_PAYLOAD_VERSION = 2
+_NONCE_BYTES = 12  # cipher.py's sealed form starts with its random nonce
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,15 +160,25 @@ class SessionHooks:
 
     :param owner: the signal's owner (the storage), for its repr.
     :param timeout: seconds one hook call may take before it is cancelled.
+    :param cipher: the storage's encryption keys, which seal and open the events channel's
+        payloads.
+    :param channel: the events channel (`events_channel`), bound into each payload.
     """
 
     owner: object
     timeout: float
+    cipher: DataCipher
+    channel: str
     signal: Signal[SessionEvent] = field(init=False)
     origin: str = field(init=False)
     _pending: set[asyncio.Task[None]] = field(init=False, default_factory=set)
+    _pending_remote: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _dropped: int = field(init=False, default=0)
     _dropped_at: float = field(init=False, default=-DROP_REPORT_INTERVAL)
+    _ignored: int = field(init=False, default=0)
+    _ignored_at: float = field(init=False, default=-DROP_REPORT_INTERVAL)
+    # Nonce of each notification delivered: monotonic time of its arrival (arrival order).
+    _seen: dict[bytes, float] = field(init=False, default_factory=dict)
     # Whether `listen` has its LISTEN connection now.
     listening: bool = field(init=False, default=False)
 
@@ -146,27 +195,29 @@ class SessionHooks:
 
     def send(self, event: SessionEvent) -> None:
         """Deliver `event` to every hook, in a task (nothing when no hook is subscribed, or when
-        no event loop runs: a synchronous caller)."""
+        no event loop runs: a synchronous caller). Events of this process and of others
+        (``local=False``) wait in queues of their own (`MAX_PENDING`, `MAX_PENDING_REMOTE`)."""
         if not self.signal:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        if len(self._pending) >= MAX_PENDING:
+        pending = self._pending if event.local else self._pending_remote
+        if len(pending) >= (MAX_PENDING if event.local else MAX_PENDING_REMOTE):
             self._dropped += 1
             now = time.monotonic()
             if now - self._dropped_at >= DROP_REPORT_INTERVAL:
                 log.warning(
                     "session hooks: %d events dropped, %d still running (hooks too slow?)",
                     self._dropped,
-                    len(self._pending),
+                    len(self._pending) + len(self._pending_remote),
                 )
                 self._dropped, self._dropped_at = 0, now
             return
         task = loop.create_task(self._deliver(event))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        pending.add(task)
+        task.add_done_callback(pending.discard)
 
     async def _deliver(self, event: SessionEvent) -> None:
         for hook in tuple(self.signal):
@@ -185,7 +236,7 @@ class SessionHooks:
     async def drain(self, timeout: float | None = None) -> None:
         """Wait for the hooks still running (at most `timeout` seconds, the hook timeout by
         default), cancel what is left: at the app's cleanup."""
-        pending = set(self._pending)
+        pending = self._pending | self._pending_remote
         if not pending:
             return
         _done, left = await asyncio.wait(pending, timeout=self.timeout if timeout is None else timeout)
@@ -198,29 +249,71 @@ class SessionHooks:
     # -- across processes --------------------------------------------------------------------
 
     def payload(self, event: SessionEvent) -> str:
-        """The notification that tells other processes of `event` (JSON, well under 8000 bytes)."""
-        user_id = event.user_id
-        if isinstance(user_id, str) and len(user_id) > MAX_USER_ID_CHARS:
-            user_id = None
+        """The notification that tells other processes of `event`: sealed (the module's
+        docstring), in base64, under 3000 characters (NOTIFY carries at most 8000 bytes). A user
+        id the library would refuse travels as None, a reason not of `REASON_PATTERN` as
+        ``other``."""
+        user_id = event.user_id if user_id_problem(event.user_id) is None else None
+        reason = event.reason
+        if reason is not None and not REASON_PATTERN.fullmatch(reason):
+            reason = "other"
         body = {
             "v": _PAYLOAD_VERSION,
             "o": self.origin,
+            "t": int(time.time()),
             "e": event.name,
             "f": event.fingerprint,
             "u": user_id,
-            "r": (event.reason or "")[:MAX_REASON_CHARS] or None,
+            "r": reason,
         }
-        return orjson.dumps(body).decode()
+        return seal_payload(body, cipher=self.cipher, channel=self.channel)
 
     def notified(self, payload: str) -> None:
-        """A notification on the events channel: delivered as a remote event unless it is this
-        process's own or is not one this version understands (any role that can connect may
-        NOTIFY: nothing in it is trusted beyond its shape)."""
-        if not self.signal:
-            return
-        event = parse_payload(payload, origin=self.origin)
-        if event is not None:
-            self.send(event)
+        """A notification on the events channel: delivered as a remote event when it opens
+        with the storage's keys, passes every check (`parse_payload`), was sealed by another
+        process (this one's own it delivered already), within `REPLAY_WINDOW` seconds, and was
+        not delivered before. Anything else is dropped, counted in a log line at most once a
+        minute. Never raises (it runs in the LISTEN connection's callback)."""
+        try:
+            if not self.signal:
+                return
+            notice = parse_payload(payload, cipher=self.cipher, channel=self.channel)
+            if notice is None:
+                self._ignore()
+            elif notice.origin != self.origin and self._first_time(notice.nonce, notice.sealed_at):
+                self.send(notice.event)
+        except Exception as exc:  # a bug here must not end the listener's callbacks
+            log.error("session events: a notification raised %s at %s: ignored", type(exc).__name__, _where(exc))
+
+    def _first_time(self, nonce: bytes, sealed_at: int) -> bool:
+        """Whether the notification of `nonce`, sealed at `sealed_at` (Unix seconds), is within
+        the replay window and not delivered before; it then counts as delivered."""
+        if abs(int(time.time()) - sealed_at) > REPLAY_WINDOW:  # ints: no float overflow
+            self._ignore()
+            return False
+        now = time.monotonic()
+        seen = self._seen
+        # Arrival order: the oldest first. One that arrived two windows ago was sealed over one
+        # window ago: a replay of it is refused by its time.
+        while seen and (len(seen) >= MAX_SEEN or next(iter(seen.values())) < now - 2 * REPLAY_WINDOW):
+            del seen[next(iter(seen))]
+        if nonce in seen:
+            self._ignore()
+            return False
+        seen[nonce] = now
+        return True
+
+    def _ignore(self) -> None:
+        """Count a notification dropped unheard; a log line at most once a minute (no content)."""
+        self._ignored += 1
+        now = time.monotonic()
+        if now - self._ignored_at >= DROP_REPORT_INTERVAL:
+            log.warning(
+                "session events: %d notifications on the events channel ignored (not sealed with this"
+                " storage's keys, of another format, or sent again)",
+                self._ignored,
+            )
+            self._ignored, self._ignored_at = 0, now
 
     async def listen(
         self,
@@ -254,28 +347,58 @@ class SessionHooks:
             raise
 
 
-def parse_payload(payload: str, *, origin: str) -> SessionEvent | None:
-    """The remote event a notification announces, or None (this process's own, or malformed)."""
+class Notice(NamedTuple):
+    """A notification on the events channel, opened and checked."""
+
+    event: SessionEvent
+    origin: str  # which process sealed it (`SessionHooks.origin`)
+    sealed_at: int  # Unix seconds
+    nonce: bytes  # its sealing's random nonce: one per notification
+
+
+def parse_payload(payload: str, *, cipher: DataCipher, channel: str) -> Notice | None:
+    """What a notification on `channel` announces, or None when it does not open with `cipher`
+    or fails a check: format version (an int, the current), event name (a str of
+    `REMOTE_EVENTS`), user id (as `identity.user_id_problem` accepts, or None), fingerprint (as
+    `fingerprint_of` makes), reason (of `REASON_PATTERN`, or None), origin and time. Never
+    raises."""
     try:
-        body: Any = orjson.loads(payload)
+        sealed = base64.b64decode(payload, validate=True)
+    except ValueError:  # not ASCII, or not base64 (binascii.Error)
+        return None
+    opened = cipher.open(sealed, _associated_data(channel))
+    if opened is None:
+        return None
+    try:
+        body: Any = orjson.loads(opened[0])
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(body, dict) or body.get("v") != _PAYLOAD_VERSION or body.get("o") == origin:
+    if not isinstance(body, dict):
         return None
+    version, origin, sealed_at = body.get("v"), body.get("o"), body.get("t")
     name, fp, user_id, reason = body.get("e"), body.get("f"), body.get("u"), body.get("r")
-    if name not in REMOTE_EVENTS or not isinstance(fp, str) or len(fp) != 8:
+    if type(version) is not int or version != _PAYLOAD_VERSION or type(sealed_at) is not int:
         return None
-    if user_id is not None and (isinstance(user_id, bool) or not isinstance(user_id, int | str)):
+    if not isinstance(origin, str) or not isinstance(name, str) or name not in REMOTE_EVENTS:
         return None
-    if isinstance(user_id, str) and len(user_id) > MAX_USER_ID_CHARS:
+    if not isinstance(fp, str) or not _FINGERPRINT.fullmatch(fp):
         return None
-    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS):
+    if user_id is not None and user_id_problem(user_id) is not None:
         return None
-    try:
-        int(fp, 16)
-    except ValueError:
+    if reason is not None and (not isinstance(reason, str) or not REASON_PATTERN.fullmatch(reason)):
         return None
-    return SessionEvent(name, fp, user_id, reason, local=False)
+    return Notice(SessionEvent(name, fp, user_id, reason, local=False), origin, sealed_at, sealed[:_NONCE_BYTES])
+
+
+def seal_payload(body: dict[str, object], *, cipher: DataCipher, channel: str) -> str:
+    """`body` as a notification on `channel`: JSON, sealed under `cipher`'s first key, base64."""
+    return base64.b64encode(cipher.seal(orjson.dumps(body), _associated_data(channel))).decode("ascii")
+
+
+def _associated_data(channel: str) -> bytes:
+    """What binds a sealed payload to its channel and purpose (never a session row's id_hash,
+    32 bytes of a hash: a row's data cannot open as an event, nor an event as a row's data)."""
+    return b"events:" + channel.encode()
 
 
 def _where(exc: BaseException) -> str:

@@ -357,7 +357,6 @@ class PostgresStorage(AbstractStorage):
             message = f"metrics must be a StorageMetrics (e.g. PrometheusMetrics), got {_type_name(metrics)}"
             raise ArgumentTypeError(message, argument="metrics")
         self._metrics = metrics
-        self._hooks = SessionHooks(self, timeout=hook_timeout)
         if metrics is not None:
             self._cookie.bad_signature = partial(metrics.load, LOAD_BAD_SIGNATURE)
         cipher = DataCipher(tuple(encryption_keys), tuple(next_encryption_keys))
@@ -365,6 +364,8 @@ class PostgresStorage(AbstractStorage):
             SessionRows(pool, cipher, **options) if cache is None else CachedRows(pool, cipher, cache=cache, **options)
         )
         self._events_channel = events_channel(self._rows.names.channel)
+        # The events channel's payloads are sealed with the encryption keys (hooks.py).
+        self._hooks = SessionHooks(self, timeout=hook_timeout, cipher=cipher, channel=self._events_channel)
 
     @staticmethod
     def check_arguments(

@@ -6,18 +6,24 @@ process's hooks over the events channel, with or without the session cache."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp_session_postgres
 import asyncpg
+import orjson
 import pytest
 from aiohttp import DummyCookieJar, web
 from aiohttp.test_utils import TestClient, make_mocked_request
 from aiohttp_session_postgres import PostgresStorage, SessionCache, SessionEvent, create_schema
-from aiohttp_session_postgres.hooks import parse_payload
+from aiohttp_session_postgres.cipher import DataCipher
+from aiohttp_session_postgres.hooks import MAX_PENDING_REMOTE, parse_payload, seal_payload
 from aiohttp_session_postgres.tokens import fingerprint_of, handle_of, id_hash_of
 from support.keys import AUTH_KEY, ENC_KEY
 from support.library_app import STORAGE, USER, library_app, read, started, with_cookie
@@ -287,25 +293,255 @@ async def _listening(storage: PostgresStorage) -> None:
     raise AssertionError("the listener never listened")
 
 
-def test_a_notification_of_another_shape_is_ignored() -> None:
-    for payload in (
-        "",
-        "not json",
-        "[]",
-        '{"v": 2, "o": "x", "e": "revoked", "f": "0011aabb"}',
-        '{"v": 1, "o": "x", "e": "created", "f": "0011aabb"}',  # only revocations travel
-        '{"v": 1, "o": "x", "e": "revoked", "f": "0011aabbcc"}',
-        '{"v": 1, "o": "x", "e": "revoked", "f": "zz11aabb"}',
-        '{"v": 1, "o": "x", "e": "revoked", "f": "0011aabb", "u": true}',
-        '{"v": 1, "o": "x", "e": "revoked", "f": "0011aabb", "u": [1]}',
-        '{"v": 1, "o": "x", "e": "revoked", "f": "0011aabb", "r": 5}',
-        '{"v": 1, "o": "me", "e": "revoked", "f": "0011aabb"}',  # this process's own
-    ):
-        assert parse_payload(payload, origin="me") is None, payload
-    event = parse_payload(
-        '{"v": 1, "o": "x", "e": "revoked", "f": "0011aabb", "u": "u-7", "r": "operator"}', origin="me"
+# -- the events channel's payloads: sealed, checked ------------------------------------------------
+
+OTHER_KEY = b"fedcba9876543210fedcba9876543210"  # a key the listening storage does not hold
+CHANNEL = "public.sessions:events"
+
+
+def body(**changes: object) -> dict[str, object]:
+    """A well-formed payload's fields (another process's revocation), with `changes`."""
+    fields: dict[str, object] = {
+        "v": 2,
+        "o": "elsewhere",
+        "t": int(time.time()),
+        "e": "revoked",
+        "f": "0011aabb",
+        "u": 7,
+        "r": "operator",
+    }
+    fields.update(changes)
+    return {key: value for key, value in fields.items() if value is not ...}
+
+
+def sealed(fields: dict[str, object], key: bytes = ENC_KEY, channel: str = CHANNEL) -> str:
+    return seal_payload(fields, cipher=DataCipher((key,)), channel=channel)
+
+
+# What no hook may receive: none of it is a revocation sealed under the storage's keys with sound
+# fields. Checked by parse_payload alone, and through a real listener.
+REFUSED = {
+    "empty": "",
+    "not base64": "not json!",
+    "not ascii": "é" * 40,
+    "unsealed, format 2": '{"v":2,"o":"x","t":1,"e":"revoked","f":"0011aabb","u":7,"r":"operator"}',
+    "unsealed, format 1": '{"v":1,"o":"x","e":"revoked","f":"0011aabb","u":7,"r":"operator"}',
+    "base64 of plain JSON": base64.b64encode(orjson.dumps(body())).decode(),
+    "another key": sealed(body(), key=OTHER_KEY),
+    "another channel": sealed(body(), channel="public.other:events"),
+    "not a dict": seal_payload([1, 2], cipher=DataCipher((ENC_KEY,)), channel=CHANNEL),  # type: ignore[arg-type]
+    "name a list": sealed(body(e=["revoked"])),
+    "name not remote": sealed(body(e="created")),
+    "version true": sealed(body(v=True)),
+    "version 2.0": sealed(body(v=2.0)),
+    "version 1": sealed(body(v=1)),
+    "no version": sealed(body(v=...)),
+    "no origin": sealed(body(o=...)),
+    "origin a number": sealed(body(o=5)),
+    "no time": sealed(body(t=...)),
+    "time a str": sealed(body(t=str(int(time.time())))),
+    "user id empty": sealed(body(u="")),
+    "user id NUL": sealed(body(u="\x00")),
+    "user id past 64 bits": sealed(body(u=2**64 - 1)),
+    "user id true": sealed(body(u=True)),
+    "user id too long": sealed(body(u="x" * 256)),
+    "user id a list": sealed(body(u=[7])),
+    "fingerprint spaced": sealed(body(f=" +1_234 ")),
+    "fingerprint 0x": sealed(body(f="0x1_2345")),
+    "fingerprint upper case": sealed(body(f="0011AABB")),
+    "fingerprint long": sealed(body(f="0011aabbcc")),
+    "fingerprint missing": sealed(body(f=...)),
+    "reason with a newline": sealed(body(r="operator\nforged line")),
+    "reason too long": sealed(body(r="x" * 101)),
+    "reason a number": sealed(body(r=5)),
+}
+
+
+def test_only_a_sealed_payload_with_sound_fields_is_understood() -> None:
+    cipher = DataCipher((ENC_KEY,))
+    for what, payload in REFUSED.items():
+        assert parse_payload(payload, cipher=cipher, channel=CHANNEL) is None, what
+    notice = parse_payload(sealed(body(u="u-7")), cipher=cipher, channel=CHANNEL)
+    assert notice is not None
+    assert notice.event == SessionEvent("revoked", "0011aabb", "u-7", "operator", local=False)
+    assert notice.origin == "elsewhere"
+    # What the library sends is what it accepts: fingerprint_of's form, and None for no user.
+    fingerprint = fingerprint_of(id_hash_of("a token"))
+    notice = parse_payload(sealed(body(f=fingerprint, u=None, r=None)), cipher=cipher, channel=CHANNEL)
+    assert notice is not None
+    assert (notice.event.fingerprint, notice.event.user_id) == (fingerprint, None)
+
+
+async def test_session_data_and_event_payloads_never_open_as_each_other(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool
+) -> None:
+    client = await library_app(aiohttp_client, pool)
+    storage = client.app[STORAGE]
+    cookie = await started(client)
+    id_hash = id_hash_of(cookie.split(".")[0])
+    row = await pool.fetchval("SELECT data FROM sessions WHERE id_hash = $1", id_hash)
+    cipher = DataCipher((ENC_KEY,))
+    assert cipher.open(row, id_hash) is not None  # the row's data, sealed under the same key
+    channel = storage._hooks.channel
+    assert parse_payload(base64.b64encode(row).decode(), cipher=cipher, channel=channel) is None
+    payload = storage._hooks.payload(SessionEvent("revoked", fingerprint_of(id_hash), USER, "operator"))
+    assert parse_payload(payload, cipher=cipher, channel=channel) is not None  # from another origin
+    assert cipher.open(base64.b64decode(payload), id_hash) is None
+
+
+class Listening:
+    """An app whose storage listens for other processes' events (`event_listener`, or the
+    cache's), with a hook recording what it receives; `other` is another process's storage on
+    the same table (its own origin)."""
+
+    def __init__(self, client: TestClient, storage: PostgresStorage, hook: Received, other: PostgresStorage) -> None:
+        self.client, self.storage, self.hook, self.other = client, storage, hook, other
+
+    async def notify(self, payloads: list[str]) -> None:
+        """Send `payloads` on the events channel, in one transaction (as any role could)."""
+        await self.storage._rows.pool.execute(
+            "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p", self.storage._hooks.channel, payloads
+        )
+
+    def remote(self) -> list[SessionEvent]:
+        return [e for e in self.hook.events if not e.local]
+
+
+async def listening(
+    aiohttp_client: Callable[..., Awaitable[TestClient]],
+    pool: asyncpg.Pool,
+    url: str,
+    *,
+    cached: bool = False,
+    hook: Received | None = None,
+    other_keys: tuple[list[bytes], list[bytes]] = ([ENC_KEY], []),
+    **options: Any,
+) -> Listening:
+    storage = PostgresStorage(
+        pool,
+        authentication_keys=[AUTH_KEY],
+        encryption_keys=[ENC_KEY],
+        cache=SessionCache() if cached else None,
+        **options,
     )
-    assert event == SessionEvent("revoked", "0011aabb", "u-7", "operator", local=False)
+    hook = hook or Received()
+    storage.on_event.append(hook)
+    app = web.Application()
+    aiohttp_session_postgres.setup(app, storage)
+    connect = lambda: asyncpg.connect(url)  # noqa: E731
+    app.cleanup_ctx.append(storage.cache_listener(connect) if cached else storage.event_listener(connect))
+
+    async def login(request: web.Request) -> web.Response:
+        (await aiohttp_session_postgres.new_session(request))["user_id"] = int(request.query["user"])
+        return web.Response()
+
+    app.router.add_post("/login", login)
+    client = await aiohttp_client(app, cookie_jar=DummyCookieJar())
+    await _listening(storage)
+    keys, next_keys = other_keys
+    other = PostgresStorage(pool, authentication_keys=[AUTH_KEY], encryption_keys=keys, next_encryption_keys=next_keys)
+    return Listening(client, storage, hook, other)
+
+
+async def login(app: Listening, user: int) -> str:
+    return fp((await app.client.post(f"/login?user={user}")).cookies["session"].value)
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["event_listener", "cache_listener"])
+async def test_forged_and_malformed_notifications_reach_no_hook_and_break_no_listener(
+    aiohttp_client: Callable[..., Awaitable[TestClient]],
+    pool: asyncpg.Pool,
+    lib_url: str,
+    lib_log: LibraryLog,
+    caplog: pytest.LogCaptureFixture,
+    cached: bool,
+) -> None:
+    app = await listening(aiohttp_client, pool, lib_url, cached=cached)
+    assert app.storage._hooks.channel == CHANNEL
+    id_hash = id_hash_of((await app.client.post("/login?user=3")).cookies["session"].value.split(".")[0])
+    row = await pool.fetchval("SELECT data FROM sessions WHERE id_hash = $1", id_hash)
+    stale = sealed(body(t=int(time.time()) - 3600))
+    await app.notify([*REFUSED.values(), base64.b64encode(row).decode(), stale])
+
+    # Another process's genuine revocation, after them all (one connection: in order), arrives.
+    theirs = await login(app, 7)
+    assert await app.other.end_all_sessions(7, reason="stolen\ndevice") == 1
+    remote = await app.hook.first(lambda e: not e.local)
+    assert app.remote() == [SessionEvent("revoked", theirs, 7, "other", local=False)]
+    assert remote.reason == "other"  # a reason beyond REASON_PATTERN travels as "other"
+    ignored = [line for line in lib_log.lines() if "notifications on the events channel ignored" in line]
+    assert len(ignored) == 1, ignored  # once a minute at most, without their content
+    assert "operator" not in ignored[0]
+    assert "0011aabb" not in ignored[0]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records
+
+
+async def test_a_captured_notification_sent_again_is_not_delivered_again(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_url: str
+) -> None:
+    app = await listening(aiohttp_client, pool, lib_url)
+    captured: asyncio.Queue[str] = asyncio.Queue()
+    spy = await asyncpg.connect(lib_url)  # any role may LISTEN
+    try:
+        await spy.add_listener(CHANNEL, lambda _c, _p, _ch, payload: captured.put_nowait(payload))
+        first = await login(app, 7)
+        assert await app.other.end_all_sessions(7, reason="operator") == 1
+        payload = await asyncio.wait_for(captured.get(), WAIT)
+        assert "operator" not in payload
+        assert "revoked" not in base64.b64decode(payload).decode("latin-1")
+        await app.notify([payload, payload])
+        second = await login(app, 7)
+        assert await app.other.end_all_sessions(7, reason="operator") == 1
+        await app.hook.first(lambda e: not e.local and e.fingerprint == second)
+        assert [e.fingerprint for e in app.remote()] == [first, second]
+    finally:
+        await spy.close()
+
+
+async def test_a_payload_sealed_under_a_next_key_opens(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_url: str
+) -> None:
+    """Mid-rotation: a process already sealing under the new key is heard by one that holds it
+    as a next key."""
+    app = await listening(aiohttp_client, pool, lib_url, next_encryption_keys=[OTHER_KEY], hook=None)
+    rotated = PostgresStorage(pool, authentication_keys=[AUTH_KEY], encryption_keys=[OTHER_KEY, ENC_KEY])
+    theirs = await login(app, 7)
+    assert await rotated.end_all_sessions(7, reason="operator") == 1
+    assert await app.hook.first(lambda e: not e.local) == SessionEvent("revoked", theirs, 7, "operator", local=False)
+
+
+async def test_a_flood_of_notifications_drops_none_of_this_processs_own_events(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], pool: asyncpg.Pool, lib_url: str, lib_log: LibraryLog
+) -> None:
+    gate, full = asyncio.Event(), asyncio.Event()
+    held = 0
+
+    class Blocking(Received):
+        async def __call__(self, event: SessionEvent) -> None:
+            nonlocal held
+            if not event.local:  # other processes' events wait, filling their queue
+                held += 1
+                if held == MAX_PENDING_REMOTE:
+                    full.set()
+                await gate.wait()
+            await super().__call__(event)
+
+    app = await listening(aiohttp_client, pool, lib_url, hook=Blocking())
+    forged = [sealed(body(), key=OTHER_KEY)] * 1100 + ['{"v":2,"e":"revoked","f":"0011aabb","u":7}'] * 1100
+    # Sealed and sound, from "elsewhere": more than the remote queue holds.
+    genuine = [sealed(body(f=f"{n:08x}")) for n in range(MAX_PENDING_REMOTE + 100)]
+    await app.notify(forged + genuine)
+    await asyncio.wait_for(full.wait(), WAIT)
+
+    mine = await login(app, 8)
+    assert await app.storage.end_all_sessions(8, reason="operator") == 1
+    assert await app.hook.first(lambda e: e.local and e.name == "revoked") == SessionEvent(
+        "revoked", mine, 8, "operator"
+    )
+    gate.set()
+    await app.hook.until(MAX_PENDING_REMOTE + 2)
+    assert len(app.remote()) == MAX_PENDING_REMOTE  # the rest of the flood was dropped, counted
+    assert any("events dropped" in line for line in lib_log.lines()), lib_log.lines()
 
 
 @pytest.mark.citus
