@@ -69,6 +69,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import os
 import re
 import time
 import traceback
@@ -99,9 +100,12 @@ MAX_REASON_CHARS = 100
 # line break in a hook's log line); a reason of other characters travels as ``other``.
 REASON_PATTERN = re.compile(r"[A-Za-z0-9_ .:/-]{1,100}")
 _FINGERPRINT = re.compile(r"[0-9a-f]{8}")  # tokens.fingerprint_of: 4 bytes in lowercase hex
-# Seconds either side of its sealing within which a notification is delivered (clocks of the
-# hosts and a revoking transaction's commit may lag); within it each is delivered once.
-REPLAY_WINDOW = 300.0
+# Seconds either side of its sealing within which a notification is delivered; within it each is
+# delivered once (its nonce remembered for two windows). An hour, not minutes: hosts' clocks may
+# differ by minutes (tests/app/test_clock_skew.py runs the app minutes off), a revoking
+# transaction may commit late, and a revocation lost to a skewed clock would leave a revoked
+# user's websockets open, while a replay inside the window is refused all the same.
+REPLAY_WINDOW = 3600.0
 # Nonces of delivered notifications remembered at most, for the replay check.
 MAX_SEEN = 100_000
 
@@ -170,13 +174,15 @@ class SessionHooks:
     cipher: DataCipher
     channel: str
     signal: Signal[SessionEvent] = field(init=False)
-    origin: str = field(init=False)
+    _origin: str = field(init=False)
+    _origin_pid: int = field(init=False)
     _pending: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _pending_remote: set[asyncio.Task[None]] = field(init=False, default_factory=set)
     _dropped: int = field(init=False, default=0)
     _dropped_at: float = field(init=False, default=-DROP_REPORT_INTERVAL)
     _ignored: int = field(init=False, default=0)
     _ignored_at: float = field(init=False, default=-DROP_REPORT_INTERVAL)
+    _skewed_at: float = field(init=False, default=-DROP_REPORT_INTERVAL)
     # Nonce of each notification delivered: monotonic time of its arrival (arrival order).
     _seen: dict[bytes, float] = field(init=False, default_factory=dict)
     # Whether `listen` has its LISTEN connection now.
@@ -184,8 +190,17 @@ class SessionHooks:
 
     def __post_init__(self) -> None:
         self.signal = Signal(self.owner)
-        # Names this process's own notifications, which it has delivered already.
-        self.origin = hashlib.sha256(f"{id(self)}:{time.time_ns()}".encode()).hexdigest()[:16]
+        self._origin, self._origin_pid = "", -1
+
+    @property
+    def origin(self) -> str:
+        """Names this process's own notifications, which it has delivered already: new in a
+        process forked after the storage was made (gunicorn's --preload), else the workers
+        would take each other's notifications for their own."""
+        if self._origin_pid != os.getpid():
+            self._origin_pid = os.getpid()
+            self._origin = hashlib.sha256(f"{id(self)}:{self._origin_pid}:{time.time_ns()}".encode()).hexdigest()[:16]
+        return self._origin
 
     def freeze(self) -> None:
         """No hook may be added or removed from now on (aiohttp freezes its own signals as the
@@ -288,8 +303,17 @@ class SessionHooks:
     def _first_time(self, nonce: bytes, sealed_at: int) -> bool:
         """Whether the notification of `nonce`, sealed at `sealed_at` (Unix seconds), is within
         the replay window and not delivered before; it then counts as delivered."""
-        if abs(int(time.time()) - sealed_at) > REPLAY_WINDOW:  # ints: no float overflow
-            self._ignore()
+        skew = int(time.time()) - sealed_at  # ints: no float overflow
+        if abs(skew) >= REPLAY_WINDOW:
+            now = time.monotonic()
+            if now - self._skewed_at >= DROP_REPORT_INTERVAL:
+                log.warning(
+                    "session events: a revocation sealed %d s from this host's clock was dropped:"
+                    " are the hosts' clocks more than %d s apart?",
+                    skew,
+                    REPLAY_WINDOW,
+                )
+                self._skewed_at = now
             return False
         now = time.monotonic()
         seen = self._seen

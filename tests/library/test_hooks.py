@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -23,7 +25,13 @@ from aiohttp import DummyCookieJar, web
 from aiohttp.test_utils import TestClient, make_mocked_request
 from aiohttp_session_postgres import PostgresStorage, SessionCache, SessionEvent, create_schema
 from aiohttp_session_postgres.cipher import DataCipher
-from aiohttp_session_postgres.hooks import MAX_PENDING_REMOTE, parse_payload, seal_payload
+from aiohttp_session_postgres.hooks import (
+    MAX_PENDING_REMOTE,
+    REPLAY_WINDOW,
+    SessionHooks,
+    parse_payload,
+    seal_payload,
+)
 from aiohttp_session_postgres.tokens import fingerprint_of, handle_of, id_hash_of
 from support.keys import AUTH_KEY, ENC_KEY
 from support.library_app import STORAGE, USER, library_app, read, started, with_cookie
@@ -460,7 +468,7 @@ async def test_forged_and_malformed_notifications_reach_no_hook_and_break_no_lis
     assert app.storage._hooks.channel == CHANNEL
     id_hash = id_hash_of((await app.client.post("/login?user=3")).cookies["session"].value.split(".")[0])
     row = await pool.fetchval("SELECT data FROM sessions WHERE id_hash = $1", id_hash)
-    stale = sealed(body(t=int(time.time()) - 3600))
+    stale = sealed(body(t=int(time.time()) - 2 * int(REPLAY_WINDOW)))
     await app.notify([*REFUSED.values(), base64.b64encode(row).decode(), stale])
 
     # Another process's genuine revocation, after them all (one connection: in order), arrives.
@@ -474,6 +482,10 @@ async def test_forged_and_malformed_notifications_reach_no_hook_and_break_no_lis
     assert "operator" not in ignored[0]
     assert "0011aabb" not in ignored[0]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records
+    # The stale one is told apart: a host whose clock is an hour off would drop every revocation.
+    skewed = [line for line in lib_log.lines() if "are the hosts' clocks" in line]
+    assert len(skewed) == 1, skewed
+    assert re.search(r"sealed 720[01] s from this host's clock was dropped", skewed[0]), skewed
 
 
 async def test_a_captured_notification_sent_again_is_not_delivered_again(
@@ -578,3 +590,22 @@ async def test_revocations_reach_other_processes_hooks_on_citus(
         )
         assert all(not e.local for e in hook.events)
         await client.close()
+
+
+def test_a_process_forked_after_the_storage_was_made_has_an_origin_of_its_own() -> None:
+    # gunicorn --preload makes the storage before forking its workers: were the origin shared,
+    # each worker would take the others' revocations for its own and drop them.
+    hooks = SessionHooks(object(), 1.0, DataCipher((ENC_KEY,)), CHANNEL)
+    parent = hooks.origin
+    assert hooks.origin == parent  # stable within a process
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its origin, to the parent, then out without running anything else
+        os.write(write_end, hooks.origin.encode())
+        os._exit(0)
+    os.close(write_end)
+    child = os.read(read_end, 100).decode()
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert len(child) == len(parent) == 16
+    assert child != parent
